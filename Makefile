@@ -1,0 +1,32 @@
+# Two commands for a fresh machine; each sets up what it needs in .venv first.
+#   make demo   - the embedded default run
+#   make test   - the test suite (what CI runs)
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench-step clean-venv
+
+setup: $(STAMP)
+
+# torch/torchvision come from the registry (CUDA-13 builds, which also run on CPU); facenet-pytorch is
+# installed on its own with --no-deps because its metadata pins torch<2.3 and numpy<2.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/soft-dist demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench-step: $(STAMP)
+	$(VENV)/bin/soft-dist bench step --json runs/bench/step.json
+
+clean-venv:
+	rm -rf $(VENV)
