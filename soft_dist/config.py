@@ -83,7 +83,7 @@ class DataConfig:
 
     shards: str | None = None  # folder with manifest.json written by `soft-dist shard`
     image_size: int = field(default=224, metadata=_range(8, 1024))
-    loader: str = field(default="dali", metadata=_choice("dali", "torch", "memory"))
+    loader: str = field(default="dali", metadata=_choice("dali", "torch"))
     num_threads: int = field(default=2, metadata=_range(1, 256))
     val_labels: str = field(default="noisy", metadata=_choice("noisy", "clean"))
     train_split: str = "train"
