@@ -158,6 +158,8 @@ class TrainConfig:
     sync_check_every: int = field(default=50, metadata=_range(0, None))
     sync_batchnorm: bool = False
     log_every: int = field(default=20, metadata=_range(1, None))
+    # The branch used for inference is chosen on the validation split by this metric.
+    select_metric: str = field(default="accuracy", metadata=_choice("accuracy", "mean_class_accuracy"))
     # Test hook: raise in rank 0 at this global step (once per run directory), to exercise recovery.
     fail_at_step: int | None = None
 

@@ -1,0 +1,64 @@
+"""Label smoothing targets: SLS (paper Eq. 3-4), LSR (Eq. 1-2) and LSR* (LSR of the top-1 class).
+
+All functions return probability rows [B, C] that sum to 1 and are finite for any finite input.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class SmoothedTarget(NamedTuple):
+    target: torch.Tensor  # [B, C] float32, rows sum to 1
+    k: torch.Tensor  # [B] int64, number of high-confidence classes per sample (after the k = 0 rule)
+
+
+def soft_label_smoothing_with_k(logits: torch.Tensor, tau: float, epsilon: float) -> SmoothedTarget:
+    """SLS of ``logits`` [B, C]; also returns k per sample (for the share of samples with k > 1).
+
+    q = softmax(logits); high = {i : q_i > tau}; k = |high|
+    y_i = (1 - eps) * q_i / sum_{j in high} q_j   for i in high
+    y_i = eps / (C - k)                           otherwise
+
+    Edge rules (the reference implementation returns NaN in both):
+      k = 0 (tau >= max q): the arg-max class counts as high, so k = 1 and SLS behaves like LSR*;
+      k = C (tau < min q): there is no low class to give eps to, so the target is q itself.
+    Computed in float32 whatever the input dtype (bf16 softmax loses the small confidences SLS keeps).
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [B, C], got shape {tuple(logits.shape)}")
+    q = torch.softmax(logits.float(), dim=-1)
+    num_classes = q.shape[-1]
+    high = q > tau
+    # k = 0 rule: promote the arg-max class. Rows that already have a high class are unchanged.
+    top1 = F.one_hot(q.argmax(dim=-1), num_classes).bool()
+    high = high | (top1 & ~high.any(dim=-1, keepdim=True))
+    k = high.sum(dim=-1, keepdim=True)
+    # The high mass is at least max q >= 1/C > 0, so the division is safe.
+    high_mass = (q * high).sum(dim=-1, keepdim=True)
+    high_part = (1.0 - epsilon) * q / high_mass
+    low_part = epsilon / (num_classes - k).clamp(min=1).to(q.dtype)
+    target = torch.where(high, high_part, low_part)
+    target = torch.where(k == num_classes, q, target)  # k = C rule
+    return SmoothedTarget(target, k.squeeze(-1))
+
+
+def soft_label_smoothing(logits: torch.Tensor, tau: float, epsilon: float) -> torch.Tensor:
+    """SLS target [B, C] from logits [B, C] (Eq. 3-4 with the edge rules above)."""
+    return soft_label_smoothing_with_k(logits, tau, epsilon).target
+
+
+def label_smoothing(labels: torch.Tensor, num_classes: int, epsilon: float) -> torch.Tensor:
+    """LSR of integer labels [B]: 1 - eps on the label, eps / (C - 1) elsewhere (Eq. 1-2) -> [B, C]."""
+    if num_classes < 2:
+        raise ValueError("label smoothing needs at least 2 classes")
+    one_hot = F.one_hot(labels.long(), num_classes).float()
+    return one_hot * (1.0 - epsilon) + (1.0 - one_hot) * (epsilon / (num_classes - 1))
+
+
+def label_smoothing_top1(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """LSR*: LSR of the arg-max class of ``logits`` [B, C] -> [B, C] (not instance-aware)."""
+    return label_smoothing(logits.argmax(dim=-1), logits.shape[-1], epsilon)

@@ -1,0 +1,183 @@
+"""Epoch-level training and evaluation shared by the single-process run and the Ray workers
+(no Ray, no DALI imports): one training epoch, evaluation of both branches, the results record and
+the per-run logs."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from soft_dist.config import Config
+from soft_dist.metrics import noisy_part_diagnostics
+from soft_dist.noise import NoiseTable
+from soft_dist.train.loop import RunningMeans, SoftLearner, choose_branch, predict, report_predictions
+
+
+@dataclass
+class Loaders:
+    """The epoch loaders of one run (EpochLoader protocol: len(), epoch(e), num_samples, close())."""
+
+    train: object
+    val: object
+    test: object | None = None
+    train_eval: object | None = None  # the training split without augmentation, for Table 2 diagnostics
+
+    def close(self) -> None:
+        for loader in (self.train, self.val, self.test, self.train_eval):
+            if loader is not None:
+                loader.close()
+
+
+def train_epoch(
+    learner: SoftLearner,
+    loader,
+    epoch: int,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = False,
+) -> dict:
+    """Train one epoch; returns mean loss parts, images/s (valid rows only) and the step count.
+
+    ``on_step(global_step)`` runs after every step (teacher-buffer sync, failure injection)."""
+    learner.start_epoch(epoch)
+    means = RunningMeans()
+    steps = len(loader)
+    images = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", leave=False)
+    start = time.perf_counter()
+    for i, batch in enumerate(loader.epoch(epoch)):
+        means.add(learner.train_step(batch, epoch + i / max(steps, 1)))
+        images += int(batch.valid.sum()) if getattr(batch, "valid", None) is not None else len(batch.idx)
+        if on_step is not None:
+            on_step(learner.global_step)
+        if bar is not None:
+            bar.update(1)
+    if learner.device.type == "cuda":
+        torch.cuda.synchronize(learner.device)
+    elapsed = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    out = means.result()
+    out.update(images=images, steps=steps, seconds=elapsed, images_per_s=images / max(elapsed, 1e-9))
+    return out
+
+
+def predictions(learner: SoftLearner, loader) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """branch -> (preds, labels, idx) over ``loader``'s valid rows (this process's share)."""
+    return {
+        name: predict(module, loader.epoch(0), learner.device, autocast=learner.autocast)
+        for name, module in learner.branches().items()
+    }
+
+
+def reports(preds_by_branch: dict, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
+    """branch -> {accuracy, mean_class_accuracy, num_samples}."""
+    return {b: report_predictions(*p, num_classes, label_lookup) for b, p in preds_by_branch.items()}
+
+
+def noise_diagnostics(preds_by_branch: dict, table: NoiseTable) -> dict:
+    """branch -> Table 2 diagnostics on training predictions, using the table's clean/noisy labels."""
+    lookup_clean = dict(zip(table.idx.tolist(), table.clean.tolist()))
+    lookup_noisy = dict(zip(table.idx.tolist(), table.noisy.tolist()))
+    out = {}
+    for branch, (preds, _, idx) in preds_by_branch.items():
+        keep = np.array([i in lookup_clean for i in idx.tolist()], dtype=bool)
+        clean = np.array([lookup_clean[i] for i in idx[keep].tolist()], dtype=np.int64)
+        noisy = np.array([lookup_noisy[i] for i in idx[keep].tolist()], dtype=np.int64)
+        out[branch] = noisy_part_diagnostics(preds[keep], clean, noisy)
+    return out
+
+
+def with_chosen(reports_by_branch: dict, chosen: str) -> dict:
+    return {**reports_by_branch, "chosen": dict(reports_by_branch[chosen])}
+
+
+class RunLog:
+    """metrics.jsonl (one JSON line per epoch) and TensorBoard scalars in the run directory."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard not installed: jsonl only
+                self.writer = None
+
+    def log(self, epoch: int, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": epoch, **record}) + "\n")
+        if self.writer is not None:
+            for key, value in _flatten(record).items():
+                self.writer.add_scalar(key, value, epoch)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _flatten(node: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict) -> str:
+    parts = [f"epoch {epoch + 1}/{epochs}", f"loss {train.get('loss', float('nan')):.3f}"]
+    if "share_k_gt_1" in train:
+        parts.append(f"k>1 {train['share_k_gt_1']:.2f}")
+    parts += [f"val {b} {r['accuracy']:.3f}" for b, r in val.items()]
+    parts.append(f"{train['images_per_s']:.0f} img/s")
+    return " | ".join(parts)
+
+
+def final_results(
+    cfg: Config,
+    val: dict,
+    test: dict | None,
+    table: NoiseTable | None,
+    diagnostics: dict | None,
+    throughput: dict,
+    epochs_run: int,
+    wall_time_s: float,
+    teacher_sync: dict | None = None,
+) -> dict:
+    """The results.json record (see README 'Results')."""
+    chosen = choose_branch(val, cfg.train.select_metric)
+    return {
+        "method": cfg.method.name,
+        "chosen_branch": chosen,
+        "select_metric": cfg.train.select_metric,
+        "val": with_chosen(val, chosen),
+        "test": with_chosen(test, chosen) if test else None,
+        "noise": {
+            "kind": table.kind if table is not None else "none",
+            "rate": table.rate if table is not None else 0.0,
+            "seed": table.seed if table is not None else None,
+            "flipped": int(table.flipped.sum()) if table is not None else 0,
+            "table_sha256": table.digest() if table is not None else None,
+            "diagnostics": diagnostics,
+        },
+        "teacher_sync": teacher_sync or {"checks": 0, "mismatches": 0},
+        "throughput": throughput,
+        "epochs": epochs_run,
+        "wall_time_s": wall_time_s,
+    }

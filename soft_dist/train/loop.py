@@ -1,0 +1,254 @@
+"""The SOFT training step and evaluation, with no Ray and no DALI imports.
+
+:class:`SoftLearner` owns the student, the EMA teacher and the optimizer and performs one step on a
+batch with attributes ``view_s``, ``view_t`` [B, 3, H, W], ``label``, ``idx`` [B] int64 and ``valid`` [B]
+bool (see soft_dist.data.loader). Any iterable of such batches works, so the DALI, torch and in-memory
+sources and the Ray trainer all plug in here.
+
+Total loss (paper Eq. 9): L_WCE(alpha * p_s, y) + lambda * ramp(t) * KL(target || p_s), where the target
+and the use of alpha follow ``method.name`` (see config.METHOD_PRESETS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from soft_dist.config import Config, OptimConfig
+from soft_dist.method.losses import consistency_kl, masked_mean, sigmoid_rampup, weighted_cross_entropy
+from soft_dist.method.model import ExpressionNet
+from soft_dist.method.sls import label_smoothing, label_smoothing_top1, soft_label_smoothing_with_k
+from soft_dist.method.teacher import EmaTeacher
+from soft_dist.metrics import classification_report
+
+
+def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def uses_head(cfg: Config, epoch: int) -> bool:
+    """Paper 4.2: stage 1 (the first ``stage1_epochs``) trains without the uncertainty head."""
+    return bool(cfg.preset["head"]) and epoch >= cfg.method.stage1_epochs
+
+
+class SoftLearner:
+    """One SOFT (or ablation) training step at a time.
+
+    student: the raw ExpressionNet (EMA and checkpoints read it);
+    wrap: builds the module used for the student's forward pass, e.g. DDP; called again whenever the
+        set of trainable parameters changes (the head switched on), because DDP registers its gradient
+        hooks for the parameters that require grad at construction time;
+    noisy_labels: [max idx + 1] int64 lookup of the (noisy) training label by sample idx; None uses the
+        batch's own labels.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        student: ExpressionNet,
+        device: torch.device | str = "cpu",
+        noisy_labels: torch.Tensor | None = None,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+    ):
+        self.cfg = cfg
+        self.preset = cfg.preset
+        self.device = torch.device(device)
+        self.student = student.to(self.device)
+        self.num_classes = student.classifier.out_features
+        self.wrap = wrap or (lambda module: module)
+        self.noisy_labels = None if noisy_labels is None else noisy_labels.to(self.device)
+        self.teacher: EmaTeacher | None = None
+        if self.preset["teacher"]:
+            self.teacher = EmaTeacher.from_student(
+                self.student,
+                decay=cfg.method.ema_decay,
+                warmup=cfg.method.ema_warmup,
+                buffer_policy=cfg.method.teacher_buffers,
+            )
+        self.optimizer = build_optimizer(cfg.optim, self.student.parameters())
+        self.autocast = self.device.type == "cuda" and cfg.train.bf16
+        self.global_step = 0
+        self.head_on: bool | None = None
+        self.forward_module: nn.Module | None = None
+
+    # ------------------------------------------------------------------ stages
+    def start_epoch(self, epoch: int) -> None:
+        """Switch the uncertainty head on or off for ``epoch`` and (re)wrap the student if needed."""
+        head_on = uses_head(self.cfg, epoch)
+        if head_on != self.head_on or self.forward_module is None:
+            if self.student.uncertainty is not None:
+                self.student.uncertainty.requires_grad_(head_on)
+            self.forward_module = self.wrap(self.student)
+            self.head_on = head_on
+        self.student.train()
+        if self.teacher is not None:
+            self.teacher.teacher.train()  # the paper's code: the teacher normalises with batch statistics
+
+    def _autocast(self):
+        if self.autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ the step
+    def _targets(self, logits_s: torch.Tensor, view_t: torch.Tensor):
+        """Consistency target [B, C] (no grad), student log-probs [B, C] (grad), k [B] or None."""
+        m = self.cfg.method
+        kind, sls_on = self.preset["target"], self.preset["sls_on"]
+        eps = self.preset.get("epsilon", m.epsilon)
+        k = None
+        if self.teacher is not None:
+            with torch.inference_mode(), self._autocast():
+                teacher_logits = self.teacher.teacher(view_t)
+            teacher_logits = teacher_logits.float().clone()  # a normal tensor, usable by autograd
+        else:  # sls_self: the student's own detached logits are the source
+            teacher_logits = logits_s.detach().float()
+        if kind == "softmax":
+            target = torch.softmax(teacher_logits, dim=-1)
+        elif kind == "lsr_star":
+            target = label_smoothing_top1(teacher_logits, eps)
+        elif kind == "sls" and (sls_on in ("teacher", "both") or self.teacher is None):
+            target, k = soft_label_smoothing_with_k(teacher_logits, m.tau, eps)
+        else:  # sls on the student only: the teacher's plain softmax is the target
+            target = torch.softmax(teacher_logits, dim=-1)
+        if kind == "sls" and sls_on in ("student", "both") and self.teacher is not None:
+            smoothed, k_s = soft_label_smoothing_with_k(logits_s, m.tau, eps)
+            student_log_probs = torch.log(smoothed.clamp(min=1e-12))
+            k = k if k is not None else k_s
+        else:
+            student_log_probs = torch.log_softmax(logits_s.float(), dim=-1)
+        return target, student_log_probs, k
+
+    def train_step(self, batch, progress_epochs: float) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns detached per-step values (tensors; no host sync here)."""
+        assert self.forward_module is not None, "call start_epoch() before train_step()"
+        dev = self.device
+        view_s = batch.view_s.to(dev, non_blocking=True)
+        idx = batch.idx.to(dev, non_blocking=True)
+        valid = batch.valid.to(dev, non_blocking=True) if getattr(batch, "valid", None) is not None else None
+        labels = self.noisy_labels[idx] if self.noisy_labels is not None else batch.label.to(dev)
+
+        with self._autocast():
+            if self.head_on:
+                logits_s, alpha = self.forward_module(view_s, with_alpha=True)
+            else:
+                logits_s, alpha = self.forward_module(view_s), None
+        logits_s = logits_s.float()
+        ce_target = (
+            label_smoothing(labels, self.num_classes, self.cfg.method.epsilon)
+            if self.preset["ce_target"] == "lsr"
+            else labels
+        )
+        loss_ce = masked_mean(weighted_cross_entropy(logits_s, alpha, ce_target), valid)
+        out = {"loss_ce": loss_ce.detach()}
+
+        if self.preset["target"] != "none":
+            target, student_log_probs, k = self._targets(logits_s, batch.view_t.to(dev, non_blocking=True))
+            loss_cons = masked_mean(consistency_kl(target, student_log_probs), valid)
+            weight = self.cfg.method.lambda_ * sigmoid_rampup(progress_epochs, self.cfg.method.rampup_epochs)
+            loss = loss_ce + weight * loss_cons
+            out["loss_cons"] = loss_cons.detach()
+            out["lambda"] = torch.tensor(weight)
+            if k is not None:
+                out["share_k_gt_1"] = masked_mean((k > 1).float(), valid).detach()
+        else:
+            loss = loss_ce
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.teacher is not None:
+            out["ema_decay"] = torch.tensor(self.teacher.update())
+        if alpha is not None:
+            out["alpha_mean"] = masked_mean(alpha.detach().float().squeeze(-1), valid)
+        out["loss"] = loss.detach()
+        self.global_step += 1
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "global_step": self.global_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.global_step = int(state["global_step"])
+
+    def branches(self) -> dict[str, nn.Module]:
+        """The inference branches: the student without its head, and the teacher when there is one."""
+        out = {"student": self.student}
+        if self.teacher is not None:
+            out["teacher"] = self.teacher.teacher
+        return out
+
+
+class RunningMeans:
+    """Averages of per-step tensors over an epoch, kept on the device until :meth:`result`."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.count += 1
+
+    def result(self) -> dict[str, float]:
+        return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+
+
+@torch.no_grad()
+def predict(module: nn.Module, batches: Iterable, device: torch.device | str = "cpu", autocast: bool = False):
+    """Arg-max predictions of ``module`` in eval mode over batches with ``image``/``label``/``idx``/``valid``.
+
+    Returns numpy arrays (preds, labels, idx) [N] over the valid rows."""
+    device = torch.device(device)
+    was_training = module.training
+    module.eval()
+    preds, labels, idxs = [], [], []
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast and device.type == "cuda" else contextlib.nullcontext()
+    try:
+        for batch in batches:
+            with ctx:
+                logits = module(batch.image.to(device, non_blocking=True))
+            keep = batch.valid.to(device) if getattr(batch, "valid", None) is not None else None
+            pred = logits.argmax(dim=-1)
+            lab, idx = batch.label.to(device), batch.idx.to(device)
+            if keep is not None:
+                pred, lab, idx = pred[keep], lab[keep], idx[keep]
+            preds.append(pred.cpu())
+            labels.append(lab.cpu())
+            idxs.append(idx.cpu())
+    finally:
+        module.train(was_training)
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return cat(preds), cat(labels), cat(idxs)
+
+
+def report_predictions(preds, labels, idx, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
+    """Accuracy and mean class accuracy; ``label_lookup`` [max idx + 1] replaces labels by idx (noisy val)."""
+    targets = label_lookup[idx] if label_lookup is not None else labels
+    return classification_report(targets, preds, num_classes)
+
+
+def choose_branch(val_reports: dict[str, dict], metric: str = "accuracy") -> str:
+    """The branch with the best VALIDATION ``metric``; ties go to the teacher (the steadier branch)."""
+    order = sorted(val_reports, key=lambda b: (val_reports[b][metric], b == "teacher"), reverse=True)
+    return order[0]

@@ -1,0 +1,92 @@
+"""SLS (Eq. 3-4) against values worked by hand, its edge rules, and the LSR baselines."""
+
+import math
+
+import pytest
+import torch
+
+from soft_dist.method.sls import (
+    label_smoothing,
+    label_smoothing_top1,
+    soft_label_smoothing,
+    soft_label_smoothing_with_k,
+)
+
+
+def logits_for(probs):
+    """Logits whose softmax is exactly ``probs`` (log of a distribution)."""
+    return torch.log(torch.tensor([probs], dtype=torch.float64)).float()
+
+
+def test_two_high_classes_worked_by_hand():
+    # q = (0.5, 0.3, 0.1, 0.1), tau = 0.2 -> high = {0, 1}, k = 2, high mass 0.8, eps = 0.2
+    # y0 = 0.8 * 0.5 / 0.8 = 0.5; y1 = 0.8 * 0.3 / 0.8 = 0.3; low = 0.2 / 2 = 0.1
+    out = soft_label_smoothing_with_k(logits_for([0.5, 0.3, 0.1, 0.1]), tau=0.2, epsilon=0.2)
+    torch.testing.assert_close(out.target, torch.tensor([[0.5, 0.3, 0.1, 0.1]]), atol=1e-6, rtol=0)
+    assert out.k.tolist() == [2]
+
+
+def test_one_high_class_is_lsr_worked_by_hand():
+    # q = (0.7, 0.2, 0.1), tau = 0.25 -> k = 1: y0 = 1 - eps = 0.7, others eps / 2 = 0.15
+    out = soft_label_smoothing(logits_for([0.7, 0.2, 0.1]), tau=0.25, epsilon=0.3)
+    torch.testing.assert_close(out, torch.tensor([[0.7, 0.15, 0.15]]), atol=1e-6, rtol=0)
+
+
+def test_three_of_five_high_worked_by_hand():
+    # q = (0.3, 0.25, 0.2, 0.15, 0.1), tau = 0.18 -> high = {0,1,2}, mass 0.75, eps = 0.4
+    # high: 0.6 * q / 0.75 -> 0.24, 0.2, 0.16 ; low: 0.4 / 2 = 0.2
+    out = soft_label_smoothing(logits_for([0.3, 0.25, 0.2, 0.15, 0.1]), tau=0.18, epsilon=0.4)
+    torch.testing.assert_close(out, torch.tensor([[0.24, 0.2, 0.16, 0.2, 0.2]]), atol=1e-6, rtol=0)
+
+
+def test_k_zero_promotes_argmax():
+    # all q = 0.25 < tau = 0.3: the official code divides by zero; our rule makes the arg-max high.
+    q = [0.4, 0.2, 0.2, 0.2]
+    out = soft_label_smoothing_with_k(logits_for(q), tau=0.45, epsilon=0.3)
+    assert out.k.tolist() == [1]
+    torch.testing.assert_close(out.target, torch.tensor([[0.7, 0.1, 0.1, 0.1]]), atol=1e-6, rtol=0)
+
+
+def test_k_equals_c_returns_q():
+    q = [0.4, 0.35, 0.25]
+    out = soft_label_smoothing_with_k(logits_for(q), tau=0.1, epsilon=0.3)
+    assert out.k.tolist() == [3]
+    torch.testing.assert_close(out.target, torch.tensor([q]), atol=1e-6, rtol=0)
+
+
+def test_epsilon_zero_zeroes_low_classes():
+    out = soft_label_smoothing(logits_for([0.5, 0.3, 0.1, 0.1]), tau=0.2, epsilon=0.0)
+    torch.testing.assert_close(out, torch.tensor([[0.625, 0.375, 0.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "logits",
+    [
+        torch.tensor([[1e4, -1e4, 0.0, 5.0]]),
+        torch.tensor([[-1e4, -1e4, -1e4, -1e4]]),
+        torch.tensor([[3.0, 3.0, 3.0, 3.0]]),
+        torch.tensor([[1e4, 1e4, -1e4, -1e4]]),
+        torch.randn(64, 7) * 30,
+    ],
+)
+@pytest.mark.parametrize("tau", [1e-6, 0.125, 0.5, 0.999])
+@pytest.mark.parametrize("eps", [0.0, 0.3, 0.99])
+def test_rows_sum_to_one_and_finite(logits, tau, eps):
+    out = soft_label_smoothing(logits, tau, eps)
+    assert torch.isfinite(out).all()
+    assert (out >= 0).all()
+    torch.testing.assert_close(out.sum(-1), torch.ones(len(logits)), atol=1e-5, rtol=0)
+
+
+def test_bf16_logits_are_computed_in_float32():
+    logits = torch.randn(8, 7).bfloat16()
+    out = soft_label_smoothing(logits, 0.125, 0.3)
+    assert out.dtype == torch.float32
+
+
+def test_lsr_and_lsr_star():
+    y = label_smoothing(torch.tensor([2, 0]), 4, 0.3)
+    torch.testing.assert_close(y, torch.tensor([[0.1, 0.1, 0.7, 0.1], [0.7, 0.1, 0.1, 0.1]]))
+    star = label_smoothing_top1(torch.tensor([[0.1, 5.0, 0.2, 4.9]]), 0.3)
+    torch.testing.assert_close(star, torch.tensor([[0.1, 0.7, 0.1, 0.1]]))
+    assert math.isclose(float(star.sum()), 1.0, rel_tol=1e-6)
