@@ -11,6 +11,7 @@ import sys
 
 # sub-command name -> module with register(subparsers)
 COMMAND_MODULES = {
+    "train": "soft_dist.commands.train",
     "bench": "soft_dist.bench",
 }
 

@@ -87,6 +87,7 @@ class SoftLearner:
         if head_on != self.head_on or self.forward_module is None:
             if self.student.uncertainty is not None:
                 self.student.uncertainty.requires_grad_(head_on)
+            self.forward_module = None  # release the old DDP wrapper (and its gradient hooks) first
             self.forward_module = self.wrap(self.student)
             self.head_on = head_on
         self.student.train()

@@ -1,0 +1,48 @@
+"""`soft-dist train`: SOFT with Ray Train (a local Ray cluster unless RAY_ADDRESS is set)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train with Ray Train (DDP student, synchronised EMA teachers, checkpoints, resume)",
+        description="Train SOFT (or an ablation) on shards. Without RAY_ADDRESS a local Ray cluster is "
+        "started on this machine's cores; with it, the job runs on that cluster.",
+    )
+    p.add_argument("--config", type=Path, help="YAML config (see configs/); defaults apply when omitted")
+    p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>-<method>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. method.tau=0.2")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from soft_dist.config import load_config
+    from soft_dist.train.ray_trainer import resume_training, run_training
+
+    if args.resume:
+        results = resume_training(args.resume, args.overrides)
+        run_dir = args.resume
+    else:
+        cfg = load_config(args.config, args.overrides)
+        stem = args.config.stem if args.config else "default"
+        run_dir = args.run_dir or Path("runs") / f"{stem}-{cfg.method.name}"
+        results = run_training(cfg, run_dir)
+    print_summary(results, run_dir)
+    return 0
+
+
+def print_summary(results: dict, run_dir: Path) -> None:
+    chosen = results["chosen_branch"]
+    print(f"\nchosen branch (on validation): {chosen}")
+    for split in ("val", "test"):
+        if results.get(split):
+            row = results[split]["chosen"]
+            print(f"  {split:<5} accuracy {row['accuracy']:.4f}   mean class accuracy {row['mean_class_accuracy']:.4f}")
+    print(f"results: {Path(run_dir) / 'results.json'}")
+    print(json.dumps({"teacher_sync": results.get("teacher_sync"), "throughput": results.get("throughput")}))

@@ -1,0 +1,30 @@
+"""Read (idx, clean label) of a split straight from its shards, without decoding any image; the
+training driver uses this to build the noise table before any worker starts."""
+
+from __future__ import annotations
+
+import tarfile
+
+import numpy as np
+
+from soft_dist.data.format import INDEX_EXT, LABEL_EXT, Manifest, ManifestError, decode_int64
+
+
+def read_split_labels(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(idx [N] int64, labels [N] int64) of ``split``, sorted by idx; N must match the manifest."""
+    by_key: dict[str, dict[str, int]] = {}
+    for path in manifest.shard_paths(split):
+        if not path.is_file():
+            raise ManifestError(f"{path}: shard listed in the manifest is missing")
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if ext in (LABEL_EXT, INDEX_EXT):
+                    by_key.setdefault(key, {})[ext] = decode_int64(tar.extractfile(member).read())
+    expected = manifest.split(split).num_samples
+    if len(by_key) != expected:
+        raise ManifestError(f"{manifest.root}: split '{split}' has {len(by_key)} samples in its shards, manifest says {expected}")
+    idx = np.array([v[INDEX_EXT] for v in by_key.values()], dtype=np.int64)
+    labels = np.array([v[LABEL_EXT] for v in by_key.values()], dtype=np.int64)
+    order = np.argsort(idx)
+    return idx[order], labels[order]
