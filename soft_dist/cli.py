@@ -12,6 +12,7 @@ import sys
 # sub-command name -> module with register(subparsers)
 COMMAND_MODULES = {
     "bench": "soft_dist.bench",
+    "shard": "soft_dist.commands.shard",
 }
 
 
