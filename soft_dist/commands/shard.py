@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     g.add_argument("--size", type=int, default=224, help="output side in pixels (default 224)")
     g.add_argument("--align", default="auto", choices=("auto", "mtcnn", "none"),
                    help="auto: mtcnn, except none for digits, ferplus and RAF-DB's Image/aligned")
-    g.add_argument("--margin", type=float, default=0.0, help="extra context around the face template (0.2 = 20%%)")
+    g.add_argument("--margin", type=float, default=0.2,
+                   help="context around the face: the template shrinks by 1/(1+margin) (default 0.2)")
     g.add_argument("--on-no-face", default="crop", choices=("crop", "skip"),
                    help="no face found: centred crop (counted) or leave the image out (counted)")
     g.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")

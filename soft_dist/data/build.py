@@ -42,7 +42,7 @@ class ShardConfig:
     out: str | None = None  # default data_shards/<layout>
     size: int = 224
     align: str = "auto"  # auto | mtcnn | none
-    margin: float = 0.0
+    margin: float = 0.2
     quality: int = 95
     on_no_face: str = "crop"  # crop | skip
     shard_size: int = 1000

@@ -22,7 +22,7 @@ class EncodeOptions:
     classes: tuple[str, ...]
     size: int = 224
     align: str = "mtcnn"  # "mtcnn" or "none"
-    margin: float = 0.0
+    margin: float = 0.2
     quality: int = 95
     on_no_face: str = "crop"  # "crop": centred crop, counted; "skip": leave the sample out, counted
     device: str = "cpu"
