@@ -192,9 +192,15 @@ def _run_serial(plans, options):
 def _run_processes(plans, options, workers):
     import multiprocessing
 
-    # spawn, not fork: the parent may hold torch/Ray threads, and fork under threads can deadlock.
+    # forkserver, not fork: the parent may hold torch/Ray threads, and fork under threads can deadlock.
+    # The server imports the heavy modules once (before any thread starts); workers fork from it, so
+    # each does not pay the torch import again (spawn would).
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    preload = ["soft_dist.data.encode"]
+    if options.align == "mtcnn":
+        preload += ["torch", "facenet_pytorch", "soft_dist.data.align"]
+    ctx.set_forkserver_preload(preload)  # ignored when this process's server already runs
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(threads,)) as pool:
         pending, queue = {}, list(plans)
         while queue or pending:
