@@ -186,3 +186,58 @@ def test_cli_reports_a_wrong_root(tmp_path):
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "rafdb layout: expected the label list EmoLabel/list_patition_label.txt" in proc.stderr
+
+
+def test_cli_end_to_end_rafdb_and_verify(tmp_path, capsys):
+    """RAF-DB fixture -> `soft-dist shard` -> manifest keeps the dataset's labels -> `--verify` passes,
+    then fails once a shard is damaged."""
+    import json
+
+    from soft_dist.cli import main
+
+    root = tmp_path / "raf"
+    names = [f"train_{i:05d}" for i in range(1, 21)] + [f"test_{i:04d}" for i in range(1, 6)]
+    (root / "EmoLabel").mkdir(parents=True)
+    (root / "EmoLabel" / "list_patition_label.txt").write_text(
+        "".join(f"{n}.jpg {i % 7 + 1}\n" for i, n in enumerate(names)))
+    for i, n in enumerate(names):
+        _jpeg(root / "Image" / "aligned" / f"{n}_aligned.jpg", i, size=(30, 30))
+    out = tmp_path / "out"
+    argv = ["shard", "--layout", "rafdb", "--root", str(root), "--out", str(out), "--size", "24",
+            "--min-shards", "2", "--val-fraction", "0.25", "--workers", "1", "--no-progress"]
+    assert main(argv) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["alignment"]["method"] == "none" and m["notes"]["image_dir"] == "aligned" and m["notes"]["val_carved"]
+    # stratified: 25% of each class (six classes of 3 -> 1 each, one class of 2 -> round(0.5) = 0)
+    assert {s: v["num_samples"] for s, v in m["splits"].items()} == {"train": 14, "val": 6, "test": 5}
+    assert m["label_map"]["1"] == "surprise" and m["classes"] == list(FER_CLASSES[:7])
+    import tarfile
+
+    with tarfile.open(out / m["splits"]["test"]["shards"][0]["name"]) as tar:
+        metas = [json.loads(tar.extractfile(x).read()) for x in tar if x.name.endswith(".json")]
+    for meta in metas:  # the canonical label and RAF-DB's own number agree through the class map
+        assert meta["class"] == m["label_map"][str(meta["orig_index"])] == m["classes"][meta["label"]]
+    assert main(["shard", "--verify", str(out)]) == 0
+    assert "OK: 25 samples" in capsys.readouterr().out
+    shard = out / m["splits"]["train"]["shards"][0]["name"]
+    shard.write_bytes(shard.read_bytes()[:-1024])
+    assert main(["shard", "--verify", str(out)]) == 1
+    assert "sha256 differs" in capsys.readouterr().err
+
+
+def test_affectnet_build_uses_the_face_box(tmp_path):
+    import json
+    import tarfile
+
+    from soft_dist.data.build import ShardConfig, build_shards
+
+    _affectnet(tmp_path / "an")
+    m = build_shards(ShardConfig(layout="affectnet", root=str(tmp_path / "an"), out=str(tmp_path / "out"),
+                                 size=16, align="none", min_shards=1, val_fraction=0, workers=1, progress=False),
+                     log=lambda msg: None)
+    assert {s: v["num_samples"] for s, v in m["splits"].items()} == {"train": 4, "test": 1}
+    assert m["input_problems"]["count"] == 1 and m["notes"]["dropped_by_label"]["non-face"] == 1
+    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
+        metas = [json.loads(tar.extractfile(x).read()) for x in tar if x.name.endswith(".json")]
+    assert [x["box"] for x in metas] == [[2.0, 3.0, 17.0, 19.0]] * 4
+    assert sorted(x["orig_index"] for x in metas) == [0, 1, 6, 7]
