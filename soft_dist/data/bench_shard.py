@@ -4,7 +4,8 @@ more worker processes.
 Input: real LFW faces from scikit-image (25x25), upscaled to ``--source-size`` and saved as JPEGs in an
 imagefolder, with mirrored copies to reach ``--num-images``. Each timed call is a full, fresh
 ``build_shards`` (read, detect, warp, encode, write, manifest), so process start-up and detector loading
-per worker are included: that is what a user pays per run.
+per worker are included: that is what a user pays per run. One process runs in the driver and keeps
+its detector between repeats; more processes start a fresh pool (and one detector each) per run.
 """
 
 from __future__ import annotations
