@@ -97,12 +97,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks (median of repeats, JSON + table)")
     kinds = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, (module, help_text) in BENCHMARKS.items():
-        try:
-            bench_module = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:  # a real import error inside the benchmark: show it
-                raise
-            continue  # that benchmark is not in this checkout (yet): the others still work
+        bench_module = importlib.import_module(module)
         sub = kinds.add_parser(name, help=help_text)
         sub.add_argument("--json", type=Path, default=None, help="write the result to this JSON file")
         sub.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported), >= 5")
