@@ -91,6 +91,9 @@ class DataConfig:
     test_split: str | None = "test"
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Evaluation view: resize the shorter side to image_size / eval_crop_fraction, then centre crop
+    # image_size. 1.0 keeps the whole (already aligned) face; 0.875 is the ImageNet 256 -> 224 habit.
+    eval_crop_fraction: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
