@@ -38,16 +38,13 @@ from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from soft_dist.config import AugmentConfig, DataConfig
-from soft_dist.data.loader import EvalBatch, TwoViewBatch
+from soft_dist.data.loader import ERASE_RATIO, EvalBatch, TwoViewBatch
 from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.tarindex import SampleTable, load_sample_table
 
 TRAIN_OUTPUTS = ("view_s", "view_t", "label", "idx", "valid")
 EVAL_OUTPUTS = ("image", "label", "idx", "valid")
 PREFETCH = 2
-
-# Random erasing draws the aspect ratio of the erased box log-uniformly in this range (torchvision's).
-ERASE_RATIO = (0.3, 3.3)
 
 
 # ----------------------------------------------------------------------------- augmentation graph
