@@ -91,7 +91,10 @@ def train_view(images, data_cfg: DataConfig, layout: str):
         random_aspect_ratio=[a.ratio_min, a.ratio_max],
     )
     if a.rotate_degrees > 0:
-        out = fn.rotate(out, angle=_uniform(-a.rotate_degrees, a.rotate_degrees), keep_size=True, fill_value=0)
+        interp = types.INTERP_NN if a.rotate_interpolation == "nearest" else types.INTERP_LINEAR
+        out = fn.rotate(
+            out, angle=_uniform(-a.rotate_degrees, a.rotate_degrees), keep_size=True, fill_value=0, interp_type=interp
+        )
     if a.color_jitter > 0:
         j = a.color_jitter
         out = fn.color_twist(

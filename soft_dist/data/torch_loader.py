@@ -41,7 +41,8 @@ def train_transform(data_cfg: DataConfig) -> v2.Compose:
         v2.RandomResizedCrop(size, scale=(a.scale_min, a.scale_max), ratio=(a.ratio_min, a.ratio_max), antialias=True)
     ]
     if a.rotate_degrees > 0:
-        steps.append(v2.RandomRotation(a.rotate_degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0))
+        interp = v2.InterpolationMode.NEAREST if a.rotate_interpolation == "nearest" else v2.InterpolationMode.BILINEAR
+        steps.append(v2.RandomRotation(a.rotate_degrees, interpolation=interp, fill=0))
     if a.color_jitter > 0:
         steps.append(v2.ColorJitter(brightness=a.color_jitter, contrast=a.color_jitter, saturation=a.color_jitter))
     if a.flip:
