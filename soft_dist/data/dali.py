@@ -127,36 +127,47 @@ def _layout(device: str) -> str:
     return "HWC" if device == "cuda" else "CHW"
 
 
-def _new_pipeline(batch_size: int, data_cfg: DataConfig, device: str, seed: int) -> Pipeline:
-    device_id = torch.cuda.current_device() if device == "cuda" else None
+def _new_pipeline(batch_size: int, data_cfg: DataConfig, device: str, seed: int, device_id: int | None) -> Pipeline:
+    if device == "cuda" and device_id is None:
+        device_id = torch.cuda.current_device()
     return Pipeline(
         batch_size=batch_size, num_threads=data_cfg.num_threads, device_id=device_id, seed=seed,
         prefetch_queue_depth=PREFETCH,
     )
 
 
-def make_pipeline(
-    source: Callable, batch_size: int, data_cfg: DataConfig, *, train: bool, device: str = "cpu", seed: int = 0
-) -> Pipeline:
-    """The (unbuilt) pipeline over ``source``, an external_source callback ``f(batch_info) -> (jpegs,
-    label, idx, valid)``; outputs TRAIN_OUTPUTS or EVAL_OUTPUTS. ``device="cuda"`` decodes with "mixed".
+def graph(source: Callable, data_cfg: DataConfig, *, train: bool, device: str = "cpu") -> tuple:
+    """The DataNodes of the loader's graph over ``source``, an external_source callback
+    ``f(batch_info) -> (jpegs, label, idx, valid)``; call inside a ``with pipeline:`` block.
 
-    Building a "mixed" pipeline needs a GPU; constructing it does not (the tests do that on CPU)."""
-    pipe = _new_pipeline(batch_size, data_cfg, device, seed)
+    Returns TRAIN_OUTPUTS (view_s, view_t: float [B, 3, S, S] on CPU, [B, S, S, 3] on GPU; label, idx int64
+    [B, 1]; valid bool [B, 1]) or EVAL_OUTPUTS. ``device="cuda"`` decodes with "mixed", so every output is
+    a GPU node."""
     layout = _layout(device)
+    jpegs, label, idx, valid = fn.external_source(
+        source=source, num_outputs=4, batch=True, batch_info=True,
+        dtype=[types.UINT8, types.INT64, types.INT64, types.BOOL],
+    )
+    images = _decode(jpegs, device)
+    if train:  # one decode, two views: each train_view call draws its own random parameters
+        views = (train_view(images, data_cfg, layout), train_view(images, data_cfg, layout))
+    else:
+        views = (eval_view(images, data_cfg, layout),)
+    meta = (label, idx, valid)
+    if device == "cuda":
+        meta = tuple(m.gpu() for m in meta)
+    return (*views, *meta)
+
+
+def make_pipeline(
+    source: Callable, batch_size: int, data_cfg: DataConfig, *, train: bool, device: str = "cpu", seed: int = 0,
+    device_id: int | None = None,
+) -> Pipeline:
+    """The unbuilt pipeline of :func:`graph`. ``device_id`` defaults to torch's current GPU for "cuda" and
+    is None (no GPU) for "cpu". Building a "mixed" pipeline needs a GPU; constructing it does not."""
+    pipe = _new_pipeline(batch_size, data_cfg, device, seed, device_id)
     with pipe:
-        jpegs, label, idx, valid = fn.external_source(
-            source=source, num_outputs=4, batch=True, batch_info=True,
-            dtype=[types.UINT8, types.INT64, types.INT64, types.BOOL],
-        )
-        images = _decode(jpegs, device)
-        views = (train_view(images, data_cfg, layout), train_view(images, data_cfg, layout)) if train else (
-            eval_view(images, data_cfg, layout),
-        )
-        meta = (label, idx, valid)
-        if device == "cuda":
-            meta = tuple(m.gpu() for m in meta)
-        pipe.set_outputs(*views, *meta)
+        pipe.set_outputs(*graph(source, data_cfg, train=train, device=device))
     return pipe
 
 
@@ -172,7 +183,7 @@ def make_reader_pipeline(
 
     manifest = load_manifest(shards_dir)
     index_paths = manifest.index_paths(split)
-    pipe = _new_pipeline(batch_size, data_cfg, device, seed)
+    pipe = _new_pipeline(batch_size, data_cfg, device, seed, None)
     with pipe:
         jpegs, label, idx = fn.readers.webdataset(
             paths=[str(p) for p in manifest.shard_paths(split)],
