@@ -21,6 +21,7 @@ from typing import Callable
 # benchmark name -> (module, help). The module has add_arguments(parser) and run(args) -> dict.
 BENCHMARKS = {
     "step": ("soft_dist.train.bench_step", "time per training step: CE vs mean teacher vs SOFT"),
+    "pipeline": ("soft_dist.data.bench_pipeline", "two-view input throughput: DALI CPU vs torch loader"),
 }
 
 
@@ -34,6 +35,23 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
+
+
+def median_times_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict:
+    """:func:`median_time` for several functions whose timings are compared: the calls alternate
+    (a, b, a, b, ...) so that load from other processes on a shared machine falls on all of them alike.
+    Returns {name: median_time's dict}."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            times[name].append(median_time(fn, repeats=1, warmup=0)["median_s"])
+    return {
+        name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": len(t)}
+        for name, t in times.items()
+    }
 
 
 def _cpu_model() -> str:
@@ -96,10 +114,16 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks (median of repeats, JSON + table)")
     kinds = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, (module, help_text) in BENCHMARKS.items():
+        try:
+            bench_module = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:  # a broken import inside an existing benchmark must still fail loudly
+                raise
+            continue  # a benchmark whose module is not written yet (separate issue): not offered
         sub = kinds.add_parser(name, help=help_text)
         sub.add_argument("--json", type=Path, default=None, help="write the result to this JSON file")
         sub.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported), >= 5")
-        importlib.import_module(module).add_arguments(sub)
+        bench_module.add_arguments(sub)
         sub.set_defaults(func=_run, bench_module=module)
 
 
