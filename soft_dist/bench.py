@@ -22,6 +22,7 @@ from typing import Callable
 BENCHMARKS = {
     "step": ("soft_dist.train.bench_step", "time per training step: CE vs mean teacher vs SOFT"),
     "pipeline": ("soft_dist.data.bench_pipeline", "two-view input throughput: DALI CPU vs torch loader"),
+    "shard": ("soft_dist.data.bench_shard", "sharding throughput: images/s with and without MTCNN, 1 and 2 processes"),
 }
 
 

@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = {
     "train": "soft_dist.commands.train",
     "bench": "soft_dist.bench",
+    "shard": "soft_dist.commands.shard",
 }
 
 

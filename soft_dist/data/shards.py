@@ -55,8 +55,11 @@ class Sample:
         ]
 
 
-def write_shard(path: Path, samples: list[Sample]) -> dict:
-    """Write ``samples`` to ``path`` atomically; return {name, num_samples, sha256}."""
+def write_shard(path: Path, samples: list[Sample], index: bool = True) -> dict:
+    """Write ``samples`` to ``path`` atomically; return {name, num_samples, sha256}.
+
+    With ``index`` the DALI index file (``path.with_suffix('.idx')``) is written too, before the shard is
+    renamed into place, so a shard under its final name always has its index beside it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -70,8 +73,47 @@ def write_shard(path: Path, samples: list[Sample]) -> dict:
                 tar.addfile(info, io.BytesIO(data))
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    if index:
+        write_index(tmp, path.with_suffix(".idx"))
     os.replace(tmp, path)
     return {"name": path.name, "num_samples": len(samples), "sha256": sha256_file(path)}
+
+
+INDEX_VERSION = "v1.2"  # the version line nvidia.dali's wds2idx writes and fn.readers.webdataset reads
+
+
+def index_text(tar_path: Path) -> str:
+    """The DALI index (wds2idx format) of a tar: a line ``v1.2 <num_samples>``, then one line per sample
+    listing ``<ext> <data offset> <size> <member name>`` for each of its members, in tar order."""
+    samples: list[list[str]] = []
+    last = None
+    with tarfile.open(tar_path, mode="r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name
+            dot = name.find(".", name.rfind("/") + 1)
+            base, ext = name[:dot], name[dot + 1 :]
+            if not base or base.endswith("/"):
+                continue
+            entry = f"{ext} {member.offset_data} {member.size} {name}"
+            if base != last:
+                samples.append([entry])
+                last = base
+            else:
+                samples[-1].append(entry)
+    if not samples:
+        raise ValueError(f"{tar_path}: empty shard, DALI cannot index it")
+    return f"{INDEX_VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
+
+
+def write_index(tar_path: Path, idx_path: Path) -> Path:
+    """Write the DALI index of ``tar_path`` to ``idx_path`` atomically."""
+    idx_path = Path(idx_path)
+    tmp = idx_path.with_name(idx_path.name + ".partial")
+    tmp.write_text(index_text(tar_path))
+    os.replace(tmp, idx_path)
+    return idx_path
 
 
 def write_split(out: Path, split: str, samples: list[Sample], shard_size: int) -> list[dict]:
