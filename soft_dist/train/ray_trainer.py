@@ -125,7 +125,7 @@ def worker_loop(config: dict) -> None:
     elif sync is not None:
         sync.broadcast_from_rank0()
 
-    loaders = shard_loaders(cfg, rank, world, str(device))
+    loaders = shard_loaders(cfg, rank, world, device.type)
     log = RunLog(run_dir) if rank == 0 else None
     fail_marker = run_dir / FAILURE_MARKER
 
