@@ -195,11 +195,16 @@ def test_index_files_give_the_same_table(shards, tmp_path):
 
     from wds2idx import IndexCreator
 
-    copy = Path(shutil.copytree(shards, tmp_path / "indexed"))
+    # The project's writer already puts index files beside its shards: compare a copy without them
+    # against a copy indexed by DALI's own wds2idx tool.
+    plain_dir = Path(shutil.copytree(shards, tmp_path / "plain"))
+    for index in plain_dir.glob("*.idx"):
+        index.unlink()
+    copy = Path(shutil.copytree(plain_dir, tmp_path / "indexed"))
     for tar in copy.glob("train-*.tar"):
         with IndexCreator(str(tar), str(tar.with_suffix(".idx")), verbose=False) as creator:
             creator.create_index()
-    plain, indexed = load_sample_table(shards, "train"), load_sample_table(copy, "train")
+    plain, indexed = load_sample_table(plain_dir, "train"), load_sample_table(copy, "train")
     assert not plain.used_index_files and indexed.used_index_files
     for name in ("shard", "offset", "size", "label", "idx"):
         np.testing.assert_array_equal(getattr(plain, name), getattr(indexed, name))

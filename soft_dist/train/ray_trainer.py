@@ -12,6 +12,7 @@ Run directory layout (RUN_DIR must be on shared storage for multi-node runs):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import tempfile
@@ -24,6 +25,8 @@ from soft_dist.config import Config, ConfigError, from_dict, load_config, save_c
 from soft_dist.noise import NoiseTable
 
 RAY_RUN_NAME = "ray"
+# Worker environment: no print patching (it echoes every line twice), unbuffered output.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONUNBUFFERED": "1"}
 STATE_FILE = "state.pt"
 FAILURE_MARKER = ".failure_injected"
 
@@ -81,6 +84,8 @@ def worker_loop(config: dict) -> None:
     from soft_dist.train.fit import RunLog, epoch_summary_line, final_results, noise_diagnostics, train_epoch
     from soft_dist.train.loop import SoftLearner
 
+    # Ray Train logs every report with its full metrics at INFO: keep the console to our epoch lines.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = from_dict(config["config"])
     run_dir = Path(config["run_dir"])
     table = NoiseTable(**config["noise_table"])
@@ -303,6 +308,7 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict
             storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": WORKER_ENV},
         ),
     )
     result = trainer.fit()
