@@ -21,6 +21,7 @@ from typing import Callable
 # benchmark name -> (module, help). The module has add_arguments(parser) and run(args) -> dict.
 BENCHMARKS = {
     "step": ("soft_dist.train.bench_step", "time per training step: CE vs mean teacher vs SOFT"),
+    "train": ("soft_dist.train.bench_train", "images/s: plain single-process loop vs Ray Train with 1 worker"),
     "pipeline": ("soft_dist.data.bench_pipeline", "two-view input throughput: DALI CPU vs torch loader"),
     "shard": ("soft_dist.data.bench_shard", "sharding throughput: images/s with and without MTCNN, 1 and 2 processes"),
 }

@@ -79,17 +79,27 @@ class TeacherSync:
             self.check()
         self.seconds += time.perf_counter() - start
 
-    @torch.no_grad()
     def broadcast_from_rank0(self) -> None:
         """Make every rank's teacher equal to rank 0's (at start, so identical init is guaranteed)."""
-        if not is_distributed():
-            return
-        for t in list(self.teacher.parameters()) + list(self.teacher.buffers()):
-            dist.broadcast(t.data, src=0)
+        broadcast_from_rank0(self.teacher, parameters=True)
 
     def summary(self) -> dict:
         return {"checks": self.checks, "mismatches": self.mismatches, "buffer_syncs": self.buffer_syncs,
                 "seconds": self.seconds}
+
+
+@torch.no_grad()
+def broadcast_from_rank0(module: nn.Module, parameters: bool = False) -> None:
+    """Copy rank 0's buffers (and parameters when asked) to every rank.
+
+    Used on the student before evaluation and checkpoints: DDP keeps parameters identical, but each
+    rank's last forward pass moved its own BatchNorm statistics; after this every rank holds exactly
+    the state rank 0 checkpoints, so a restored run continues as the uninterrupted one would."""
+    if not is_distributed():
+        return
+    tensors = list(module.buffers()) + (list(module.parameters()) if parameters else [])
+    for t in tensors:
+        dist.broadcast(t.data, src=0)
 
 
 def all_gather_objects(obj) -> list:

@@ -55,7 +55,8 @@ def _ddp_wrapper(device: torch.device, compile_model: bool):
             ids = [device.index] if device.type == "cuda" else None
             # Only parameters that require grad are registered: the head is frozen in stage 1 and
             # the learner re-wraps when it is switched on (no find_unused_parameters needed).
-            module = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+            # broadcast_buffers (the default) starts every forward from rank 0's BN statistics.
+            module = DistributedDataParallel(module, device_ids=ids)
         return torch.compile(module) if compile_model else module
 
     return wrap
@@ -80,7 +81,7 @@ def worker_loop(config: dict) -> None:
     from soft_dist.method.model import build_student
     from soft_dist.method.teacher import module_digest
     from soft_dist.train.data import shard_loaders
-    from soft_dist.train.distributed import TeacherSync, all_gather_objects
+    from soft_dist.train.distributed import TeacherSync, all_gather_objects, broadcast_from_rank0
     from soft_dist.train.fit import RunLog, epoch_summary_line, final_results, noise_diagnostics, train_epoch
     from soft_dist.train.loop import SoftLearner
 
@@ -144,9 +145,12 @@ def worker_loop(config: dict) -> None:
                 os._exit(1)  # a real process death, not an exception
 
     val_lookup = table.lookup() if cfg.data.val_labels == "noisy" else None
+    train_seconds = 0.0  # in this process (a restarted worker starts again from 0)
     for epoch in range(start_epoch, cfg.train.epochs):
         train = train_epoch(learner, loaders.train, epoch, on_step=on_step)
+        train_seconds += train["seconds"]
         speeds = all_gather_objects(train["images_per_s"])
+        broadcast_from_rank0(learner.student)  # every rank evaluates and would checkpoint the same student
         val, _ = _gathered_reports(learner, loaders.val, num_classes, val_lookup)
         test = _gathered_reports(learner, loaders.test, num_classes)[0] if loaders.test is not None else None
         if sync is not None:
@@ -168,12 +172,18 @@ def worker_loop(config: dict) -> None:
                    "teacher_sync": record["teacher_sync"]}
         if last:
             all_speeds = [s for h in history for s in h["images_per_s_per_worker"]]
+            teacher_sync = None
+            if sync is not None:
+                # Share of this process's training time spent in teacher synchronisation (buffer
+                # all-reduce + checksum checks), measured around those calls with perf_counter.
+                teacher_sync = {**sync.summary(), "share_of_train_time": sync.seconds / max(train_seconds, 1e-9)}
             metrics["results"] = final_results(
                 cfg, val, test, table, diagnostics,
                 throughput={"images_per_s_per_worker": float(np.median(all_speeds)), "workers": world,
-                            "images_per_s_total": float(np.median([sum(h["images_per_s_per_worker"]) for h in history]))},
+                            "images_per_s_total": float(np.median([sum(h["images_per_s_per_worker"]) for h in history])),
+                            "per_epoch_images_per_s": [float(np.mean(h["images_per_s_per_worker"])) for h in history]},
                 epochs_run=epoch + 1, wall_time_s=sum(h["seconds"] for h in history),
-                teacher_sync=(sync.summary() if sync is not None else None),
+                teacher_sync=teacher_sync,
             )
         if rank == 0:
             log.log(epoch, record)
