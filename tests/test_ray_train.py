@@ -31,7 +31,7 @@ def digit_shards(tmp_path_factory) -> Path:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 

@@ -83,7 +83,7 @@ def worker_loop(config: dict) -> None:
     from soft_dist.train.data import shard_loaders
     from soft_dist.train.distributed import TeacherSync, all_gather_objects, broadcast_from_rank0
     from soft_dist.train.fit import RunLog, epoch_summary_line, final_results, noise_diagnostics, train_epoch
-    from soft_dist.train.loop import SoftLearner
+    from soft_dist.train.loop import SoftLearner, choose_branch
 
     # Ray Train logs every report with its full metrics at INFO: keep the console to our epoch lines.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -168,8 +168,12 @@ def worker_loop(config: dict) -> None:
             "teacher_sync": sync.summary() if sync is not None else None,
         }
         history.append({"epoch": epoch, "images_per_s_per_worker": speeds, "seconds": train["seconds"]})
+        chosen_now = choose_branch(val, cfg.train.select_metric)
         metrics = {"epoch": epoch, "val": val, "test": test, "train": train, "teacher_digests": digests,
-                   "teacher_sync": record["teacher_sync"]}
+                   "teacher_sync": record["teacher_sync"],
+                   # flat keys for Ray Tune: the branch validation would choose now
+                   "val_accuracy": val[chosen_now]["accuracy"],
+                   "val_mean_class_accuracy": val[chosen_now]["mean_class_accuracy"]}
         if last:
             all_speeds = [s for h in history for s in h["images_per_s_per_worker"]]
             teacher_sync = None
@@ -258,24 +262,46 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
-def init_ray() -> None:
-    """Connect to RAY_ADDRESS when set, else start a local Ray cluster on this machine's cores."""
-    import ray
+def build_trainer(
+    cfg: Config,
+    run_dir: Path,
+    table: NoiseTable,
+    num_classes: int,
+    resume_from: Path | None = None,
+    callbacks: list | None = None,
+):
+    """The TorchTrainer for one run (also built per trial by the sweep, with Tune's report callback)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+    return TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "config": to_dict(cfg),
+            "run_dir": str(run_dir),
+            "num_classes": num_classes,
+            "noise_table": {"idx": table.idx, "clean": table.clean, "noisy": table.noisy,
+                            "kind": table.kind, "rate": table.rate, "seed": table.seed},
+            "resume_from": str(resume_from) if resume_from else None,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=RAY_RUN_NAME,
+            storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": WORKER_ENV},
+            callbacks=list(callbacks or []),
+        ),
+    )
 
 
 def run_training(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     """Train ``cfg`` with Ray Train into ``run_dir``; returns (and writes) results.json."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     run_dir = Path(run_dir).resolve()
     config_path = run_dir / "config.yaml"
     table_path = run_dir / "noise_table.csv"
@@ -297,30 +323,10 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict
         table.save(table_path)
         (run_dir / FAILURE_MARKER).unlink(missing_ok=True)  # failure injection fires once per run
 
+    from soft_dist.ray_cluster import init_ray
+
     init_ray()
-    trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config={
-            "config": to_dict(cfg),
-            "run_dir": str(run_dir),
-            "num_classes": num_classes,
-            "noise_table": {"idx": table.idx, "clean": table.clean, "noisy": table.noisy,
-                            "kind": table.kind, "rate": table.rate, "seed": table.seed},
-            "resume_from": str(resume_from) if resume_from else None,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=RAY_RUN_NAME,
-            storage_path=str(run_dir),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": WORKER_ENV},
-        ),
-    )
+    trainer = build_trainer(cfg, run_dir, table, num_classes, resume_from=resume_from)
     result = trainer.fit()
     if result.error is not None:
         raise result.error
