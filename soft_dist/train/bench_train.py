@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> dict:
     from soft_dist.commands.demo import DEMO_CONFIG, ensure_digit_shards
     from soft_dist.config import load_config
     from soft_dist.train.data import shard_loaders
-    from soft_dist.train.ray_trainer import build_noise_table as table_for_run, run_training
+    from soft_dist.train.ray_trainer import make_noise_table, run_training
     from soft_dist.train.single import fit_single
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> dict:
                      f"train.epochs={args.repeats + 1}", "method.stage1_epochs=0",
                      f"train.cpus_per_worker={torch.get_num_threads()}", *args.overrides]
         cfg = load_config(args.config or DEMO_CONFIG, overrides)
-        table, num_classes = table_for_run(cfg, tmp)
+        table, num_classes = make_noise_table(cfg)
         torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
         loaders = shard_loaders(cfg, diagnostics=False)
         try:

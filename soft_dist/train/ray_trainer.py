@@ -209,7 +209,7 @@ def worker_loop(config: dict) -> None:
 # ============================================================================ driver side
 
 
-def build_noise_table(cfg: Config, run_dir: Path) -> tuple[NoiseTable, int]:
+def make_noise_table(cfg: Config) -> tuple[NoiseTable, int]:
     """The run's noise table (made once from the shards' clean labels, or read from noise.file)."""
     from soft_dist.data.format import load_manifest
     from soft_dist.data.labels import read_split_labels
@@ -317,7 +317,7 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict
     else:
         if (run_dir / RAY_RUN_NAME).exists():
             raise ConfigError("--run-dir", f"{run_dir} already holds a run; use `soft-dist train --resume {run_dir}`")
-        table, num_classes = build_noise_table(cfg, run_dir)
+        table, num_classes = make_noise_table(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, config_path)
         table.save(table_path)
