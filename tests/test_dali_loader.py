@@ -209,6 +209,9 @@ def test_index_files_give_the_same_table(shards, tmp_path):
     for name in ("shard", "offset", "size", "label", "idx"):
         np.testing.assert_array_equal(getattr(plain, name), getattr(indexed, name))
     assert bytes(indexed.jpeg(5)) == bytes(plain.jpeg(5)) and bytes(plain.jpeg(5))[:2] == b"\xff\xd8"
+    # An index file of another format version is not trusted: the tar is scanned instead.
+    next(copy.glob("train-*.idx")).write_text("v1.1 16\n")
+    assert not load_sample_table(copy, "train").used_index_files
 
 
 def test_mixed_gpu_graph_is_constructed_without_a_gpu():
