@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-step clean-venv
+.PHONY: setup demo test bench-step bench-pipeline clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ test: $(STAMP)
 
 bench-step: $(STAMP)
 	$(VENV)/bin/soft-dist bench step --json runs/bench/step.json
+
+bench-pipeline: $(STAMP)
+	$(VENV)/bin/soft-dist bench pipeline --image-size 224 --batch-size 64 --json runs/bench/pipeline.json
 
 clean-venv:
 	rm -rf $(VENV)
