@@ -229,6 +229,11 @@ def test_mixed_gpu_graph_is_constructed_without_a_gpu():
     with pipe:
         cpu_outputs = dali.graph(lambda info: None, data_cfg, train=False, device="cpu")
     assert all(o.device == "cpu" for o in cpu_outputs)
+    # The GPU outputs are HWC; the loader hands them on as NCHW views in channels_last format.
+    hwc = torch.arange(2 * 5 * 4 * 3, dtype=torch.float32).reshape(2, 5, 4, 3)
+    nchw = dali._as_nchw(hwc, "cuda")
+    assert nchw.shape == (2, 3, 5, 4) and nchw.is_contiguous(memory_format=torch.channels_last)
+    assert nchw[1, 2, 3, 1] == hwc[1, 3, 1, 2]
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             dali.make_pipeline(lambda info: None, 4, data_cfg, train=True, device="cuda", device_id=0).build()
