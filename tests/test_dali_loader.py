@@ -92,8 +92,13 @@ def test_same_seed_same_first_batch_next_epoch_other_order(shards):
     torch.testing.assert_close(a0.idx, b0.idx)
     torch.testing.assert_close(a0.view_s, b0.view_s)
     torch.testing.assert_close(a0.view_t, b0.view_t)
-    # Resume: epoch 3 built fresh equals epoch 3 after other epochs ran.
-    list(a.epoch(1))
+    # Epoch 0 was abandoned after one batch: epoch 1 must not see its prefetched leftovers.
+    e1 = collect(a, 1)
+    fresh = collect(build_train_loader(shards, "train", cfg(), BATCH, seed=7), 1)
+    for x, y in zip(e1, fresh):
+        torch.testing.assert_close(x.idx, y.idx)
+        torch.testing.assert_close(x.view_t, y.view_t)
+    # Resume: epoch 3 right after a full epoch 1 (pipeline reused) equals epoch 3 in a new loader.
     torch.testing.assert_close(first(a, 3).view_s, first(b, 3).view_s)
     assert not torch.equal(first(a, 1).idx, a0.idx)
     assert not torch.equal(first(build_train_loader(shards, "train", cfg(), BATCH, seed=8), 0).idx, a0.idx)
@@ -163,15 +168,15 @@ def test_dali_and_torch_loaders_agree(shards):
         assert not torch.equal(y.view_s, y.view_t)
     dv = torch.cat([b.view_s for b in db] + [b.view_t for b in db])
     tv = torch.cat([b.view_s for b in tb] + [b.view_t for b in tb])
-    for dim in ((0, 2, 3),):  # per-channel statistics of the augmented views
-        assert (dv.mean(dim) - tv.mean(dim)).abs().max() < 0.15, (dv.mean(dim), tv.mean(dim))
-        assert ((dv.std(dim) / tv.std(dim)) - 1).abs().max() < 0.15, (dv.std(dim), tv.std(dim))
+    dims = (0, 2, 3)  # per-channel statistics of the augmented views
+    assert (dv.mean(dims) - tv.mean(dims)).abs().max() < 0.08, (dv.mean(dims), tv.mean(dims))
+    assert ((dv.std(dims) / tv.std(dims)) - 1).abs().max() < 0.08, (dv.std(dims), tv.std(dims))
     # The deterministic views differ only by the JPEG decoders' rounding.
     de = collect(build_eval_loader(shards, "val", cfg("dali"), 8))
     te = collect(build_eval_loader(shards, "val", cfg("torch"), 8))
     for x, y in zip(de, te):
         torch.testing.assert_close(x.idx, y.idx)
-        assert (x.image - y.image).abs().mean() < 0.05
+        assert (x.image - y.image).abs().mean() < 0.01
     d.close()
     t.close()
 
@@ -209,6 +214,9 @@ def test_index_files_give_the_same_table(shards, tmp_path):
     for name in ("shard", "offset", "size", "label", "idx"):
         np.testing.assert_array_equal(getattr(plain, name), getattr(indexed, name))
     assert bytes(indexed.jpeg(5)) == bytes(plain.jpeg(5)) and bytes(plain.jpeg(5))[:2] == b"\xff\xd8"
+    # An index file of another format version is not trusted: the tar is scanned instead.
+    next(copy.glob("train-*.idx")).write_text("v1.1 16\n")
+    assert not load_sample_table(copy, "train").used_index_files
 
 
 def test_mixed_gpu_graph_is_constructed_without_a_gpu():
@@ -226,6 +234,11 @@ def test_mixed_gpu_graph_is_constructed_without_a_gpu():
     with pipe:
         cpu_outputs = dali.graph(lambda info: None, data_cfg, train=False, device="cpu")
     assert all(o.device == "cpu" for o in cpu_outputs)
+    # The GPU outputs are HWC; the loader hands them on as NCHW views in channels_last format.
+    hwc = torch.arange(2 * 5 * 4 * 3, dtype=torch.float32).reshape(2, 5, 4, 3)
+    nchw = dali._as_nchw(hwc, "cuda")
+    assert nchw.shape == (2, 3, 5, 4) and nchw.is_contiguous(memory_format=torch.channels_last)
+    assert nchw[1, 2, 3, 1] == hwc[1, 3, 1, 2]
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             dali.make_pipeline(lambda info: None, 4, data_cfg, train=True, device="cuda", device_id=0).build()

@@ -8,7 +8,8 @@ that load from other processes on a shared machine falls on both alike. Without 
 faces rather than on flat synthetic images.
 
 The DALI loader feeds JPEG bytes through external_source (for the global per-epoch shuffle); the same
-graph fed by ``fn.readers.webdataset`` is timed too (``dali_webdataset_reader``), to show what that costs.
+graph fed by ``fn.readers.webdataset`` is timed too (``dali_webdataset_reader``, after the other two), to
+show what that choice costs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from soft_dist.bench import median_times_interleaved
-from soft_dist.config import DataConfig
+from soft_dist.bench import median_time, median_times_interleaved
+from soft_dist.config import AugmentConfig, DataConfig
 from soft_dist.data.format import load_manifest
+
+# --augment: AugmentConfig overrides.
+AUGMENT_PRESETS = {
+    "default": {},
+    "crop_flip": dict(rotate_degrees=0.0, color_jitter=0.0, erasing_prob=0.0),
+    "no_jitter": dict(color_jitter=0.0),  # what colour jitter costs: DALI's CPU colour twist is slow
+}
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 CROP = 256
@@ -36,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="DALI threads = torch DataLoader workers")
     parser.add_argument("--num-samples", type=int, default=512, help="samples in the temporary shards")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--augment", choices=sorted(AUGMENT_PRESETS), default="default",
+        help="default: AugmentConfig's defaults (crop, flip, rotation, colour jitter, erasing); "
+        "crop_flip: random resized crop + flip only, the augmentation of the paper's section 4.2; "
+        "no_jitter: the defaults without colour jitter",
+    )
 
 
 def write_photo_shards(out: Path, num_samples: int, seed: int = 0, shard_size: int = 128) -> Path:
@@ -107,19 +121,23 @@ def run(args: argparse.Namespace) -> dict:
         result: dict = {
             "shards": str(args.shards) if args.shards else f"temporary: {num_samples} JPEG crops {CROP}x{CROP} of skimage photos",
             "image_size": args.image_size, "batch_size": args.batch_size, "threads": args.threads,
-            "num_samples": num_samples, "views_per_image": 2,
+            "num_samples": num_samples, "views_per_image": 2, "augment": args.augment,
         }
+        augment = AugmentConfig(**AUGMENT_PRESETS[args.augment])
         loaders, fns = [], {}
         # The torch loader runs first: its worker processes are forked before any DALI thread exists.
         for name in ("torch", "dali"):
-            cfg = DataConfig(image_size=args.image_size, loader=name, num_threads=args.threads)
+            cfg = DataConfig(image_size=args.image_size, loader=name, num_threads=args.threads, augment=augment)
             loaders.append(build_train_loader(shards, args.split, cfg, args.batch_size, seed=args.seed))
             fns[name] = _epoch_fn(loaders[-1])
-        cfg = DataConfig(image_size=args.image_size, loader="dali", num_threads=args.threads)
-        fns["dali_webdataset_reader"], reader = _reader_epoch_fn(shards, args.split, cfg, args.batch_size)
         timings = median_times_interleaved(fns, repeats=args.repeats, warmup=1)
         for loader in loaders:
             loader.close()
+        # Timed on its own: a reader pipeline goes on prefetching the next epoch in the background after
+        # each epoch, which would steal CPU from whatever is timed next.
+        cfg = DataConfig(image_size=args.image_size, loader="dali", num_threads=args.threads, augment=augment)
+        reader_epoch, reader = _reader_epoch_fn(shards, args.split, cfg, args.batch_size)
+        timings["dali_webdataset_reader"] = median_time(reader_epoch, repeats=args.repeats, warmup=1)
         del reader
     for name, timing in timings.items():
         result[name] = {"images_per_s": num_samples / timing["median_s"], "epoch": timing}

@@ -1,118 +1,49 @@
 """DALI input pipelines: two augmented views per training image, one deterministic view for evaluation.
 
-Data flow per epoch (docs/pipelines.md):
+Data flow (docs/pipelines.md):
 
-    EpochPlan (soft_dist.data.sampler)  -> which split positions this rank reads, batch by batch
+    EpochPlan (soft_dist.data.sampler)    -> which split positions this rank reads, batch by batch
     SampleTable (soft_dist.data.tarindex) -> the JPEG bytes of each position, read through mmap
-    fn.external_source                  -> jpegs, label, idx, valid
-    fn.decoders.image (cpu | mixed)      -> decoded once, then augmented twice with independent RNG draws
-    DALIGenericIterator                 -> torch tensors
+    PlanSource -> fn.external_source      -> jpegs, label, idx, valid, and uniform draws for each view
+    fn.decoders.image (cpu | mixed)       -> decoded once, augmented twice (soft_dist.data.dali_augment)
+    DALIGenericIterator                   -> torch tensors
 
-The JPEG bytes are fed by ``external_source`` rather than read by ``fn.readers.webdataset``: the reader can
-only give each rank a fixed contiguous slice of the split (shard_id/num_shards), shuffled inside a buffer,
-whereas the training loop wants one global permutation per epoch cut across ranks, with padding marked
-``valid=False``. Feeding bytes from Python costs a few microseconds per sample against milliseconds of
-decoding (the benchmark ``soft-dist bench pipeline`` measures both variants); ``make_reader_pipeline``
-keeps the reader variant for that comparison.
+Why external_source and not fn.readers.webdataset: the reader can only give each rank a fixed contiguous
+slice of the split (shard_id/num_shards), shuffled inside a buffer, whereas the training loop wants one
+global permutation per epoch cut across ranks, with padding marked ``valid=False``. Feeding the bytes
+from Python costs microseconds per sample against milliseconds of decoding; ``soft-dist bench pipeline``
+times the reader variant (:func:`make_reader_pipeline`) beside the loader to keep that claim checked.
 
-Determinism: the augmentation RNG lives in the pipeline, so a new pipeline is built for every epoch with
-a seed derived from (seed, epoch, rank); nothing carries over between epochs, so a restarted job
+Determinism: the random parameters of both views are numbers drawn in Python from
+(seed, epoch, rank, batch) and fed with the images; DALI's own RNG is not used. So one pipeline serves
+every epoch (building one per epoch cost about a second of warm-up each time), and a restarted job
 reproduces epoch ``e`` exactly.
 
 CPU pipelines use ``device_id=None`` (DALI's CPU_ONLY_DEVICE_ID fails on machines without CUDA). On GPU
-("mixed" decoding) the images come out in HWC order and are returned as NCHW views of that memory, i.e.
-in channels_last format, without a copy.
+("mixed" decoding) images come out in HWC order and are returned as NCHW views of that memory, i.e. in
+channels_last format, without a copy.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from nvidia.dali import fn, types
-from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from soft_dist.config import AugmentConfig, DataConfig
-from soft_dist.data.loader import ERASE_RATIO, EvalBatch, TwoViewBatch
+from soft_dist.config import DataConfig
+from soft_dist.data.dali_augment import DRAWS_PER_VIEW, Draws, eval_view, train_view
+from soft_dist.data.loader import EvalBatch, TwoViewBatch
 from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.tarindex import SampleTable, load_sample_table
 
 TRAIN_OUTPUTS = ("view_s", "view_t", "label", "idx", "valid")
 EVAL_OUTPUTS = ("image", "label", "idx", "valid")
 PREFETCH = 2
-
-
-# ----------------------------------------------------------------------------- augmentation graph
-
-
-def _uniform(lo: float, hi: float):
-    return fn.random.uniform(range=[float(lo), float(hi)])
-
-
-def _random_erase(images, a: AugmentConfig):
-    """With probability ``a.erasing_prob`` set one random box (area fraction in [erasing_scale_min,
-    erasing_scale_max]) of each normalised image to 0, i.e. to the mean colour."""
-    apply = fn.random.coin_flip(probability=a.erasing_prob)
-    area = _uniform(a.erasing_scale_min, a.erasing_scale_max)
-    ratio = dmath.exp(_uniform(math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])))
-    # A box of zero size leaves the image unchanged: that is how "not this time" is expressed per sample.
-    h = dmath.min(dmath.sqrt(area * ratio), 1.0) * apply
-    w = dmath.min(dmath.sqrt(area / ratio), 1.0) * apply
-    anchor = fn.stack(_uniform(0.0, 1.0) * (1.0 - h), _uniform(0.0, 1.0) * (1.0 - w))
-    return fn.erase(
-        images, anchor=anchor, shape=fn.stack(h, w), axis_names="HW",
-        normalized_anchor=True, normalized_shape=True, fill_value=0.0,
-    )
-
-
-def _normalize(images, data_cfg: DataConfig, layout: str, mirror=0, crop=None):
-    """uint8 HWC -> float32 in ``layout``, (x/255 - mean) / std."""
-    kwargs = {"crop": crop} if crop else {}
-    return fn.crop_mirror_normalize(
-        images, dtype=types.FLOAT, output_layout=layout, mirror=mirror,
-        mean=[255.0 * m for m in data_cfg.mean], std=[255.0 * s for s in data_cfg.std], **kwargs,
-    )
-
-
-def train_view(images, data_cfg: DataConfig, layout: str):
-    """One augmented view of decoded uint8 HWC images -> float32 [3, S, S] (``layout`` CHW) or [S, S, 3].
-
-    Every random operator below draws its own parameters, so two calls on the same images give two
-    independent views. Order: random resized crop, rotation, colour jitter, flip + normalise, erasing."""
-    a = data_cfg.augment
-    size = [data_cfg.image_size, data_cfg.image_size]
-    out = fn.random_resized_crop(
-        images, size=size, random_area=[a.scale_min, a.scale_max],
-        random_aspect_ratio=[a.ratio_min, a.ratio_max],
-    )
-    if a.rotate_degrees > 0:
-        interp = types.INTERP_NN if a.rotate_interpolation == "nearest" else types.INTERP_LINEAR
-        out = fn.rotate(
-            out, angle=_uniform(-a.rotate_degrees, a.rotate_degrees), keep_size=True, fill_value=0, interp_type=interp
-        )
-    if a.color_jitter > 0:
-        j = a.color_jitter
-        out = fn.color_twist(
-            out, brightness=_uniform(1 - j, 1 + j), contrast=_uniform(1 - j, 1 + j),
-            saturation=_uniform(1 - j, 1 + j),
-        )
-    mirror = fn.random.coin_flip(probability=0.5) if a.flip else 0
-    out = _normalize(out, data_cfg, layout, mirror=mirror)
-    if a.erasing_prob > 0:
-        out = _random_erase(out, a)
-    return out
-
-
-def eval_view(images, data_cfg: DataConfig, layout: str):
-    """Deterministic view: resize the shorter side to image_size / eval_crop_fraction, centre crop."""
-    size = data_cfg.image_size
-    out = fn.resize(images, resize_shorter=size / data_cfg.eval_crop_fraction)
-    return _normalize(out, data_cfg, layout, crop=(size, size))
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -137,20 +68,22 @@ def _new_pipeline(batch_size: int, data_cfg: DataConfig, device: str, seed: int,
 
 
 def graph(source: Callable, data_cfg: DataConfig, *, train: bool, device: str = "cpu") -> tuple:
-    """The DataNodes of the loader's graph over ``source``, an external_source callback
-    ``f(batch_info) -> (jpegs, label, idx, valid)``; call inside a ``with pipeline:`` block.
+    """The DataNodes of the loader's graph; call inside a ``with pipeline:`` block.
 
-    Returns TRAIN_OUTPUTS (view_s, view_t: float [B, 3, S, S] on CPU, [B, S, S, 3] on GPU; label, idx int64
-    [B, 1]; valid bool [B, 1]) or EVAL_OUTPUTS. ``device="cuda"`` decodes with "mixed", so every output is
-    a GPU node."""
+    ``source`` is an external_source callback ``f(batch_info)`` returning (jpegs, label, idx, valid) and,
+    for training, the draws of the two views (float32 [B, DRAWS_PER_VIEW] each); see PlanSource.
+    Returns TRAIN_OUTPUTS (view_s, view_t: float32 [B, 3, S, S] on CPU, [B, S, S, 3] on GPU; label, idx
+    int64 [B, 1]; valid bool [B, 1]) or EVAL_OUTPUTS. ``device="cuda"`` decodes with "mixed", so every
+    output is a GPU node."""
     layout = _layout(device)
-    jpegs, label, idx, valid = fn.external_source(
-        source=source, num_outputs=4, batch=True, batch_info=True,
-        dtype=[types.UINT8, types.INT64, types.INT64, types.BOOL],
+    dtypes = [types.UINT8, types.INT64, types.INT64, types.BOOL] + [types.FLOAT] * (2 if train else 0)
+    jpegs, label, idx, valid, *draws = fn.external_source(
+        source=source, num_outputs=len(dtypes), batch=True, batch_info=True, dtype=dtypes
     )
     images = _decode(jpegs, device)
-    if train:  # one decode, two views: each train_view call draws its own random parameters
-        views = (train_view(images, data_cfg, layout), train_view(images, data_cfg, layout))
+    if train:  # one decode, two views with separate draws
+        shape = fn.peek_image_shape(jpegs)
+        views = tuple(train_view(images, shape, data_cfg, layout, Draws(d)) for d in draws)
     else:
         views = (eval_view(images, data_cfg, layout),)
     meta = (label, idx, valid)
@@ -175,14 +108,15 @@ def make_reader_pipeline(
     shards_dir: str | Path, split: str, batch_size: int, data_cfg: DataConfig, *, rank: int = 0,
     world_size: int = 1, device: str = "cpu", seed: int = 0,
 ) -> Pipeline:
-    """The same two-view graph fed by ``fn.readers.webdataset`` (index files used when present).
-
-    Kept for the benchmark: the reader splits the split into fixed contiguous rank slices and shuffles
-    within a buffer, so it cannot give the global per-epoch permutation or the valid mask of the loaders."""
+    """The same two-view graph fed by ``fn.readers.webdataset`` (index files used when present), with
+    DALI's RNG; outputs view_s, view_t, label, idx. Kept for the benchmark: the reader cuts the split into
+    fixed contiguous rank slices and shuffles within a buffer, so it cannot give the loaders' global
+    per-epoch permutation or their valid mask."""
     from soft_dist.data.format import load_manifest
 
     manifest = load_manifest(shards_dir)
     index_paths = manifest.index_paths(split)
+    layout = _layout(device)
     pipe = _new_pipeline(batch_size, data_cfg, device, seed, None)
     with pipe:
         jpegs, label, idx = fn.readers.webdataset(
@@ -192,25 +126,37 @@ def make_reader_pipeline(
             missing_component_behavior="error", shard_id=rank, num_shards=world_size,
             random_shuffle=True, pad_last_batch=True, name="reader",
         )
-        images = _decode(jpegs, device)
-        layout = _layout(device)
-        pipe.set_outputs(train_view(images, data_cfg, layout), train_view(images, data_cfg, layout), label, idx)
+        images, shape = _decode(jpegs, device), fn.peek_image_shape(jpegs)
+        views = [train_view(images, shape, data_cfg, layout, Draws()) for _ in range(2)]
+        pipe.set_outputs(*views, label, idx)
     return pipe
 
 
 class PlanSource:
-    """external_source callback: batch ``i`` of an EpochPlan as (jpegs, label, idx, valid) lists/arrays."""
+    """external_source callback over the current epoch's plan: batch ``i`` -> (jpegs, label [B], idx [B],
+    valid [B]) plus, for training, two float32 [B, DRAWS_PER_VIEW] arrays of U[0, 1) draws seeded from
+    (seed, epoch, rank, i). Raises StopIteration after the plan's last batch."""
 
-    def __init__(self, table: SampleTable, plan: EpochPlan):
-        self.table = table
-        self.plan = plan
+    def __init__(self, table: SampleTable, *, train: bool, seed: int, rank: int):
+        self.table, self.train, self.seed, self.rank = table, train, seed, rank
+        self.epoch, self.plan = 0, None
 
-    def __call__(self, info) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    def start(self, epoch: int, plan: EpochPlan) -> None:
+        self.epoch, self.plan = epoch, plan
+
+    def __call__(self, info) -> tuple:
         if info.iteration >= self.plan.num_batches:
             raise StopIteration
         positions = self.plan.positions[info.iteration]
-        jpegs = [self.table.jpeg(p) for p in positions]
-        return jpegs, self.table.label[positions], self.table.idx[positions], self.plan.valid[info.iteration]
+        out = (
+            [self.table.jpeg(p) for p in positions], self.table.label[positions], self.table.idx[positions],
+            self.plan.valid[info.iteration],
+        )
+        if not self.train:
+            return out
+        rng = np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.epoch, self.rank, info.iteration)))
+        draws = rng.random((2, len(positions), DRAWS_PER_VIEW), dtype=np.float32)
+        return (*out, draws[0], draws[1])
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -222,7 +168,7 @@ def _as_nchw(t: torch.Tensor, device: str) -> torch.Tensor:
 
 
 class _DaliLoader:
-    """Shared by TrainLoader and EvalLoader: one pipeline per epoch over that epoch's plan."""
+    """Shared by TrainLoader and EvalLoader: one pipeline, re-fed with each epoch's plan."""
 
     train: bool
     outputs: tuple[str, ...]
@@ -236,6 +182,9 @@ class _DaliLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.num_samples = len(range(rank, len(self.table), world_size))
         self._len = batches_per_epoch(len(self.table), batch_size, world_size)
+        self._source = PlanSource(self.table, train=self.train, seed=seed, rank=rank)
+        self._iterator: DALIGenericIterator | None = None
+        self._drained = False  # the last epoch ran to its end, so the pipeline holds nothing of it
 
     def __len__(self) -> int:
         return self._len
@@ -246,22 +195,29 @@ class _DaliLoader:
             epoch=epoch, shuffle=self.train,
         )
 
-    def _pipeline(self, epoch: int) -> Pipeline:
-        return make_pipeline(
-            PlanSource(self.table, self.plan(epoch)), self.batch_size, self.data_cfg, train=self.train,
-            device=self.device, seed=derive_seed(self.seed, epoch, self.rank),
-        )
-
     def _batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        pipe = self._pipeline(epoch)
-        iterator = DALIGenericIterator([pipe], list(self.outputs), auto_reset=False)
-        try:
-            for out in iterator:
-                yield out[0]
-        finally:
-            del iterator, pipe  # frees DALI's buffers (and GPU memory) before the next epoch's pipeline
+        # The plan is set before the pipeline prefetches, which happens in the iterator's constructor
+        # or reset(), both called from this thread.
+        self._source.start(epoch, self.plan(epoch))
+        if self._iterator is not None and self._drained:
+            self._iterator.reset()
+        else:  # first epoch, or the last one was abandoned half-way: its prefetched batches are stale
+            self._release()
+            pipe = make_pipeline(
+                self._source, self.batch_size, self.data_cfg, train=self.train, device=self.device,
+                seed=derive_seed(self.seed, self.rank),
+            )
+            self._iterator = DALIGenericIterator([pipe], list(self.outputs), auto_reset=False)
+        self._drained = False
+        for out in self._iterator:
+            yield out[0]
+        self._drained = True
+
+    def _release(self) -> None:
+        self._iterator = None  # frees the pipeline and its buffers (GPU memory included)
 
     def close(self) -> None:
+        self._release()
         self.table.close()
 
 

@@ -34,7 +34,7 @@ def _split_member(name: str) -> tuple[str, str]:
 def _members_from_wds_index(path: Path) -> list[dict[str, tuple[int, int]]] | None:
     """Parse a wds2idx v1.2 file: per sample {ext: (data offset, size)}; None when it is another version."""
     lines = path.read_text().splitlines()
-    if not lines or lines[0].split()[0] != WDS_INDEX_VERSION:
+    if not lines or lines[0].split()[:1] != [WDS_INDEX_VERSION]:
         return None
     samples = []
     for line in lines[1:]:
