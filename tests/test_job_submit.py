@@ -38,6 +38,21 @@ def wait_for_port(port: int, timeout: float = 120.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def wait_for_job_agent(env: dict, timeout: float = 180.0) -> None:
+    """The dashboard answers before the job agent is up ('No available agent to submit job'): submit a
+    trivial job until one is accepted."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = subprocess.run([ray_cli, "job", "submit", "--address", env["RAY_JOB_ADDRESS"], "--no-wait", "--",
+                                "python", "-c", "pass"], env=env, capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job API not ready after {timeout} s: {probe.stderr[-500:]}")
+        time.sleep(2.0)
+
+
 @pytest.fixture()
 def head(tmp_path):
     """A Ray head with the job API on 127.0.0.1 and token auth; yields the client environment."""
@@ -54,7 +69,9 @@ def head(tmp_path):
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(dashboard)
-        yield {**env, "RAY_JOB_ADDRESS": f"http://127.0.0.1:{dashboard}"}
+        client_env = {**env, "RAY_JOB_ADDRESS": f"http://127.0.0.1:{dashboard}"}
+        wait_for_job_agent(client_env)
+        yield client_env
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
