@@ -57,7 +57,9 @@ class TeacherSync:
         if not is_distributed():
             return
         names, values = zip(*tensor_checksums(self.teacher).items())
-        mine = torch.tensor(values, dtype=torch.float64)
+        # On the teacher's device: NCCL only moves CUDA tensors (gloo takes either).
+        device = next(self.teacher.parameters()).device
+        mine = torch.tensor(values, dtype=torch.float64, device=device)
         gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, mine)
         self.checks += 1
