@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from soft_dist.method.teacher import tensor_checksums
 
 
 class TeacherSyncError(RuntimeError):
@@ -56,10 +55,12 @@ class TeacherSync:
         """Compare checksums of every teacher tensor across ranks; raise naming the first mismatch."""
         if not is_distributed():
             return
-        names, values = zip(*tensor_checksums(self.teacher).items())
-        # On the teacher's device: NCCL only moves CUDA tensors (gloo takes either).
-        device = next(self.teacher.parameters()).device
-        mine = torch.tensor(values, dtype=torch.float64, device=device)
+        named = list(self.teacher.named_parameters()) + list(self.teacher.named_buffers())
+        names = [n for n, _ in named]
+        # One float64 sum per tensor, stacked on the teacher's device: a single collective and no
+        # per-tensor host sync (NCCL only moves CUDA tensors; gloo takes either).
+        with torch.no_grad():
+            mine = torch.stack([t.detach().double().sum() for _, t in named])
         gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, mine)
         self.checks += 1
