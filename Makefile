@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-step bench-shard clean-venv
+.PHONY: setup demo test bench-step bench-train bench-shard bench-pipeline clean-venv
 
 setup: $(STAMP)
 
@@ -28,8 +28,14 @@ test: $(STAMP)
 bench-step: $(STAMP)
 	$(VENV)/bin/soft-dist bench step --json runs/bench/step.json
 
+bench-train: $(STAMP)
+	$(VENV)/bin/soft-dist bench train --json runs/bench/train.json
+
 bench-shard: $(STAMP)
 	$(VENV)/bin/soft-dist bench shard --json runs/bench/shard.json
+
+bench-pipeline: $(STAMP)
+	$(VENV)/bin/soft-dist bench pipeline --image-size 224 --batch-size 64 --json runs/bench/pipeline.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -21,6 +21,8 @@ from typing import Callable
 # benchmark name -> (module, help). The module has add_arguments(parser) and run(args) -> dict.
 BENCHMARKS = {
     "step": ("soft_dist.train.bench_step", "time per training step: CE vs mean teacher vs SOFT"),
+    "train": ("soft_dist.train.bench_train", "images/s: plain single-process loop vs Ray Train with 1 worker"),
+    "pipeline": ("soft_dist.data.bench_pipeline", "two-view input throughput: DALI CPU vs torch loader"),
     "shard": ("soft_dist.data.bench_shard", "sharding throughput: images/s with and without MTCNN, 1 and 2 processes"),
 }
 
@@ -35,6 +37,23 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
+
+
+def median_times_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict:
+    """:func:`median_time` for several functions whose timings are compared: the calls alternate
+    (a, b, a, b, ...) so that load from other processes on a shared machine falls on all of them alike.
+    Returns {name: median_time's dict}."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            times[name].append(median_time(fn, repeats=1, warmup=0)["median_s"])
+    return {
+        name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": len(t)}
+        for name, t in times.items()
+    }
 
 
 def _cpu_model() -> str:

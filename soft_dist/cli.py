@@ -11,6 +11,7 @@ import sys
 
 # sub-command name -> module with register(subparsers)
 COMMAND_MODULES = {
+    "demo": "soft_dist.commands.demo",
     "train": "soft_dist.commands.train",
     "bench": "soft_dist.bench",
     "shard": "soft_dist.commands.shard",

@@ -71,6 +71,9 @@ class AugmentConfig:
     ratio_max: float = field(default=1.1, metadata=_range(0.0, None, lo_open=True))
     flip: bool = True
     rotate_degrees: float = field(default=10.0, metadata=_range(0.0, 180.0))
+    # nearest is torchvision RandomRotation's default; linear is smoother but DALI's CPU warp costs about
+    # 5x more with it (docs/pipelines.md). Both loaders follow this key.
+    rotate_interpolation: str = field(default="nearest", metadata=_choice("nearest", "linear"))
     color_jitter: float = field(default=0.2, metadata=_range(0.0, 1.0))
     erasing_prob: float = field(default=0.25, metadata=_range(0.0, 1.0))
     erasing_scale_min: float = field(default=0.02, metadata=_range(0.0, 1.0))
@@ -91,6 +94,9 @@ class DataConfig:
     test_split: str | None = "test"
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Evaluation view: resize the shorter side to image_size / eval_crop_fraction, then centre crop
+    # image_size. 1.0 keeps the whole (already aligned) face; 0.875 is the ImageNet 256 -> 224 habit.
+    eval_crop_fraction: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -11,7 +11,7 @@ def test_ray_backend_matches_serial(tmp_path):
     ray = pytest.importorskip("ray")  # part of the pinned stack; never missing in CI
     cfg = dict(layout="digits", size=12, shard_size=400, min_shards=2, progress=False)
     build_shards(ShardConfig(out=str(tmp_path / "serial"), workers=1, **cfg), log=lambda m: None)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         m = build_shards(ShardConfig(out=str(tmp_path / "ray"), backend="ray", **cfg), log=lambda m: None)
     finally:

@@ -215,9 +215,9 @@ def _run_processes(plans, options, workers):
 def _run_ray(plans, options, workers):
     import ray
 
-    if not ray.is_initialized():
-        # RAY_ADDRESS (if set) joins an existing cluster; otherwise a local one is started.
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    from soft_dist.ray_cluster import init_ray
+
+    init_ray(log_to_driver=False)  # RAY_ADDRESS joins that cluster; otherwise a new local one
     remote = ray.remote(num_cpus=1)(encode_chunk)
     window = 2 * max(workers, int(ray.cluster_resources().get("CPU", 1)))
     options_ref = ray.put(options)

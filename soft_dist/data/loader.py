@@ -1,16 +1,35 @@
-"""Batch types shared by every input source (DALI, torch, in-memory) and the training loop."""
+"""The loader interface the training loop uses, and the dispatch on ``data.loader`` (dali | torch).
+
+Framework-neutral: DALI is imported only when a DALI loader is built, so machines without it can still
+use ``data.loader: torch``. Semantics shared by both implementations (docs/pipelines.md):
+
+* every batch has exactly ``batch_size`` rows; rows with ``valid=False`` are padding (soft_dist.data.sampler);
+* over one epoch the valid rows of all ranks hold every sample of the split exactly once;
+* ``epoch(e)`` is a pure function of (seed, e, rank, world_size): the same after a restart;
+* training batches carry two independently augmented views; evaluation batches one deterministic view.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
+
+from soft_dist.config import DataConfig
+
+# Random erasing (both loaders) draws the aspect ratio of the erased box log-uniformly in this range,
+# torchvision's default.
+ERASE_RATIO = (0.3, 3.3)
 
 
 @dataclass
 class TwoViewBatch:
-    view_s: torch.Tensor  # [B, 3, H, W] float32, normalised (student view)
-    view_t: torch.Tensor  # [B, 3, H, W] float32, normalised (teacher view), independently augmented
+    """A training batch of B rows; images are [B, 3, H, W] float32, normalised, RGB."""
+
+    view_s: torch.Tensor  # [B, 3, H, W] student view
+    view_t: torch.Tensor  # [B, 3, H, W] teacher view, augmented independently of view_s
     label: torch.Tensor  # [B] int64 clean canonical label from the shard
     idx: torch.Tensor  # [B] int64 global sample index
     valid: torch.Tensor  # [B] bool; False marks padding rows
@@ -18,7 +37,73 @@ class TwoViewBatch:
 
 @dataclass
 class EvalBatch:
+    """An evaluation batch: one deterministic view (resize + centre crop)."""
+
     image: torch.Tensor  # [B, 3, H, W]
     label: torch.Tensor  # [B] int64
     idx: torch.Tensor  # [B] int64
     valid: torch.Tensor  # [B] bool
+
+
+@runtime_checkable
+class EpochLoader(Protocol):
+    num_samples: int  # real (valid) samples this rank sees per epoch
+
+    def __len__(self) -> int:  # batches per epoch, identical on every rank
+        ...
+
+    def epoch(self, epoch: int) -> Iterator[TwoViewBatch | EvalBatch]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def _implementation(data_cfg: DataConfig):
+    if data_cfg.loader == "dali":
+        from soft_dist.data import dali as impl
+    elif data_cfg.loader == "torch":
+        from soft_dist.data import torch_loader as impl
+    else:
+        raise ValueError(f"data.loader must be 'dali' or 'torch', got {data_cfg.loader!r}")
+    return impl
+
+
+def _check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
+def build_train_loader(
+    shards_dir: str | Path,
+    split: str,
+    data_cfg: DataConfig,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+) -> EpochLoader:
+    """Two-view training batches (TwoViewBatch) of ``split``; ``device="cuda"`` decodes on the GPU."""
+    _check_device(device)
+    return _implementation(data_cfg).TrainLoader(
+        shards_dir, split, data_cfg, batch_size, rank=rank, world_size=world_size, seed=seed, device=device
+    )
+
+
+def build_eval_loader(
+    shards_dir: str | Path,
+    split: str,
+    data_cfg: DataConfig,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str = "cpu",
+) -> EpochLoader:
+    """Deterministic one-view batches (EvalBatch) of ``split``, in split order, cut across ranks."""
+    _check_device(device)
+    return _implementation(data_cfg).EvalLoader(
+        shards_dir, split, data_cfg, batch_size, rank=rank, world_size=world_size, device=device
+    )

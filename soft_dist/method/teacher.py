@@ -110,15 +110,6 @@ class EmaTeacher:
         self.num_updates = int(state["num_updates"])
 
 
-def tensor_checksums(module: nn.Module) -> dict[str, float]:
-    """float64 sum of each parameter and buffer (cheap, order-independent per tensor)."""
-    out = {}
-    with torch.no_grad():
-        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-            out[name] = float(t.detach().double().sum())
-    return out
-
-
 def module_digest(module: nn.Module) -> str:
     """sha256 over the exact bytes of every parameter and buffer, in name order."""
     h = hashlib.sha256()

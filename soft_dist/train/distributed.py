@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from soft_dist.method.teacher import tensor_checksums
 
 
 class TeacherSyncError(RuntimeError):
@@ -56,8 +55,12 @@ class TeacherSync:
         """Compare checksums of every teacher tensor across ranks; raise naming the first mismatch."""
         if not is_distributed():
             return
-        names, values = zip(*tensor_checksums(self.teacher).items())
-        mine = torch.tensor(values, dtype=torch.float64)
+        named = list(self.teacher.named_parameters()) + list(self.teacher.named_buffers())
+        names = [n for n, _ in named]
+        # One float64 sum per tensor, stacked on the teacher's device: a single collective and no
+        # per-tensor host sync (NCCL only moves CUDA tensors; gloo takes either).
+        with torch.no_grad():
+            mine = torch.stack([t.detach().double().sum() for _, t in named])
         gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, mine)
         self.checks += 1
@@ -79,17 +82,27 @@ class TeacherSync:
             self.check()
         self.seconds += time.perf_counter() - start
 
-    @torch.no_grad()
     def broadcast_from_rank0(self) -> None:
         """Make every rank's teacher equal to rank 0's (at start, so identical init is guaranteed)."""
-        if not is_distributed():
-            return
-        for t in list(self.teacher.parameters()) + list(self.teacher.buffers()):
-            dist.broadcast(t.data, src=0)
+        broadcast_from_rank0(self.teacher, parameters=True)
 
     def summary(self) -> dict:
         return {"checks": self.checks, "mismatches": self.mismatches, "buffer_syncs": self.buffer_syncs,
                 "seconds": self.seconds}
+
+
+@torch.no_grad()
+def broadcast_from_rank0(module: nn.Module, parameters: bool = False) -> None:
+    """Copy rank 0's buffers (and parameters when asked) to every rank.
+
+    Used on the student before evaluation and checkpoints: DDP keeps parameters identical, but each
+    rank's last forward pass moved its own BatchNorm statistics; after this every rank holds exactly
+    the state rank 0 checkpoints, so a restored run continues as the uninterrupted one would."""
+    if not is_distributed():
+        return
+    tensors = list(module.buffers()) + (list(module.parameters()) if parameters else [])
+    for t in tensors:
+        dist.broadcast(t.data, src=0)
 
 
 def all_gather_objects(obj) -> list:

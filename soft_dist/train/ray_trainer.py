@@ -12,6 +12,7 @@ Run directory layout (RUN_DIR must be on shared storage for multi-node runs):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import tempfile
@@ -24,6 +25,8 @@ from soft_dist.config import Config, ConfigError, from_dict, load_config, save_c
 from soft_dist.noise import NoiseTable
 
 RAY_RUN_NAME = "ray"
+# Worker environment: no print patching (it echoes every line twice), unbuffered output.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONUNBUFFERED": "1"}
 STATE_FILE = "state.pt"
 FAILURE_MARKER = ".failure_injected"
 
@@ -52,7 +55,8 @@ def _ddp_wrapper(device: torch.device, compile_model: bool):
             ids = [device.index] if device.type == "cuda" else None
             # Only parameters that require grad are registered: the head is frozen in stage 1 and
             # the learner re-wraps when it is switched on (no find_unused_parameters needed).
-            module = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+            # broadcast_buffers (the default) starts every forward from rank 0's BN statistics.
+            module = DistributedDataParallel(module, device_ids=ids)
         return torch.compile(module) if compile_model else module
 
     return wrap
@@ -77,10 +81,12 @@ def worker_loop(config: dict) -> None:
     from soft_dist.method.model import build_student
     from soft_dist.method.teacher import module_digest
     from soft_dist.train.data import shard_loaders
-    from soft_dist.train.distributed import TeacherSync, all_gather_objects
+    from soft_dist.train.distributed import TeacherSync, all_gather_objects, broadcast_from_rank0
     from soft_dist.train.fit import RunLog, epoch_summary_line, final_results, noise_diagnostics, train_epoch
-    from soft_dist.train.loop import SoftLearner
+    from soft_dist.train.loop import SoftLearner, choose_branch
 
+    # Ray Train logs every report with its full metrics at INFO: keep the console to our epoch lines.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = from_dict(config["config"])
     run_dir = Path(config["run_dir"])
     table = NoiseTable(**config["noise_table"])
@@ -125,7 +131,7 @@ def worker_loop(config: dict) -> None:
     elif sync is not None:
         sync.broadcast_from_rank0()
 
-    loaders = shard_loaders(cfg, rank, world, str(device))
+    loaders = shard_loaders(cfg, rank, world, device.type)
     log = RunLog(run_dir) if rank == 0 else None
     fail_marker = run_dir / FAILURE_MARKER
 
@@ -139,9 +145,12 @@ def worker_loop(config: dict) -> None:
                 os._exit(1)  # a real process death, not an exception
 
     val_lookup = table.lookup() if cfg.data.val_labels == "noisy" else None
+    train_seconds = 0.0  # in this process (a restarted worker starts again from 0)
     for epoch in range(start_epoch, cfg.train.epochs):
         train = train_epoch(learner, loaders.train, epoch, on_step=on_step)
+        train_seconds += train["seconds"]
         speeds = all_gather_objects(train["images_per_s"])
+        broadcast_from_rank0(learner.student)  # every rank evaluates and would checkpoint the same student
         val, _ = _gathered_reports(learner, loaders.val, num_classes, val_lookup)
         test = _gathered_reports(learner, loaders.test, num_classes)[0] if loaders.test is not None else None
         if sync is not None:
@@ -159,16 +168,26 @@ def worker_loop(config: dict) -> None:
             "teacher_sync": sync.summary() if sync is not None else None,
         }
         history.append({"epoch": epoch, "images_per_s_per_worker": speeds, "seconds": train["seconds"]})
+        chosen_now = choose_branch(val, cfg.train.select_metric)
         metrics = {"epoch": epoch, "val": val, "test": test, "train": train, "teacher_digests": digests,
-                   "teacher_sync": record["teacher_sync"]}
+                   "teacher_sync": record["teacher_sync"],
+                   # flat keys for Ray Tune: the branch validation would choose now
+                   "val_accuracy": val[chosen_now]["accuracy"],
+                   "val_mean_class_accuracy": val[chosen_now]["mean_class_accuracy"]}
         if last:
             all_speeds = [s for h in history for s in h["images_per_s_per_worker"]]
+            teacher_sync = None
+            if sync is not None:
+                # Share of this process's training time spent in teacher synchronisation (buffer
+                # all-reduce + checksum checks), measured around those calls with perf_counter.
+                teacher_sync = {**sync.summary(), "share_of_train_time": sync.seconds / max(train_seconds, 1e-9)}
             metrics["results"] = final_results(
                 cfg, val, test, table, diagnostics,
                 throughput={"images_per_s_per_worker": float(np.median(all_speeds)), "workers": world,
-                            "images_per_s_total": float(np.median([sum(h["images_per_s_per_worker"]) for h in history]))},
+                            "images_per_s_total": float(np.median([sum(h["images_per_s_per_worker"]) for h in history])),
+                            "per_epoch_images_per_s": [float(np.mean(h["images_per_s_per_worker"])) for h in history]},
                 epochs_run=epoch + 1, wall_time_s=sum(h["seconds"] for h in history),
-                teacher_sync=(sync.summary() if sync is not None else None),
+                teacher_sync=teacher_sync,
             )
         if rank == 0:
             log.log(epoch, record)
@@ -190,7 +209,7 @@ def worker_loop(config: dict) -> None:
 # ============================================================================ driver side
 
 
-def build_noise_table(cfg: Config, run_dir: Path) -> tuple[NoiseTable, int]:
+def make_noise_table(cfg: Config) -> tuple[NoiseTable, int]:
     """The run's noise table (made once from the shards' clean labels, or read from noise.file)."""
     from soft_dist.data.format import load_manifest
     from soft_dist.data.labels import read_split_labels
@@ -243,47 +262,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
-def init_ray() -> None:
-    """Connect to RAY_ADDRESS when set, else start a local Ray cluster on this machine's cores."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
-
-
-def run_training(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
-    """Train ``cfg`` with Ray Train into ``run_dir``; returns (and writes) results.json."""
+def build_trainer(
+    cfg: Config,
+    run_dir: Path,
+    table: NoiseTable,
+    num_classes: int,
+    resume_from: Path | None = None,
+    callbacks: list | None = None,
+):
+    """The TorchTrainer for one run (also built per trial by the sweep, with Tune's report callback)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    run_dir = Path(run_dir).resolve()
-    config_path = run_dir / "config.yaml"
-    table_path = run_dir / "noise_table.csv"
-    resume_from = None
-    if resume:
-        if not config_path.is_file() or not table_path.is_file():
-            raise ConfigError("--resume", f"{run_dir} is not a run directory (no config.yaml / noise_table.csv)")
-        table = NoiseTable.load(table_path)
-        resume_from = latest_checkpoint(run_dir)
-        from soft_dist.data.format import load_manifest
-
-        num_classes = load_manifest(cfg.data.shards).num_classes
-    else:
-        if (run_dir / RAY_RUN_NAME).exists():
-            raise ConfigError("--run-dir", f"{run_dir} already holds a run; use `soft-dist train --resume {run_dir}`")
-        table, num_classes = build_noise_table(cfg, run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, config_path)
-        table.save(table_path)
-        (run_dir / FAILURE_MARKER).unlink(missing_ok=True)  # failure injection fires once per run
-
-    init_ray()
-    trainer = TorchTrainer(
+    return TorchTrainer(
         worker_loop,
         train_loop_config={
             "config": to_dict(cfg),
@@ -303,8 +294,39 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict
             storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": WORKER_ENV},
+            callbacks=list(callbacks or []),
         ),
     )
+
+
+def run_training(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train ``cfg`` with Ray Train into ``run_dir``; returns (and writes) results.json."""
+    run_dir = Path(run_dir).resolve()
+    config_path = run_dir / "config.yaml"
+    table_path = run_dir / "noise_table.csv"
+    resume_from = None
+    if resume:
+        if not config_path.is_file() or not table_path.is_file():
+            raise ConfigError("--resume", f"{run_dir} is not a run directory (no config.yaml / noise_table.csv)")
+        table = NoiseTable.load(table_path)
+        resume_from = latest_checkpoint(run_dir)
+        from soft_dist.data.format import load_manifest
+
+        num_classes = load_manifest(cfg.data.shards).num_classes
+    else:
+        if (run_dir / RAY_RUN_NAME).exists():
+            raise ConfigError("--run-dir", f"{run_dir} already holds a run; use `soft-dist train --resume {run_dir}`")
+        table, num_classes = make_noise_table(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, config_path)
+        table.save(table_path)
+        (run_dir / FAILURE_MARKER).unlink(missing_ok=True)  # failure injection fires once per run
+
+    from soft_dist.ray_cluster import init_ray
+
+    init_ray()
+    trainer = build_trainer(cfg, run_dir, table, num_classes, resume_from=resume_from)
     result = trainer.fit()
     if result.error is not None:
         raise result.error

@@ -70,7 +70,8 @@ def fit_single(
         diagnostics = noise_diagnostics(predictions(learner, loaders.train_eval), table)
     results = final_results(
         cfg, val, test, table, diagnostics,
-        throughput={"images_per_s_per_worker": float(np.median(speeds)), "workers": 1},
+        throughput={"images_per_s_per_worker": float(np.median(speeds)), "workers": 1,
+                    "per_epoch_images_per_s": speeds},
         epochs_run=cfg.train.epochs, wall_time_s=time.perf_counter() - start,
     )
     if weights is not None:

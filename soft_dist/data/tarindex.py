@@ -1,0 +1,151 @@
+"""Random access into the WebDataset shards of one split.
+
+Both loaders (DALI and the torch fallback) need to read sample ``i`` of a split in any order, because
+every epoch draws one global permutation of the split and hands each rank its share of it
+(soft_dist.data.sampler). A streaming tar reader cannot do that, so this module records where each
+sample's members lie inside its tar file and reads the JPEG bytes through ``mmap``.
+
+Offsets come from the DALI index files beside the shards (``wds2idx`` format v1.2, written by the
+sharder) when every shard has one, and otherwise from one pass of :mod:`tarfile` over each shard.
+The label and idx members are read once here (8 bytes each, see soft_dist.data.format), so the loaders
+know every sample's label and idx before decoding anything.
+"""
+
+from __future__ import annotations
+
+import mmap
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from soft_dist.data.format import IMAGE_EXT, INDEX_EXT, LABEL_EXT, ManifestError, decode_int64, load_manifest
+
+WDS_INDEX_VERSION = "v1.2"
+
+
+def _split_member(name: str) -> tuple[str, str]:
+    """``dir/000000012.jpg`` -> (``dir/000000012``, ``jpg``): WebDataset's rule, first dot of the basename."""
+    dot = name.find(".", name.rfind("/") + 1)
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
+
+
+def _members_from_wds_index(path: Path) -> list[dict[str, tuple[int, int]]] | None:
+    """Parse a wds2idx v1.2 file: per sample {ext: (data offset, size)}; None when it is another version."""
+    lines = path.read_text().splitlines()
+    if not lines or lines[0].split()[:1] != [WDS_INDEX_VERSION]:
+        return None
+    samples = []
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) % 4:  # v1.2 lines are (ext, offset, size, name) quadruples
+            return None
+        samples.append({fields[i]: (int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), 4)})
+    return samples
+
+
+def _members_from_tar(path: Path) -> list[dict[str, tuple[int, int]]]:
+    """One tarfile pass: per sample {ext: (data offset, size)}, samples in tar order."""
+    samples: list[dict[str, tuple[int, int]]] = []
+    last = None
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base, ext = _split_member(member.name)
+            if base != last:
+                samples.append({})
+                last = base
+            samples[-1][ext] = (member.offset_data, member.size)
+    return samples
+
+
+@dataclass
+class SampleTable:
+    """Where every sample of a split lives, in shard order (position ``p`` = p-th sample of the split).
+
+    Arrays, all of length N: ``shard`` (int32, into ``paths``), ``offset``/``size`` (int64, the JPEG's bytes
+    in that tar), ``label`` and ``idx`` (int64, from the shard's cls/idx members)."""
+
+    paths: list[Path]
+    shard: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+    label: np.ndarray
+    idx: np.ndarray
+    used_index_files: bool = False
+    _maps: dict[int, mmap.mmap] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def _map(self, shard: int) -> mmap.mmap:
+        # Opened lazily so that forked DataLoader workers open their own maps.
+        m = self._maps.get(shard)
+        if m is None:
+            with open(self.paths[shard], "rb") as f:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[shard] = m
+        return m
+
+    def jpeg(self, position: int) -> np.ndarray:
+        """The encoded JPEG of sample ``position`` as a uint8 array [nbytes] (a view of the mapped shard)."""
+        return np.frombuffer(
+            self._map(int(self.shard[position])), dtype=np.uint8,
+            count=int(self.size[position]), offset=int(self.offset[position]),
+        )
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+
+    def __getstate__(self):  # mmaps do not pickle; a worker process reopens them
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        return state
+
+
+def load_sample_table(shards_dir: str | Path, split: str) -> SampleTable:
+    """Index the split ``split`` of the shard folder ``shards_dir`` (see the module docstring)."""
+    manifest = load_manifest(shards_dir)
+    paths = manifest.shard_paths(split)
+    index_paths = manifest.index_paths(split)
+    per_shard = None
+    if index_paths is not None:
+        per_shard = [_members_from_wds_index(p) for p in index_paths]
+        if any(s is None for s in per_shard):
+            per_shard = None
+    used_index_files = per_shard is not None
+    if per_shard is None:
+        per_shard = [_members_from_tar(p) for p in paths]
+
+    shard, offset, size, label, idx = [], [], [], [], []
+    for number, (path, info, samples) in enumerate(zip(paths, manifest.split(split).shards, per_shard)):
+        if len(samples) != info.num_samples:
+            raise ManifestError(f"{path}: holds {len(samples)} samples, the manifest says {info.num_samples}")
+        with open(path, "rb") as f:
+            for members in samples:
+                missing = [e for e in (IMAGE_EXT, LABEL_EXT, INDEX_EXT) if e not in members]
+                if missing:
+                    raise ManifestError(f"{path}: a sample lacks the members {missing}")
+                values = []
+                for ext in (LABEL_EXT, INDEX_EXT):
+                    off, n = members[ext]
+                    f.seek(off)
+                    values.append(decode_int64(f.read(n)))
+                shard.append(number)
+                offset.append(members[IMAGE_EXT][0])
+                size.append(members[IMAGE_EXT][1])
+                label.append(values[0])
+                idx.append(values[1])
+    return SampleTable(
+        paths=paths,
+        shard=np.asarray(shard, dtype=np.int32),
+        offset=np.asarray(offset, dtype=np.int64),
+        size=np.asarray(size, dtype=np.int64),
+        label=np.asarray(label, dtype=np.int64),
+        idx=np.asarray(idx, dtype=np.int64),
+        used_index_files=used_index_files,
+    )
