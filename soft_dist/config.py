@@ -74,7 +74,7 @@ class AugmentConfig:
     # nearest is torchvision RandomRotation's default; linear is smoother but DALI's CPU warp costs about
     # 5x more with it (docs/pipelines.md). Both loaders follow this key.
     rotate_interpolation: str = field(default="nearest", metadata=_choice("nearest", "linear"))
-    color_jitter: float = field(default=0.2, metadata=_range(0.0, 1.0))
+    color_jitter: float = field(default=0.0, metadata=_range(0.0, 1.0))  # the paper uses none
     erasing_prob: float = field(default=0.25, metadata=_range(0.0, 1.0))
     erasing_scale_min: float = field(default=0.02, metadata=_range(0.0, 1.0))
     erasing_scale_max: float = field(default=0.25, metadata=_range(0.0, 1.0))
