@@ -145,30 +145,61 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
 
 
 @pytest.mark.ray
-def test_asymmetric_noise_from_confusion(tmp_path, digit_shards, ray_cluster):
+def test_class_map_from_a_plain_models_confusion(tmp_path, digit_shards, ray_cluster):
+    from soft_dist.config import load_config
+    from soft_dist.experiment.confusion import class_map_override, derive_class_map
+    from soft_dist.train.ray_trainer import make_noise_table
+
+    overrides = [f"data.shards={digit_shards}", *TINY]
+    out = tmp_path / "confusion"
+    class_map = derive_class_map(CONFIGS / "digits_cpu.yaml", overrides, out)
+    assert sorted(class_map) == list(range(10)) and all(k != v for k, v in class_map.items())
+    confusion = (out / "confusion.csv").read_text().splitlines()
+    assert len(confusion) == 10 and all(len(row.split(",")) == 10 for row in confusion)
+    assert json.loads((out / "class_map.json").read_text())["source"].startswith("plain CE, clean labels")
+    assert load_config(out / "run" / "config.yaml").noise.kind == "none"  # trained on clean labels
+    assert derive_class_map(CONFIGS / "digits_cpu.yaml", overrides, out) == class_map  # reused, not retrained
+
+    # The map reaches the noise: every flipped label went to its class's mapped target.
+    cfg = load_config(CONFIGS / "digits_cpu.yaml", [*overrides, "noise.kind=asymmetric", "noise.rate=0.3",
+                                                    *class_map_override(class_map)])
+    table, _ = make_noise_table(cfg)
+    flipped = table.flipped
+    assert flipped.any()
+    assert all(class_map[int(c)] == int(n) for c, n in zip(table.clean[flipped], table.noisy[flipped]))
+
+
+def test_asymmetric_cells_get_the_derived_map(tmp_path, monkeypatch):
+    """The runner's wiring, without Ray: training is replaced by writing a results.json."""
+    import soft_dist.experiment.confusion as confusion
+    import soft_dist.train.ray_trainer as ray_trainer
     from soft_dist.experiment.runner import run_grid
 
+    seen = {}
+
+    def fake_train(cfg, run_dir):
+        seen[Path(run_dir).name] = (cfg.noise.kind, cfg.noise.class_map, cfg.train.seed, cfg.noise.seed)
+        report = {"accuracy": 0.5, "mean_class_accuracy": 0.5}
+        results = {"chosen_branch": "student", "val": {"student": report, "chosen": report},
+                   "test": {"student": report, "chosen": report}, "noise": {"flipped": 1}, "epochs": 1,
+                   "wall_time_s": 1.0, "throughput": {"images_per_s_total": 1.0}}
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / "results.json").write_text(json.dumps(results))
+        return results
+
+    monkeypatch.setattr(ray_trainer, "run_training", fake_train)
+    monkeypatch.setattr(confusion, "derive_class_map", lambda base, overrides, out, log=print: {0: 1, 1: 0})
     grid = load_grid(write_grid(tmp_path, """
         base: BASE
         methods: [ce]
-        noise_kinds: [asymmetric]
+        noise_kinds: [symmetric, asymmetric]
         noise_rates: [0.3]
-        seeds: [0]
+        seeds: [2]
         asymmetric_from: confusion
         sls_bars: false
     """))
-    run_dir = tmp_path / "exp"
-    outcome = run_grid(grid, run_dir, [f"data.shards={digit_shards}", *TINY])
-    assert outcome.failed == [] and outcome.trained == ["ce-asymmetric-0.3-s0"]
-    derived = json.loads((run_dir / "confusion" / "class_map.json").read_text())
-    class_map = {int(k): v for k, v in derived["class_map"].items()}
-    assert sorted(class_map) == list(range(10)) and all(k != v for k, v in class_map.items())
-    confusion = (run_dir / "confusion" / "confusion.csv").read_text().splitlines()
-    assert len(confusion) == 10 and all(len(row.split(",")) == 10 for row in confusion)
-    # The cell's noise follows the map: every flipped label went to its class's mapped target.
-    from soft_dist.noise import NoiseTable
-
-    table = NoiseTable.load(run_dir / "cells" / "ce-asymmetric-0.3-s0" / "noise_table.csv")
-    flipped = table.flipped
-    assert flipped.any()
-    assert all(class_map[c] == n for c, n in zip(table.clean[flipped], table.noisy[flipped]))
+    outcome = run_grid(grid, tmp_path / "exp", ["data.shards=/nowhere"])
+    assert outcome.failed == []
+    assert seen == {"ce-symmetric-0.3-s2": ("symmetric", None, 2, 2),
+                    "ce-asymmetric-0.3-s2": ("asymmetric", {0: 1, 1: 0}, 2, 2)}
+    assert len(pd.read_csv(tmp_path / "exp" / "summary.csv")) == 2
