@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
             outcome = run_grid(grid, args.run_dir, args.overrides)
     except GridError as err:
-        print(f"soft-dist experiment: error: {err}")
+        import sys
+
+        print(f"soft-dist experiment: error: {err}", file=sys.stderr)
         return 2
     import pandas as pd
 
