@@ -24,6 +24,7 @@ BENCHMARKS = {
     "train": ("soft_dist.train.bench_train", "images/s: plain single-process loop vs Ray Train with 1 worker"),
     "pipeline": ("soft_dist.data.bench_pipeline", "two-view input throughput: DALI CPU vs torch loader"),
     "shard": ("soft_dist.data.bench_shard", "sharding throughput: images/s with and without MTCNN, 1 and 2 processes"),
+    "scaling": ("soft_dist.train.bench_scaling", "Ray Train images/s and scaling efficiency with 1..N workers"),
 }
 
 

@@ -1,0 +1,226 @@
+"""Experiment grid files: parsing, validation and expansion into cells.
+
+A grid file (YAML, see configs/experiments/ and docs/experiments.md) names a base run config and the
+axes to sweep::
+
+    base: ../digits_cpu.yaml          # run config, path relative to the grid file
+    overrides: [train.epochs=4]       # optional, applied to every cell
+    methods: [ce, mt, soft]           # METHOD_PRESETS names
+    noise_kinds: [symmetric]          # symmetric | asymmetric
+    noise_rates: [0.3, 0.5]           # each in [0, 1)
+    seeds: [0, 1]                     # a cell's seed sets BOTH train.seed and noise.seed
+    extra:                            # optional: any dotted config key -> list of values
+      method.epsilon: [0.1, 0.3]
+    asymmetric_from: confusion        # optional: derive noise.class_map from a plain CE model
+    sls_bars: {method: soft, images: 6}   # optional: the Fig. 1-style plot
+
+Structure and names are checked here (GridError names the field and the file); the values of each
+cell's config are checked when the cell is built, so one bad value fails that cell only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from soft_dist.config import METHOD_PRESETS, Config
+
+NOISE_KINDS = ("symmetric", "asymmetric")
+# Config keys a cell sets itself: the grid's axes. Overrides may not name them (they would silently
+# collapse the grid).
+AXIS_KEYS = ("method.name", "noise.kind", "noise.rate", "train.seed", "noise.seed")
+TOP_KEYS = ("base", "overrides", "methods", "noise_kinds", "noise_rates", "seeds", "extra", "asymmetric_from",
+            "sls_bars", "description")
+
+
+class GridError(ValueError):
+    """A problem in a grid file, naming the field and the file."""
+
+    def __init__(self, field_path: str, message: str, source: str | None = None):
+        where = f" (in {source})" if source else ""
+        super().__init__(f"grid field '{field_path}'{where}: {message}")
+        self.field_path = field_path
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    method: str
+    noise_kind: str
+    noise_rate: float
+    seed: int
+    extra: tuple[tuple[str, Any], ...] = ()  # ((dotted key, value), ...) in the grid file's order
+
+    @property
+    def name(self) -> str:
+        """Folder name: <method>-<kind>-<rate>-s<seed>[-<key><value>...] (last key segment only)."""
+        parts = [self.method, self.noise_kind, f"{self.noise_rate:g}", f"s{self.seed}"]
+        parts += [f"{key.split('.')[-1]}{_compact(value)}" for key, value in self.extra]
+        return "-".join(parts)
+
+    def overrides(self) -> list[str]:
+        """The dotted overrides that make this cell out of the base config (applied last)."""
+        out = [f"method.name={self.method}", f"noise.kind={self.noise_kind}", f"noise.rate={self.noise_rate}",
+               f"train.seed={self.seed}", f"noise.seed={self.seed}"]
+        # Values are parsed back as YAML scalars by soft_dist.config.parse_override.
+        return out + [f"{key}={value}" for key, value in self.extra]
+
+    def row(self) -> dict:
+        """Axis columns of this cell for the CSV files."""
+        return {"cell": self.name, "method": self.method, "noise_kind": self.noise_kind,
+                "noise_rate": self.noise_rate, "seed": self.seed, **dict(self.extra)}
+
+
+def _compact(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in text)
+
+
+@dataclass
+class SlsBars:
+    method: str = "soft"  # the cells whose teacher is plotted (the first finished one)
+    images: int = 6  # training images shown, half with a flipped label when there are any
+
+
+@dataclass
+class Grid:
+    path: Path  # the grid file
+    base: Path  # the base run config (resolved)
+    methods: list[str]
+    noise_kinds: list[str]
+    noise_rates: list[float]
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+    extra: dict[str, list] = field(default_factory=dict)
+    asymmetric_from: str | None = None  # None (class map from the config) | "confusion"
+    sls_bars: SlsBars | None = field(default_factory=SlsBars)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, in file order: method, kind, rate, extra values, seed (seed varies fastest)."""
+        extra_keys = list(self.extra)
+        combos = list(itertools.product(*(self.extra[k] for k in extra_keys))) or [()]
+        return [
+            Cell(m, k, float(r), int(s), tuple(zip(extra_keys, combo)))
+            for m, k, r, combo, s in itertools.product(self.methods, self.noise_kinds, self.noise_rates, combos,
+                                                       self.seeds)
+        ]
+
+
+def config_key_exists(dotted: str) -> bool:
+    """Whether ``dotted`` names a field of :class:`Config` (YAML names, e.g. ``method.lambda``)."""
+    cls: Any = Config
+    for part in dotted.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return False
+        hints = get_type_hints(cls)
+        by_key = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+        if part not in by_key:
+            return False
+        cls = hints[by_key[part].name]
+    return True
+
+
+def _list(data: dict, key: str, source: str, kind: type | tuple, required: bool = True) -> list:
+    if key not in data:
+        if required:
+            raise GridError(key, "missing (a non-empty list)", source)
+        return []
+    value = data[key]
+    if not isinstance(value, list) or not value:
+        raise GridError(key, f"expected a non-empty list, got {value!r}", source)
+    for item in value:
+        if not isinstance(item, kind) or isinstance(item, bool):
+            raise GridError(key, f"item {item!r} is not a {getattr(kind, '__name__', kind)}", source)
+    if len(set(map(repr, value))) != len(value):
+        raise GridError(key, f"repeated values in {value!r}", source)
+    return list(value)
+
+
+def check_overrides(overrides: list[str], field_path: str, source: str | None, axes: tuple[str, ...]) -> None:
+    """Overrides must look like key=value, name an existing config field, and not name a grid axis."""
+    for text in overrides:
+        if not isinstance(text, str) or "=" not in text:
+            raise GridError(field_path, f"{text!r} is not a dotted key=value override", source)
+        key = text.split("=", 1)[0].strip()
+        if key in axes:
+            raise GridError(field_path, f"'{key}' is a grid axis, set by each cell; change the grid instead", source)
+        if not config_key_exists(key):
+            raise GridError(field_path, f"'{key}' is not a config field", source)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a grid file."""
+    path = Path(path).resolve()
+    source = str(path)
+    if not path.is_file():
+        raise GridError("(file)", "file not found", source)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise GridError("(file)", f"not valid YAML: {err}", source) from err
+    if not isinstance(data, dict):
+        raise GridError("(file)", "the top level must be a mapping", source)
+    for key in data:
+        if key not in TOP_KEYS:
+            raise GridError(str(key), f"unknown key; known keys: {list(TOP_KEYS)}", source)
+
+    if not isinstance(data.get("base"), str):
+        raise GridError("base", "missing: the run config this grid starts from (path relative to the grid file)",
+                        source)
+    base = (path.parent / data["base"]).resolve()
+    if not base.is_file():
+        raise GridError("base", f"file not found: {base}", source)
+
+    methods = _list(data, "methods", source, str)
+    for m in methods:
+        if m not in METHOD_PRESETS:
+            raise GridError("methods", f"unknown method {m!r}; known: {list(METHOD_PRESETS)}", source)
+    kinds = _list(data, "noise_kinds", source, str)
+    for k in kinds:
+        if k not in NOISE_KINDS:
+            raise GridError("noise_kinds", f"unknown noise kind {k!r}; known: {list(NOISE_KINDS)}", source)
+    rates = [float(r) for r in _list(data, "noise_rates", source, (int, float))]
+    for r in rates:
+        if not 0.0 <= r < 1.0:
+            raise GridError("noise_rates", f"rate {r!r} is not in [0, 1)", source)
+    seeds = _list(data, "seeds", source, int)
+
+    extra = data.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise GridError("extra", f"expected a mapping of dotted config key -> list of values, got {extra!r}", source)
+    for key, values in extra.items():
+        if key in AXIS_KEYS:
+            raise GridError(f"extra.{key}", "is a main grid axis; use methods/noise_kinds/noise_rates/seeds", source)
+        if not config_key_exists(str(key)):
+            raise GridError(f"extra.{key}", "is not a config field (e.g. method.epsilon, method.tau)", source)
+        _list(extra, key, source, (int, float, str))
+
+    overrides = data.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise GridError("overrides", f"expected a list of key=value strings, got {overrides!r}", source)
+    check_overrides(overrides, "overrides", source, AXIS_KEYS + tuple(extra))
+
+    asymmetric_from = data.get("asymmetric_from")
+    if asymmetric_from not in (None, "confusion"):
+        raise GridError("asymmetric_from", f"must be 'confusion' or absent, got {asymmetric_from!r}", source)
+
+    bars = data.get("sls_bars", {})
+    sls_bars = None
+    if bars is not False and bars is not None:
+        if not isinstance(bars, dict) or set(bars) - {"method", "images"}:
+            raise GridError("sls_bars", "expected {method: NAME, images: N} or false", source)
+        sls_bars = SlsBars(**bars)
+        if sls_bars.method not in METHOD_PRESETS or not METHOD_PRESETS[sls_bars.method]["teacher"]:
+            raise GridError("sls_bars.method", f"{sls_bars.method!r} is not a method with a teacher", source)
+        if not isinstance(sls_bars.images, int) or not 1 <= sls_bars.images <= 32:
+            raise GridError("sls_bars.images", f"must be an integer in [1, 32], got {sls_bars.images!r}", source)
+
+    return Grid(path=path, base=base, methods=methods, noise_kinds=kinds, noise_rates=rates, seeds=seeds,
+                overrides=list(overrides), extra={str(k): list(v) for k, v in extra.items()},
+                asymmetric_from=asymmetric_from, sls_bars=sls_bars)

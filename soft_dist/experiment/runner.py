@@ -1,0 +1,126 @@
+"""Running a grid: one Ray Train run per cell, finished cells skipped, failures recorded, then the
+summary and the plots.
+
+Layout of the experiment folder DIR::
+
+    cells/<cell name>/        one run directory each (config.yaml, noise_table.csv, ray/, results.json)
+    confusion/                asymmetric_from: confusion only: run/ (plain CE on clean labels),
+                              confusion.csv (validation confusion matrix [C, C]), class_map.json
+    cells.csv                 one row per finished cell
+    summary.csv, summary.json mean and std over seeds; summary.json also lists failed cells
+    failed.csv                cells that failed in the latest invocation, with the error
+    plots/*.png               see soft_dist.experiment.plots
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from soft_dist.config import load_config
+from soft_dist.experiment.grid import AXIS_KEYS, Cell, Grid, check_overrides
+
+RESULTS = "results.json"
+
+
+@dataclass
+class GridOutcome:
+    """What one invocation did: names of cells trained now, skipped (already finished) and failed."""
+
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # {"cell": name, "error": "Type: message"}
+    outputs: dict = field(default_factory=dict)  # name -> path of summary files and plots
+
+
+def cell_dir(run_dir: Path, cell: Cell) -> Path:
+    return run_dir / "cells" / cell.name
+
+
+def is_finished(folder: Path) -> bool:
+    return (folder / RESULTS).is_file()
+
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".strip()
+
+
+def run_grid(
+    grid: Grid,
+    run_dir: str | Path,
+    overrides: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> GridOutcome:
+    """Train every unfinished cell of ``grid`` into ``run_dir``, then write the summary and plots.
+
+    ``overrides`` (dotted key=value) apply to every cell after the grid file's own; they may not name a
+    grid axis. A cell that raises is recorded in the outcome (and failed.csv) and the grid continues."""
+    from soft_dist.experiment.plots import write_plots
+    from soft_dist.experiment.summary import write_summary
+    from soft_dist.train.ray_trainer import run_training
+
+    run_dir = Path(run_dir).resolve()
+    overrides = list(overrides or [])
+    check_overrides(overrides, "command line", None, AXIS_KEYS + tuple(grid.extra))
+    common = [*grid.overrides, *overrides]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outcome = GridOutcome()
+    cells = grid.cells()
+
+    asym_overrides: list[str] | None = []
+    asym_error = None
+    if grid.asymmetric_from == "confusion" and any(c.noise_kind == "asymmetric" for c in cells):
+        from soft_dist.experiment.confusion import class_map_override, derive_class_map
+
+        try:
+            class_map = derive_class_map(grid.base, common, run_dir / "confusion", log=log)
+            asym_overrides = class_map_override(class_map)
+        except Exception as err:  # every asymmetric cell fails with this error; the others still run
+            asym_error = f"asymmetric_from confusion: {_error_text(err)}"
+            log(f"[experiment] {asym_error}")
+            (run_dir / "confusion").mkdir(parents=True, exist_ok=True)
+            (run_dir / "confusion" / "error.txt").write_text(traceback.format_exc())
+
+    for number, cell in enumerate(cells, 1):
+        folder = cell_dir(run_dir, cell)
+        head = f"[experiment {number}/{len(cells)}] {cell.name}"
+        if is_finished(folder):
+            outcome.skipped.append(cell.name)
+            log(f"{head}: finished earlier, skipped")
+            continue
+        start = time.perf_counter()
+        try:
+            if cell.noise_kind == "asymmetric" and asym_error:
+                raise RuntimeError(asym_error)
+            extra = asym_overrides if cell.noise_kind == "asymmetric" else []
+            cfg = load_config(grid.base, [*common, *extra, *cell.overrides()])
+            if folder.exists():
+                # An interrupted earlier attempt (no results.json): start the cell again from scratch.
+                shutil.rmtree(folder)
+            log(f"{head}: training ({cfg.train.epochs} epochs, {cfg.train.workers} workers)")
+            results = run_training(cfg, folder)
+            test = (results.get("test") or results["val"])["chosen"]
+            outcome.trained.append(cell.name)
+            log(f"{head}: test accuracy {test['accuracy']:.4f} ({time.perf_counter() - start:.0f} s)")
+        except Exception as err:  # noqa: BLE001 - a failing cell must not stop the grid
+            outcome.failed.append({"cell": cell.name, "error": _error_text(err)})
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "error.txt").write_text(traceback.format_exc())
+            log(f"{head}: FAILED: {_error_text(err)}")
+
+    outcome.outputs.update(write_summary(grid, cells, run_dir, outcome.failed))
+    try:
+        outcome.outputs.update(write_plots(grid, cells, run_dir, log=log))
+    except Exception as err:  # noqa: BLE001 - the tables are written; say what went wrong with the plots
+        outcome.failed.append({"cell": "(plots)", "error": _error_text(err)})
+        log(f"[experiment] plots FAILED: {_error_text(err)}")
+        write_summary(grid, cells, run_dir, outcome.failed)
+    (run_dir / "outcome.json").write_text(json.dumps(
+        {"trained": outcome.trained, "skipped": outcome.skipped, "failed": outcome.failed,
+         "outputs": {k: str(v) for k, v in outcome.outputs.items()}}, indent=2))
+    return outcome

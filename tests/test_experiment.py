@@ -1,0 +1,205 @@
+"""`soft-dist experiment` on a tiny digits grid with a real local Ray cluster: tables, plots, rerun
+skipping finished cells, a failing cell listed while the others finish, asymmetric noise from a plain
+model's confusion matrix; and grid-file validation (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from soft_dist.experiment.grid import GridError, load_grid
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# 16 px, 1 worker with 1 thread, 1 epoch: seconds per cell on 2 cores (plus Ray Train start-up).
+TINY = ["data.image_size=16", "train.epochs=1", "method.stage1_epochs=0", "method.rampup_epochs=1",
+        "train.workers=1", "train.cpus_per_worker=1", "train.torch_threads=1", "train.sync_check_every=0",
+        "data.augment.rotate_degrees=0"]
+
+
+def write_grid(folder: Path, body: str, name: str = "grid.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(body).replace("BASE", str(CONFIGS / "digits_cpu.yaml")))
+    return path
+
+
+# ----------------------------------------------------------------------------- validation (fast)
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ("methods: [ce]\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: [0]\n", "base"),
+        ("base: BASE\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: [0]\n", "methods"),
+        ("base: BASE\nmethods: [ce, nope]\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: [0]\n", "methods"),
+        ("base: BASE\nmethods: [ce]\nnoise_kinds: [pairwise]\nnoise_rates: [0.3]\nseeds: [0]\n", "noise_kinds"),
+        ("base: BASE\nmethods: [ce]\nnoise_kinds: [symmetric]\nnoise_rates: [1.2]\nseeds: [0]\n", "noise_rates"),
+        ("base: BASE\nmethods: [ce]\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: 0\n", "seeds"),
+        ("base: BASE\nmethods: [ce]\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: [0]\nrates: [1]\n", "rates"),
+        ("base: BASE\nmethods: [ce]\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: [0]\n"
+         "extra: {method.epsilonn: [0.1]}\n", "extra.method.epsilonn"),
+        ("base: BASE\nmethods: [ce]\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: [0]\n"
+         "overrides: [train.seed=3]\n", "overrides"),
+        ("base: BASE\nmethods: [ce]\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: [0]\n"
+         "asymmetric_from: magic\n", "asymmetric_from"),
+        ("base: BASE\nmethods: [ce]\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: [0]\n"
+         "sls_bars: {method: ce}\n", "sls_bars.method"),
+    ],
+)
+def test_bad_grid_files_name_the_field(tmp_path, body, field):
+    with pytest.raises(GridError, match=f"grid field '{field}'") as info:
+        load_grid(write_grid(tmp_path, body))
+    assert str(tmp_path / "grid.yaml") in str(info.value)  # and the file
+
+
+def test_grid_cells_and_names(tmp_path):
+    grid = load_grid(write_grid(tmp_path, """
+        base: BASE
+        methods: [ce, soft]
+        noise_kinds: [symmetric]
+        noise_rates: [0.3, 0.5]
+        seeds: [0, 1]
+        extra: {method.epsilon: [0.1, 0.3]}
+    """))
+    cells = grid.cells()
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert cells[0].name == "ce-symmetric-0.3-s0-epsilon0.1"
+    assert {"train.seed=1", "noise.seed=1"} <= set(cells[1].overrides())  # a seed sets both
+    assert "method.epsilon=0.1" in cells[0].overrides()
+    assert len({c.name for c in cells}) == len(cells)
+    for name in ("digits_cpu", "table1_rafdb", "table3_rafdb", "fig3_rafdb", "fig45_rafdb"):
+        load_grid(CONFIGS / "experiments" / f"{name}.yaml")  # the shipped grid files are valid
+
+
+# ----------------------------------------------------------------------------- real runs (Ray)
+
+
+@pytest.fixture(scope="module")
+def digit_shards(tmp_path_factory) -> Path:
+    from soft_dist.data.build import ShardConfig, build_shards
+
+    out = tmp_path_factory.mktemp("digits32")
+    build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=2, workers=1, progress=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cluster):
+    from soft_dist.experiment.runner import run_grid
+
+    # epsilon 1.5 is out of range: those cells fail at config validation, the others finish.
+    grid = load_grid(write_grid(tmp_path, """
+        base: BASE
+        methods: [ce, soft]
+        noise_kinds: [symmetric]
+        noise_rates: [0.3]
+        seeds: [0]
+        extra: {method.epsilon: [0.3, 1.5]}
+        sls_bars: {method: soft, images: 4}
+    """))
+    run_dir = tmp_path / "exp"
+    outcome = run_grid(grid, run_dir, [f"data.shards={digit_shards}", *TINY])
+    assert sorted(outcome.trained) == ["ce-symmetric-0.3-s0-epsilon0.3", "soft-symmetric-0.3-s0-epsilon0.3"]
+    assert sorted(f["cell"] for f in outcome.failed) == ["ce-symmetric-0.3-s0-epsilon1.5",
+                                                         "soft-symmetric-0.3-s0-epsilon1.5"]
+    assert all("method.epsilon" in f["error"] for f in outcome.failed)
+
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert list(summary.columns[:5]) == ["method", "noise_kind", "noise_rate", "method.epsilon", "accuracy_mean"]
+    assert {"accuracy_std", "mean_class_accuracy_mean", "mean_class_accuracy_std"} <= set(summary.columns)
+    assert sorted(summary["method"]) == ["ce", "soft"] and (summary["noise_rate"] == 0.3).all()
+    assert summary["accuracy_mean"].between(0, 1).all()
+    cells = pd.read_csv(run_dir / "cells.csv")
+    assert len(cells) == 2 and set(cells["seed"]) == {0}
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert len(on_disk["failed"]) == 2 and on_disk["cells_finished"] == 2
+    assert len(pd.read_csv(run_dir / "failed.csv")) == 2
+    for name in ("accuracy_vs_noise_rate_symmetric.png", "accuracy_vs_epsilon.png",
+                 "sls_targets_soft-symmetric-0.3-s0-epsilon0.3.png"):
+        assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_MAGIC, name
+
+    # A cell's seed sets both seeds.
+    cell_cfg = (run_dir / "cells" / "soft-symmetric-0.3-s0-epsilon0.3" / "config.yaml").read_text()
+    assert cell_cfg.count("seed: 0") >= 2
+
+    # Rerun: finished cells are skipped (results.json untouched), failed ones are tried again.
+    results = run_dir / "cells" / "ce-symmetric-0.3-s0-epsilon0.3" / "results.json"
+    stamp = results.stat().st_mtime_ns
+    again = run_grid(grid, run_dir, [f"data.shards={digit_shards}", *TINY])
+    assert sorted(again.skipped) == sorted(outcome.trained) and again.trained == []
+    assert len(again.failed) == 2
+    assert results.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.ray
+def test_class_map_from_a_plain_models_confusion(tmp_path, digit_shards, ray_cluster):
+    from soft_dist.config import load_config
+    from soft_dist.experiment.confusion import class_map_override, derive_class_map
+    from soft_dist.train.ray_trainer import make_noise_table
+
+    overrides = [f"data.shards={digit_shards}", *TINY]
+    out = tmp_path / "confusion"
+    class_map = derive_class_map(CONFIGS / "digits_cpu.yaml", overrides, out)
+    assert sorted(class_map) == list(range(10)) and all(k != v for k, v in class_map.items())
+    confusion = (out / "confusion.csv").read_text().splitlines()
+    assert len(confusion) == 10 and all(len(row.split(",")) == 10 for row in confusion)
+    assert json.loads((out / "class_map.json").read_text())["source"].startswith("plain CE, clean labels")
+    assert load_config(out / "run" / "config.yaml").noise.kind == "none"  # trained on clean labels
+    assert derive_class_map(CONFIGS / "digits_cpu.yaml", overrides, out) == class_map  # reused, not retrained
+
+    # The map reaches the noise: every flipped label went to its class's mapped target.
+    cfg = load_config(CONFIGS / "digits_cpu.yaml", [*overrides, "noise.kind=asymmetric", "noise.rate=0.3",
+                                                    *class_map_override(class_map)])
+    table, _ = make_noise_table(cfg)
+    flipped = table.flipped
+    assert flipped.any()
+    assert all(class_map[int(c)] == int(n) for c, n in zip(table.clean[flipped], table.noisy[flipped]))
+
+
+def test_asymmetric_cells_get_the_derived_map(tmp_path, monkeypatch):
+    """The runner's wiring, without Ray: training is replaced by writing a results.json."""
+    import soft_dist.experiment.confusion as confusion
+    import soft_dist.train.ray_trainer as ray_trainer
+    from soft_dist.experiment.runner import run_grid
+
+    seen = {}
+
+    def fake_train(cfg, run_dir):
+        seen[Path(run_dir).name] = (cfg.noise.kind, cfg.noise.class_map, cfg.train.seed, cfg.noise.seed)
+        report = {"accuracy": 0.5, "mean_class_accuracy": 0.5}
+        results = {"chosen_branch": "student", "val": {"student": report, "chosen": report},
+                   "test": {"student": report, "chosen": report}, "noise": {"flipped": 1}, "epochs": 1,
+                   "wall_time_s": 1.0, "throughput": {"images_per_s_total": 1.0}}
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / "results.json").write_text(json.dumps(results))
+        return results
+
+    monkeypatch.setattr(ray_trainer, "run_training", fake_train)
+    monkeypatch.setattr(confusion, "derive_class_map", lambda base, overrides, out, log=print: {0: 1, 1: 0})
+    grid = load_grid(write_grid(tmp_path, """
+        base: BASE
+        methods: [ce]
+        noise_kinds: [symmetric, asymmetric]
+        noise_rates: [0.3]
+        seeds: [2]
+        asymmetric_from: confusion
+        sls_bars: false
+    """))
+    outcome = run_grid(grid, tmp_path / "exp", ["data.shards=/nowhere"])
+    assert outcome.failed == []
+    assert seen == {"ce-symmetric-0.3-s2": ("symmetric", None, 2, 2),
+                    "ce-asymmetric-0.3-s2": ("asymmetric", {0: 1, 1: 0}, 2, 2)}
+    assert len(pd.read_csv(tmp_path / "exp" / "summary.csv")) == 2
