@@ -169,26 +169,11 @@ def test_class_map_from_a_plain_models_confusion(tmp_path, digit_shards, ray_clu
     assert all(class_map[int(c)] == int(n) for c, n in zip(table.clean[flipped], table.noisy[flipped]))
 
 
-def test_asymmetric_cells_get_the_derived_map(tmp_path, monkeypatch):
-    """The runner's wiring, without Ray: training is replaced by writing a results.json."""
-    import soft_dist.experiment.confusion as confusion
-    import soft_dist.train.ray_trainer as ray_trainer
-    from soft_dist.experiment.runner import run_grid
+def test_asymmetric_cells_get_the_derived_map(tmp_path):
+    """Each cell's config: the derived class map reaches asymmetric cells only; seeds follow the cell."""
+    from soft_dist.experiment.confusion import class_map_override
+    from soft_dist.experiment.runner import cell_config
 
-    seen = {}
-
-    def fake_train(cfg, run_dir):
-        seen[Path(run_dir).name] = (cfg.noise.kind, cfg.noise.class_map, cfg.train.seed, cfg.noise.seed)
-        report = {"accuracy": 0.5, "mean_class_accuracy": 0.5}
-        results = {"chosen_branch": "student", "val": {"student": report, "chosen": report},
-                   "test": {"student": report, "chosen": report}, "noise": {"flipped": 1}, "epochs": 1,
-                   "wall_time_s": 1.0, "throughput": {"images_per_s_total": 1.0}}
-        Path(run_dir).mkdir(parents=True)
-        (Path(run_dir) / "results.json").write_text(json.dumps(results))
-        return results
-
-    monkeypatch.setattr(ray_trainer, "run_training", fake_train)
-    monkeypatch.setattr(confusion, "derive_class_map", lambda base, overrides, out, log=print: {0: 1, 1: 0})
     grid = load_grid(write_grid(tmp_path, """
         base: BASE
         methods: [ce]
@@ -198,8 +183,8 @@ def test_asymmetric_cells_get_the_derived_map(tmp_path, monkeypatch):
         asymmetric_from: confusion
         sls_bars: false
     """))
-    outcome = run_grid(grid, tmp_path / "exp", ["data.shards=/nowhere"])
-    assert outcome.failed == []
+    configs = {c.name: cell_config(grid, c, ["data.shards=/nowhere"], class_map_override({0: 1, 1: 0}))
+               for c in grid.cells()}
+    seen = {name: (cfg.noise.kind, cfg.noise.class_map, cfg.train.seed, cfg.noise.seed) for name, cfg in configs.items()}
     assert seen == {"ce-symmetric-0.3-s2": ("symmetric", None, 2, 2),
                     "ce-asymmetric-0.3-s2": ("asymmetric", {0: 1, 1: 0}, 2, 2)}
-    assert len(pd.read_csv(tmp_path / "exp" / "summary.csv")) == 2

@@ -50,6 +50,13 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".strip()
 
 
+def cell_config(grid: Grid, cell: Cell, common: list[str], asym_overrides: list[str] | None):
+    """The training config of one cell: base file, common overrides, the derived class map for
+    asymmetric cells, then the cell's own axes (applied last)."""
+    extra = (asym_overrides or []) if cell.noise_kind == "asymmetric" else []
+    return load_config(grid.base, [*common, *extra, *cell.overrides()])
+
+
 def run_grid(
     grid: Grid,
     run_dir: str | Path,
@@ -97,8 +104,7 @@ def run_grid(
         try:
             if cell.noise_kind == "asymmetric" and asym_error:
                 raise RuntimeError(asym_error)
-            extra = asym_overrides if cell.noise_kind == "asymmetric" else []
-            cfg = load_config(grid.base, [*common, *extra, *cell.overrides()])
+            cfg = cell_config(grid, cell, common, asym_overrides)
             if folder.exists():
                 # An interrupted earlier attempt (no results.json): start the cell again from scratch.
                 shutil.rmtree(folder)
