@@ -29,6 +29,7 @@ BASE_FILE = "base_config.yaml"
 TABLE_FILE = "noise_table.csv"
 TRIALS_DIR = "trials"
 STARTS_FILE = "starts.log"
+LAST_REPORT_FILE = "last_report.json"
 # Reported by our callback next to the worker's 0-based `epoch`: epochs trained so far. ASHA counts
 # this, not Tune's training_iteration, because a trial restarted on --resume continues from its own
 # checkpoint (Ray Train restores it from the trial's run dir) while Tune's iteration counter restarts.
@@ -69,6 +70,10 @@ def _report_callback(trial_dir: Path, mailbox):
             first = dict(metrics[0])
             if "epoch" in first:
                 first[EPOCHS_KEY] = int(first["epoch"]) + 1
+            # Written before Tune hears of it: if the sweep is interrupted between the two, the restarted
+            # trial re-reports the last epoch from this file instead of losing it (see run_trial).
+            flat = {k: v for k, v in first.items() if isinstance(v, (int, float, str, bool))}
+            (trial_dir / LAST_REPORT_FILE).write_text(json.dumps(flat))
             if "results" in first:
                 # Written here, before Tune hears of the last epoch: Tune stops the trial at once then.
                 results = {**first["results"], "teacher_digests": first.get("teacher_digests", [])}
@@ -131,6 +136,12 @@ def run_trial(params: dict[str, Any], *, sweep_dir: str, base: dict, keys: dict[
     save_config(cfg, trial_dir / "config.yaml")
     with open(trial_dir / STARTS_FILE, "a") as f:  # counts (re)starts: resume must not rerun finished trials
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(params, sort_keys=True)}\n")
+    finished = _finished_report(trial_dir, cfg.train.epochs)
+    if finished is not None:
+        # Its training ended (final checkpoint written) but the sweep stopped before Tune got the last
+        # report; training again would run no epoch and report nothing, so hand Tune that report.
+        ray.tune.report(finished)
+        return
     live = _LIVE[trial_id] = {"mailbox": Queue(maxsize=1, actor_options={"num_cpus": 0}), "stopping": False}
     # A trial restarted after an interruption finds its Ray Train run (RunConfig name "ray" in trial_dir)
     # and continues from its latest checkpoint.
@@ -143,6 +154,15 @@ def run_trial(params: dict[str, Any], *, sweep_dir: str, base: dict, keys: dict[
             raise  # a real training failure; an aborted trainer after a stop is expected
     finally:
         _LIVE.pop(trial_id, None)
+
+
+def _finished_report(trial_dir: Path, epochs: int) -> dict | None:
+    """The trial's last forwarded report if it covers every epoch, else None."""
+    path = trial_dir / LAST_REPORT_FILE
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get(EPOCHS_KEY, 0) >= epochs else None
 
 
 def trial_dirname(trial) -> str:
