@@ -222,3 +222,14 @@ def test_best_yaml_trains(resumed_sweep, tmp_path):
     finally:
         ray.shutdown()
     assert results["epochs"] == 1 and 0.0 <= results["test"]["chosen"]["accuracy"] <= 1.0
+
+
+def test_a_trial_that_trained_every_epoch_is_recognised(tmp_path):
+    """The last forwarded report is what a restarted trial re-reports when its training already ended."""
+    from soft_dist.tune.sweep import EPOCHS_KEY, LAST_REPORT_FILE, _finished_report
+
+    assert _finished_report(tmp_path, 2) is None
+    (tmp_path / LAST_REPORT_FILE).write_text(json.dumps({"epoch": 0, EPOCHS_KEY: 1, "val_accuracy": 0.4}))
+    assert _finished_report(tmp_path, 2) is None  # stopped or interrupted mid-way: train on
+    (tmp_path / LAST_REPORT_FILE).write_text(json.dumps({"epoch": 1, EPOCHS_KEY: 2, "val_accuracy": 0.5}))
+    assert _finished_report(tmp_path, 2)["val_accuracy"] == 0.5

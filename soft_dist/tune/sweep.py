@@ -45,28 +45,18 @@ log = logging.getLogger(__name__)
 # ============================================================================ inside a trial
 
 
-# Trial id -> the Ray queue through which that trial's Train controller sends its own actor handle, so
-# that a trial Tune stops (ASHA, or the last epoch) aborts its TorchTrainer gracefully. Lives in the
-# trial actor's process.
+# Trial id -> {"mailbox": the Ray queue through which that trial's Train controller announces itself and
+# its workers' placement group, "stopping": set when Tune stops the trial}. Lives in the trial actor.
 _LIVE: dict[str, dict] = {}
 
 
-def _report_callback(trial_dir: Path, mailbox):
+def _report_callback(trial_dir: Path):
     """Ray Train callback (runs in the Train controller): forwards rank 0's per-epoch report to Tune with
-    ``epochs_done`` added, writes results.json when the final report carries it, and hands the
-    controller's handle to the trial actor on the first report."""
-    import ray
+    ``epochs_done`` added, and writes results.json when the final report carries it."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class EpochReport(TuneReportCallback):
-        def __init__(self):
-            super().__init__()
-            self._announced = False
-
         def after_report(self, run_context, metrics, checkpoint):
-            if not self._announced:
-                self._announced = True
-                mailbox.put(ray.get_runtime_context().current_actor)
             first = dict(metrics[0])
             if "epoch" in first:
                 first[EPOCHS_KEY] = int(first["epoch"]) + 1
@@ -83,27 +73,53 @@ def _report_callback(trial_dir: Path, mailbox):
     return EpochReport()
 
 
-def _stop_trainer(trial_id: str, timeout_s: float = 60.0) -> None:
-    """Called in the trial actor when Tune stops the trial: abort its Train controller, which shuts the
-    workers down and removes their placement group. Killing the trial actor alone would kill the
-    controller without that cleanup, and the workers' CPUs would stay reserved until the sweep ends
-    (Ray Train's own placement-group cleaner needs the dashboard's state API)."""
+def _worker_group_callback(mailbox):
+    """Ray Train controller callback that sends the trial actor the controller's handle and the workers'
+    placement group each time a worker group starts. Ray Train passes callbacks that are not
+    UserCallbacks to the controller as they are; WorkerGroupCallback is its internal hook interface (the
+    one its own PlacementGroupCleaner uses), pinned with ray==2.60."""
+    import ray
+    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+    class AnnounceWorkers(WorkerGroupCallback):
+        def after_worker_group_start(self, worker_group):
+            pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+            mailbox.put((ray.get_runtime_context().current_actor, pg))
+
+    return AnnounceWorkers()
+
+
+def _stop_trainer(trial_id: str) -> None:
+    """Called in the trial actor when Tune stops the trial (ASHA, or the last epoch): kill its Train
+    controller and remove its workers' placement group. Without this the controller dies with the trial
+    actor, but the placement group it created lives on (placement groups belong to the job, not to the
+    actor that made them) and keeps the workers' CPUs/GPUs until the sweep ends: later trials would wait
+    for them forever. Ray Train's own cleaner would catch it only with the dashboard's state API, and
+    asking the busy controller to abort() did not take effect before Tune ended the trial actor."""
     import queue
 
     import ray
+    from ray.util.placement_group import remove_placement_group
 
     live = _LIVE.get(trial_id)
     if live is None:
         return
     live["stopping"] = True
-    try:
-        controller = live["mailbox"].get(timeout=1)
-    except queue.Empty:  # stopped before the first report: no handle to abort with
+    announced = []
+    while True:
+        try:
+            announced.append(live["mailbox"].get_nowait())
+        except queue.Empty:
+            break
+    if not announced:
         return
-    try:
-        ray.get(controller.abort.remote(), timeout=timeout_s)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        pass  # abort() ends the controller actor, so its call "fails" once it has done its job
+    print(f"[soft-dist] trial {trial_id} stopped by Tune: ending its TorchTrainer", flush=True)
+    ray.kill(announced[-1][0], no_restart=True)  # first the controller, so it starts no new worker group
+    for _, pg in announced:
+        try:
+            remove_placement_group(pg)  # ends the workers and frees their resources at once
+        except Exception:  # already removed (the trainer had finished); nothing is held
+            pass
 
 
 def _trainable_class(fn):
@@ -142,11 +158,11 @@ def run_trial(params: dict[str, Any], *, sweep_dir: str, base: dict, keys: dict[
         # report; training again would run no epoch and report nothing, so hand Tune that report.
         ray.tune.report(finished)
         return
-    live = _LIVE[trial_id] = {"mailbox": Queue(maxsize=1, actor_options={"num_cpus": 0}), "stopping": False}
+    live = _LIVE[trial_id] = {"mailbox": Queue(actor_options={"num_cpus": 0}), "stopping": False}
     # A trial restarted after an interruption finds its Ray Train run (RunConfig name "ray" in trial_dir)
     # and continues from its latest checkpoint.
     trainer = build_trainer(cfg, trial_dir, NoiseTable(**table), num_classes,
-                            callbacks=[_report_callback(trial_dir, live["mailbox"])])
+                            callbacks=[_report_callback(trial_dir), _worker_group_callback(live["mailbox"])])
     try:
         trainer.fit()
     except Exception:
