@@ -7,7 +7,7 @@ Sweep directory layout (DIR must be on shared storage for multi-node clusters):
     noise_table.csv     made ONCE here and used by every trial, so trials differ only in their parameters
     trials/<trial_id>/  each trial's training run dir (config.yaml, metrics.jsonl, ray/ checkpoints,
                         results.json when it trained every epoch, starts.log: one line per (re)start)
-    tune/               Ray Tune's experiment state (resumable)
+    tune/               Ray Tune's experiment state (resumable); asha_state.pkl: ASHA's rungs (Tune does not keep them)
     trials.csv, best.yaml, metric_vs_<param>.png, param_importances.png   written when the sweep ends
 """
 
@@ -27,6 +27,7 @@ TUNE_RUN_NAME = "tune"
 SWEEP_FILE = "sweep.yaml"
 BASE_FILE = "base_config.yaml"
 TABLE_FILE = "noise_table.csv"
+ASHA_STATE_FILE = "asha_state.pkl"
 TRIALS_DIR = "trials"
 STARTS_FILE = "starts.log"
 LAST_REPORT_FILE = "last_report.json"
@@ -244,12 +245,13 @@ def optuna_storage(sweep: Sweep, run_dir: Path) -> str | None:
     return f"sqlite:///{(path if path.is_absolute() else run_dir / path).resolve()}"
 
 
-def _scheduler(sweep: Sweep):
+def _scheduler(sweep: Sweep, run_dir: Path):
     if sweep.scheduler.type == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from soft_dist.tune.scheduler import ResumableASHA
 
-    return ASHAScheduler(time_attr=EPOCHS_KEY, max_t=sweep.epochs, grace_period=sweep.scheduler.grace_period,
+    return ResumableASHA(run_dir / ASHA_STATE_FILE, time_attr=EPOCHS_KEY, max_t=sweep.epochs,
+                         grace_period=sweep.scheduler.grace_period,
                          reduction_factor=sweep.scheduler.reduction_factor)
 
 
@@ -273,7 +275,7 @@ def _tuner(sweep: Sweep, run_dir: Path, table: NoiseTable, num_classes: int):
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
             max_concurrent_trials=sweep.max_concurrent, search_alg=_optuna_search(sweep, run_dir),
-            scheduler=_scheduler(sweep), trial_dirname_creator=trial_dirname, reuse_actors=False,
+            scheduler=_scheduler(sweep, run_dir), trial_dirname_creator=trial_dirname, reuse_actors=False,
         ),
         # Training has its own worker fault tolerance (train.max_failures); a trial error is final.
         run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(run_dir), verbose=1),
