@@ -14,7 +14,6 @@ Sweep directory layout (DIR must be on shared storage for multi-node clusters):
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -39,9 +38,6 @@ EPOCHS_KEY = "epochs_done"
 # trainers' workers (and max_concurrent), and two 1-worker trials fit on two cores. Tune refuses an
 # empty resource request, hence a token 1 MiB of memory.
 DRIVER_RESOURCES = {"cpu": 0, "memory": 1024**2}
-
-log = logging.getLogger(__name__)
-
 
 # ============================================================================ inside a trial
 
@@ -301,8 +297,6 @@ def prepare_sweep(sweep: Sweep, run_dir: Path) -> tuple[Sweep, NoiseTable, int]:
 
 def run_sweep(sweep: Sweep, run_dir: str | Path) -> dict:
     """Start a new sweep in ``run_dir``; returns the summary of :func:`finish`."""
-    from ray import tune
-
     from soft_dist.ray_cluster import init_ray
 
     run_dir = Path(run_dir).resolve()
