@@ -15,6 +15,7 @@ COMMAND_MODULES = {
     "train": "soft_dist.commands.train",
     "bench": "soft_dist.bench",
     "shard": "soft_dist.commands.shard",
+    "tune": "soft_dist.commands.tune",
     "experiment": "soft_dist.commands.experiment",
 }
 

@@ -1,0 +1,339 @@
+"""Ray Tune + Optuna sweep around Ray Train: one driver function per trial builds the trial's TorchTrainer.
+
+Sweep directory layout (DIR must be on shared storage for multi-node clusters):
+
+    sweep.yaml          the validated sweep (base: base_config.yaml) - what `--resume DIR` reads
+    base_config.yaml    the resolved base training config (overrides applied)
+    noise_table.csv     made ONCE here and used by every trial, so trials differ only in their parameters
+    trials/<trial_id>/  each trial's training run dir (config.yaml, metrics.jsonl, ray/ checkpoints,
+                        results.json when it trained every epoch, starts.log: one line per (re)start)
+    tune/               Ray Tune's experiment state (resumable); asha_state.pkl: ASHA's rungs (Tune does not keep them)
+    trials.csv, best.yaml, metric_vs_<param>.png, param_importances.png   written when the sweep ends
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from soft_dist.config import Config, ConfigError, save_config, to_dict
+from soft_dist.noise import NoiseTable
+from soft_dist.tune.sweep_config import Sweep, apply_params, load_sweep
+
+TUNE_RUN_NAME = "tune"
+SWEEP_FILE = "sweep.yaml"
+BASE_FILE = "base_config.yaml"
+TABLE_FILE = "noise_table.csv"
+ASHA_STATE_FILE = "asha_state.pkl"
+TRIALS_DIR = "trials"
+STARTS_FILE = "starts.log"
+LAST_REPORT_FILE = "last_report.json"
+# Reported by our callback next to the worker's 0-based `epoch`: epochs trained so far. ASHA counts
+# this, not Tune's training_iteration, because a trial restarted on --resume continues from its own
+# checkpoint (Ray Train restores it from the trial's run dir) while Tune's iteration counter restarts.
+EPOCHS_KEY = "epochs_done"
+# The trial driver only waits on its TorchTrainer, so it reserves no CPU: trials are limited by the
+# trainers' workers (and max_concurrent), and two 1-worker trials fit on two cores. Tune refuses an
+# empty resource request, hence a token 1 MiB of memory.
+DRIVER_RESOURCES = {"cpu": 0, "memory": 1024**2}
+
+# ============================================================================ inside a trial
+
+
+# Trial id -> {"mailbox": the Ray queue through which that trial's Train controller announces itself and
+# its workers' placement group, "stopping": set when Tune stops the trial}. Lives in the trial actor.
+_LIVE: dict[str, dict] = {}
+
+
+def _report_callback(trial_dir: Path):
+    """Ray Train callback (runs in the Train controller): forwards rank 0's per-epoch report to Tune with
+    ``epochs_done`` added, and writes results.json when the final report carries it."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            first = dict(metrics[0])
+            if "epoch" in first:
+                first[EPOCHS_KEY] = int(first["epoch"]) + 1
+            # Written before Tune hears of it: if the sweep is interrupted between the two, the restarted
+            # trial re-reports the last epoch from this file instead of losing it (see run_trial).
+            flat = {k: v for k, v in first.items() if isinstance(v, (int, float, str, bool))}
+            (trial_dir / LAST_REPORT_FILE).write_text(json.dumps(flat))
+            if "results" in first:
+                # Written here, before Tune hears of the last epoch: Tune stops the trial at once then.
+                results = {**first["results"], "teacher_digests": first.get("teacher_digests", [])}
+                (trial_dir / "results.json").write_text(json.dumps(results, indent=2))
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return EpochReport()
+
+
+def _worker_group_callback(mailbox):
+    """Ray Train controller callback that sends the trial actor the controller's handle and the workers'
+    placement group each time a worker group starts. Ray Train passes callbacks that are not
+    UserCallbacks to the controller as they are; WorkerGroupCallback is its internal hook interface (the
+    one its own PlacementGroupCleaner uses), pinned with ray==2.60."""
+    import ray
+    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+    class AnnounceWorkers(WorkerGroupCallback):
+        def after_worker_group_start(self, worker_group):
+            pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+            mailbox.put((ray.get_runtime_context().current_actor, pg))
+
+    return AnnounceWorkers()
+
+
+def _stop_trainer(trial_id: str) -> None:
+    """Called in the trial actor when Tune stops the trial (ASHA, or the last epoch): kill its Train
+    controller and remove its workers' placement group. Without this the controller dies with the trial
+    actor, but the placement group it created lives on (placement groups belong to the job, not to the
+    actor that made them) and keeps the workers' CPUs/GPUs until the sweep ends: later trials would wait
+    for them forever. Ray Train's own cleaner would catch it only with the dashboard's state API, and
+    asking the busy controller to abort() did not take effect before Tune ended the trial actor."""
+    import queue
+
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    live = _LIVE.get(trial_id)
+    if live is None:
+        return
+    live["stopping"] = True
+    announced = []
+    while True:
+        try:
+            announced.append(live["mailbox"].get_nowait())
+        except queue.Empty:
+            break
+    if not announced:
+        return
+    print(f"[soft-dist] trial {trial_id} stopped by Tune: ending its TorchTrainer", flush=True)
+    ray.kill(announced[-1][0], no_restart=True)  # first the controller, so it starts no new worker group
+    for _, pg in announced:
+        try:
+            remove_placement_group(pg)  # ends the workers and frees their resources at once
+        except Exception:  # already removed (the trainer had finished); nothing is held
+            pass
+
+
+def _trainable_class(fn):
+    """Tune's function trainable for ``fn`` with a cleanup that stops the trial's TorchTrainer."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class SoftTrial(wrap_function(fn)):
+        def cleanup(self):
+            _stop_trainer(self.trial_id)
+            super().cleanup()
+
+    return SoftTrial
+
+
+def run_trial(params: dict[str, Any], *, sweep_dir: str, base: dict, keys: dict[str, str], table: dict,
+              num_classes: int) -> None:
+    """The driver function of one trial: ``params`` maps short names (``tau``) to values, ``keys`` maps
+    them to dotted config keys. Runs in a Tune actor that reserves no CPU; the TorchTrainer's workers
+    hold the trial's CPUs/GPUs."""
+    import ray.tune
+    from ray.util.queue import Queue
+
+    from soft_dist.config import from_dict
+    from soft_dist.train.ray_trainer import build_trainer
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = apply_params(from_dict(base), {keys[name]: value for name, value in params.items()})
+    trial_dir = Path(sweep_dir) / TRIALS_DIR / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, trial_dir / "config.yaml")
+    with open(trial_dir / STARTS_FILE, "a") as f:  # counts (re)starts: resume must not rerun finished trials
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(params, sort_keys=True)}\n")
+    finished = _finished_report(trial_dir, cfg.train.epochs)
+    if finished is not None:
+        # Its training ended (final checkpoint written) but the sweep stopped before Tune got the last
+        # report; training again would run no epoch and report nothing, so hand Tune that report.
+        ray.tune.report(finished)
+        return
+    live = _LIVE[trial_id] = {"mailbox": Queue(actor_options={"num_cpus": 0}), "stopping": False}
+    # A trial restarted after an interruption finds its Ray Train run (RunConfig name "ray" in trial_dir)
+    # and continues from its latest checkpoint.
+    trainer = build_trainer(cfg, trial_dir, NoiseTable(**table), num_classes,
+                            callbacks=[_report_callback(trial_dir), _worker_group_callback(live["mailbox"])])
+    try:
+        trainer.fit()
+    except Exception:
+        if not live["stopping"]:
+            raise  # a real training failure; an aborted trainer after a stop is expected
+    finally:
+        _LIVE.pop(trial_id, None)
+
+
+def _finished_report(trial_dir: Path, epochs: int) -> dict | None:
+    """The trial's last forwarded report if it covers every epoch, else None."""
+    path = trial_dir / LAST_REPORT_FILE
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get(EPOCHS_KEY, 0) >= epochs else None
+
+
+def trial_dirname(trial) -> str:
+    """Tune's trial folder under DIR/tune: the trial id (no timestamps, so the layout is predictable)."""
+    return trial.trial_id
+
+
+# ============================================================================ the sweep driver
+
+
+def _absolute_paths(cfg: Config) -> Config:
+    """Trials run with another working directory: make file paths of the config absolute."""
+    from soft_dist.config import from_dict
+
+    data = to_dict(cfg)
+    for section, key in (("data", "shards"), ("noise", "file"), ("noise", "confusion_file"), ("model", "pretrained")):
+        value = data[section][key]
+        if value and value != "imagenet" and Path(value).exists():
+            data[section][key] = str(Path(value).resolve())
+    return from_dict(data)
+
+
+def optuna_distributions(sweep: Sweep) -> dict:
+    """Short parameter name -> Optuna distribution (Optuna samples, the trial gets ``{name: value}``)."""
+    import optuna
+
+    space = {}
+    for d in sweep.space:
+        if d.type == "choice":
+            space[d.name] = optuna.distributions.CategoricalDistribution(list(d.values))
+        elif d.type == "int":
+            space[d.name] = optuna.distributions.IntDistribution(int(d.low), int(d.high))
+        else:
+            space[d.name] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.type == "loguniform")
+    return space
+
+
+def _optuna_search(sweep: Sweep, run_dir: Path):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    names = {d.key: d.name for d in sweep.space}
+    points = [{names[k]: v for k, v in p.items()} for p in sweep.points_to_evaluate]
+    storage = optuna_storage(sweep, run_dir)
+    return OptunaSearch(
+        space=optuna_distributions(sweep),
+        metric=sweep.metric, mode=sweep.mode,  # a searcher built with its space ignores TuneConfig's
+        points_to_evaluate=points or None,  # enqueued in the study: the first trial(s), before TPE samples
+        seed=sweep.seed,  # seeds the TPE sampler
+        storage=optuna.storages.RDBStorage(storage) if storage else None,
+        study_name=sweep.study_name or run_dir.name,
+    )
+
+
+def optuna_storage(sweep: Sweep, run_dir: Path) -> str | None:
+    """The Optuna storage URL: a database URL as given, or a SQLite file (relative to the run dir)."""
+    value = sweep.optuna_storage
+    if not value:
+        return None
+    if "://" in value:
+        return value
+    path = Path(value)
+    return f"sqlite:///{(path if path.is_absolute() else run_dir / path).resolve()}"
+
+
+def _scheduler(sweep: Sweep, run_dir: Path):
+    if sweep.scheduler.type == "none":
+        return None
+    from soft_dist.tune.scheduler import ResumableASHA
+
+    return ResumableASHA(run_dir / ASHA_STATE_FILE, time_attr=EPOCHS_KEY, max_t=sweep.epochs,
+                         grace_period=sweep.scheduler.grace_period,
+                         reduction_factor=sweep.scheduler.reduction_factor)
+
+
+def _trainable(sweep: Sweep, run_dir: Path, table: NoiseTable, num_classes: int):
+    from ray import tune
+
+    fn = tune.with_parameters(
+        run_trial, sweep_dir=str(run_dir), base=to_dict(sweep.base), keys={d.name: d.key for d in sweep.space},
+        table={"idx": table.idx, "clean": table.clean, "noisy": table.noisy, "kind": table.kind,
+               "rate": table.rate, "seed": table.seed},
+        num_classes=num_classes,
+    )
+    return tune.with_resources(_trainable_class(fn), DRIVER_RESOURCES)
+
+
+def _tuner(sweep: Sweep, run_dir: Path, table: NoiseTable, num_classes: int):
+    from ray import tune
+
+    return tune.Tuner(
+        _trainable(sweep, run_dir, table, num_classes),
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+            max_concurrent_trials=sweep.max_concurrent, search_alg=_optuna_search(sweep, run_dir),
+            scheduler=_scheduler(sweep, run_dir), trial_dirname_creator=trial_dirname, reuse_actors=False,
+        ),
+        # Training has its own worker fault tolerance (train.max_failures); a trial error is final.
+        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(run_dir), verbose=1),
+    )
+
+
+def prepare_sweep(sweep: Sweep, run_dir: Path) -> tuple[Sweep, NoiseTable, int]:
+    """Write sweep.yaml, base_config.yaml and the ONE noise table every trial uses."""
+    import yaml
+
+    from soft_dist.train.ray_trainer import make_noise_table
+
+    if (run_dir / TUNE_RUN_NAME).exists() or (run_dir / SWEEP_FILE).exists():
+        raise ConfigError("--run-dir", f"{run_dir} already holds a sweep; use `soft-dist tune --resume {run_dir}`")
+    sweep.base = _absolute_paths(sweep.base)
+    table, num_classes = make_noise_table(sweep.base)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(sweep.base, run_dir / BASE_FILE)
+    (run_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    table.save(run_dir / TABLE_FILE)
+    return sweep, table, num_classes
+
+
+def run_sweep(sweep: Sweep, run_dir: str | Path) -> dict:
+    """Start a new sweep in ``run_dir``; returns the summary of :func:`finish`."""
+    from soft_dist.ray_cluster import init_ray
+
+    run_dir = Path(run_dir).resolve()
+    sweep, table, num_classes = prepare_sweep(sweep, run_dir)
+    init_ray()
+    start = time.perf_counter()
+    _tuner(sweep, run_dir, table, num_classes).fit()
+    return finish(sweep, run_dir, time.perf_counter() - start)
+
+
+def resume_sweep(run_dir: str | Path) -> dict:
+    """`soft-dist tune --resume DIR`: finished trials are kept; unfinished and errored ones run again
+    (each continues from its own latest training checkpoint); then the remaining trials are sampled."""
+    from ray import tune
+
+    from soft_dist.data.format import load_manifest
+    from soft_dist.ray_cluster import init_ray
+
+    run_dir = Path(run_dir).resolve()
+    tune_dir = run_dir / TUNE_RUN_NAME
+    if not (run_dir / SWEEP_FILE).is_file() or not tune.Tuner.can_restore(tune_dir):
+        raise ConfigError("--resume", f"{run_dir} holds no resumable sweep (no {SWEEP_FILE} or {TUNE_RUN_NAME}/ state)")
+    sweep = load_sweep(run_dir / SWEEP_FILE)
+    table = NoiseTable.load(run_dir / TABLE_FILE)
+    num_classes = load_manifest(sweep.base.data.shards).num_classes
+    init_ray()
+    start = time.perf_counter()
+    tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(sweep, run_dir, table, num_classes),
+                               resume_unfinished=True, resume_errored=True)
+    tuner.fit()
+    return finish(sweep, run_dir, time.perf_counter() - start)
+
+
+def finish(sweep: Sweep, run_dir: Path, seconds: float) -> dict:
+    """Write trials.csv; when every trial has ended, also best.yaml and the plots."""
+    from soft_dist.tune.outputs import write_outputs
+
+    summary = write_outputs(sweep, run_dir)
+    summary["seconds"] = seconds
+    return summary

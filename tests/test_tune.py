@@ -1,0 +1,235 @@
+"""`soft-dist tune`: sweep files are checked before anything runs, and a tiny real sweep on CPU (4 trials
+x 2 epochs, 1 Ray Train worker each, digits at 16 px) is interrupted with Ctrl-C, resumed, and leaves
+trials.csv, a trainable best.yaml, plots and an Optuna study behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from soft_dist.config import ConfigError, load_config
+from soft_dist.tune.sweep_config import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = REPO / "configs" / "sweeps" / "digits_cpu.yaml"
+BASE = REPO / "configs" / "digits_cpu.yaml"
+
+
+def write_sweep(folder: Path, **changes) -> Path:
+    """The tiny digits sweep with its base made absolute and ``changes`` applied (None deletes a key)."""
+    data = yaml.safe_load(SWEEP.read_text())
+    data["base"] = str(BASE)
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------- sweep files (no Ray)
+
+
+def test_shipped_sweeps_load():
+    tiny = load_sweep(SWEEP, ["data.shards=/nowhere"])
+    assert [d.name for d in tiny.space] == ["tau", "epsilon", "lambda"]
+    assert tiny.points_to_evaluate == [{"method.tau": 0.125, "method.epsilon": 0.3, "method.lambda": 10.0}]
+    assert (tiny.num_samples, tiny.max_concurrent, tiny.epochs) == (4, 2, 2)
+    assert (tiny.scheduler.type, tiny.scheduler.grace_period) == ("asha", 1)
+    assert (tiny.base.train.workers, tiny.base.train.cpus_per_worker) == (1, 1)  # resources win over the base
+    default = load_sweep(REPO / "configs" / "sweeps" / "default.yaml")
+    lam = default.by_name()["lambda"]
+    assert (lam.type, lam.low, lam.high) == ("loguniform", 0.1, 30.0)
+    assert default.epochs == 86 and default.base.train.use_gpu
+
+
+def test_default_space_and_first_point(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, space=None, points_to_evaluate=None))
+    assert {d.key: (d.low, d.high) for d in sweep.space} == {
+        "method.tau": (0.05, 0.5), "method.epsilon": (0.0, 0.6), "method.lambda": (0.1, 30.0)}
+    # the paper's defaults are the first point even when the sweep file does not say so
+    assert sweep.points_to_evaluate == [{"method.tau": 0.125, "method.epsilon": 0.3, "method.lambda": 10.0}]
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"trials": 4}, "'trials'"),  # unknown top-level key
+    ({"space": {"method.tauu": {"type": "uniform", "low": 0.1, "high": 0.2}}}, "'space.method.tauu'"),
+    ({"space": {"method.tau": {"type": "uniform", "low": 0.3, "high": 0.3}}}, "'space.method.tau.low'"),
+    ({"space": {"method.tau": {"type": "uniform", "low": 0.1, "high": 1.5}}}, "'space.method.tau'"),  # tau < 1
+    ({"space": {"method.tau": {"type": "uniform", "low": 0.1, "hi": 0.3}}}, "'space.method.tau.hi'"),
+    ({"space": {"method.lambda": {"type": "loguniform", "low": 0.0, "high": 3}}}, "'space.method.lambda.low'"),
+    ({"space": {"optim.name": {"type": "choice", "values": []}}}, "'space.optim.name.values'"),
+    ({"space": {}}, "'space'"),
+    ({"metric": "test_accuracy"}, "'metric'"),  # the training never reports it
+    ({"scheduler": {"type": "asha", "grace_period": 3}}, "'scheduler.grace_period'"),  # > train.epochs
+    ({"scheduler": {"type": "hyperband"}}, "'scheduler.type'"),
+    ({"resources": {"gpus": 1}}, "'resources.gpus'"),
+])
+def test_bad_sweep_files_name_the_field_and_file(tmp_path, changes, field):
+    path = write_sweep(tmp_path, points_to_evaluate=None, **changes)
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert field in str(err.value) and str(path) in str(err.value)
+
+
+def test_cli_rejects_a_bad_sweep_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    from soft_dist.cli import main
+
+    path = write_sweep(tmp_path, metric="val_loss")
+    run_dir = tmp_path / "never"
+    assert main(["tune", "--config", str(path), "--run-dir", str(run_dir), "data.shards=/nowhere"]) == 2
+    assert "config field 'metric'" in capsys.readouterr().err
+    assert not run_dir.exists() and not ray.is_initialized()
+
+
+# ----------------------------------------------------------------------------- a real sweep
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "soft_dist", "tune", *args]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local cluster per sweep
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def digit_shards(tmp_path_factory) -> Path:
+    from soft_dist.data.build import ShardConfig, build_shards
+
+    out = tmp_path_factory.mktemp("digits32")
+    build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=4, workers=1, progress=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(digit_shards, tmp_path_factory):
+    """Start the tiny sweep, press Ctrl-C once the first trial has trained every epoch, then --resume."""
+    folder = tmp_path_factory.mktemp("sweep")
+    sweep_file = write_sweep(folder, optuna_storage="optuna.db")
+    run_dir = folder / "run"
+    started = time.perf_counter()
+    proc = subprocess.Popen(_cli("--config", str(sweep_file), "--run-dir", str(run_dir),
+                                 f"data.shards={digit_shards}", "data.image_size=16"),
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 480
+        while not list(run_dir.glob("trials/*/results.json")):
+            assert proc.poll() is None, f"the sweep ended before a trial finished:\n{proc.stdout.read()[-4000:]}"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(1)
+        finished = {p.parent.name: (p.parent / "metrics.jsonl").read_text() for p in run_dir.glob("trials/*/results.json")}
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops the running trials
+        first_out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first_rc = proc.returncode
+    first_rows = pd.read_csv(run_dir / "trials.csv") if (run_dir / "trials.csv").is_file() else None
+    resumed = subprocess.run(_cli("--resume", str(run_dir)), env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, (first_out[-3000:], resumed.stdout[-3000:], resumed.stderr[-6000:])
+    print(f"\ninterrupted + resumed sweep: {time.perf_counter() - started:.0f} s")
+    return {"run_dir": run_dir, "finished_before": finished, "first_rc": first_rc, "first_rows": first_rows,
+            "first_out": first_out, "out": resumed.stdout, "table": pd.read_csv(run_dir / "trials.csv")}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_interrupted_sweep_reports_and_resume_keeps_finished_trials(resumed_sweep):
+    table = resumed_sweep["table"]
+    assert resumed_sweep["first_rc"] == 3, resumed_sweep["first_out"][-3000:]  # interrupted: not complete
+    assert "--resume" in resumed_sweep["first_out"]
+    assert (resumed_sweep["first_rows"]["status"] == "TERMINATED").sum() < 4  # trials.csv of the part run
+    finished = resumed_sweep["finished_before"]
+    assert finished
+    for trial_id, metrics_before in finished.items():
+        row = table[table["trial_id"] == trial_id].iloc[0]
+        assert row["starts"] == 1  # its driver never ran again
+        assert (Path(row["trial_dir"]) / "metrics.jsonl").read_text() == metrics_before  # no epoch retrained
+        assert row["epochs"] == 2
+    # trials that were running at Ctrl-C ran again (at most once more each), nothing ran three times
+    assert table["starts"].max() <= 2 and len(table) == 4
+    for _, row in table.iterrows():  # Tune's view matches what each trial really trained, resumed or not
+        lines = (Path(row["trial_dir"]) / "metrics.jsonl").read_text().splitlines()
+        assert sorted({json.loads(x)["epoch"] for x in lines}) == list(range(row["epochs"])), row
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_trials_csv_asha_and_plots(resumed_sweep):
+    table = resumed_sweep["table"]
+    run_dir = resumed_sweep["run_dir"]
+    for column in ("trial", "trial_id", "tau", "epsilon", "lambda", "val_accuracy", "val_mean_class_accuracy",
+                   "epochs", "status", "stopped_early"):
+        assert column in table.columns
+    assert len(table) == 4 and (table["status"] == "TERMINATED").all()
+    first = table[table["trial"] == 1].iloc[0]
+    assert (first["tau"], first["epsilon"], first["lambda"]) == (0.125, 0.3, 10.0)  # the paper's defaults first
+    assert table["tau"].between(0.05, 0.5).all() and table["epsilon"].between(0.0, 0.6).all()
+    assert table["lambda"].between(0.1, 30.0).all()
+    assert table["val_accuracy"].between(0.0, 1.0).all()
+    assert (table["epochs"] < 2).sum() >= 1, table  # ASHA stopped at least one trial after its first epoch
+    assert table["stopped_early"].equals(table["epochs"] < 2)
+    for name in ("metric_vs_tau.png", "metric_vs_epsilon.png", "metric_vs_lambda.png", "param_importances.png"):
+        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "stopped early by ASHA" in resumed_sweep["out"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_optuna_storage_holds_the_study(resumed_sweep):
+    import optuna
+
+    run_dir = resumed_sweep["run_dir"]
+    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4
+    assert done[0].params == {"tau": 0.125, "epsilon": 0.3, "lambda": 10.0}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_best_yaml_trains(resumed_sweep, tmp_path):
+    import ray
+
+    from soft_dist.train.ray_trainer import run_training
+
+    run_dir = resumed_sweep["run_dir"]
+    table = resumed_sweep["table"]
+    complete = table[table["epochs"] == 2]
+    best = complete.loc[complete["val_accuracy"].idxmax()]
+    cfg = load_config(run_dir / "best.yaml", ["train.epochs=1"])
+    assert (cfg.method.tau, cfg.method.epsilon, cfg.method.lambda_) == pytest.approx(
+        (best["tau"], best["epsilon"], best["lambda"]))
+    assert cfg.data.image_size == 16 and cfg.train.workers == 1  # the sweep's base config, overrides included
+    try:
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        results = run_training(cfg, tmp_path / "best")
+    finally:
+        ray.shutdown()
+    assert results["epochs"] == 1 and 0.0 <= results["test"]["chosen"]["accuracy"] <= 1.0
+
+
+def test_a_trial_that_trained_every_epoch_is_recognised(tmp_path):
+    """The last forwarded report is what a restarted trial re-reports when its training already ended."""
+    from soft_dist.tune.sweep import EPOCHS_KEY, LAST_REPORT_FILE, _finished_report
+
+    assert _finished_report(tmp_path, 2) is None
+    (tmp_path / LAST_REPORT_FILE).write_text(json.dumps({"epoch": 0, EPOCHS_KEY: 1, "val_accuracy": 0.4}))
+    assert _finished_report(tmp_path, 2) is None  # stopped or interrupted mid-way: train on
+    (tmp_path / LAST_REPORT_FILE).write_text(json.dumps({"epoch": 1, EPOCHS_KEY: 2, "val_accuracy": 0.5}))
+    assert _finished_report(tmp_path, 2)["val_accuracy"] == 0.5
