@@ -78,24 +78,6 @@ def test_grid_cells_and_names(tmp_path):
 # ----------------------------------------------------------------------------- real runs (Ray)
 
 
-@pytest.fixture(scope="module")
-def digit_shards(tmp_path_factory) -> Path:
-    from soft_dist.data.build import ShardConfig, build_shards
-
-    out = tmp_path_factory.mktemp("digits32")
-    build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=2, workers=1, progress=False))
-    return out
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cluster):
     from soft_dist.experiment.runner import run_grid

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from soft_dist.config import load_config
-from soft_dist.data.build import ShardConfig, build_shards
 from soft_dist.data.format import load_manifest
 
 pytestmark = pytest.mark.ray
@@ -18,22 +17,6 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 EPOCHS = 3
 # digits train split = 1,258 images; batch 64 over 2 ranks -> 10 steps per epoch per rank.
 FAIL_AT_STEP = 14  # in the middle of the second epoch
-
-
-@pytest.fixture(scope="module")
-def digit_shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("digits32")
-    build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=4, workers=1, progress=False))
-    return out
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def config(shards: Path, *extra: str):

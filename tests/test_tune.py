@@ -108,15 +108,6 @@ def _env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def digit_shards(tmp_path_factory) -> Path:
-    from soft_dist.data.build import ShardConfig, build_shards
-
-    out = tmp_path_factory.mktemp("digits32")
-    build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=4, workers=1, progress=False))
-    return out
-
-
-@pytest.fixture(scope="module")
 def resumed_sweep(digit_shards, tmp_path_factory):
     """Start the tiny sweep, press Ctrl-C once the first trial has trained every epoch, then --resume."""
     folder = tmp_path_factory.mktemp("sweep")
