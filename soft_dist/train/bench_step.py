@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=False,
                         help="3x3 stem without max-pool (default: the standard stem)")
-    parser.add_argument("--steps", type=int, default=3, help="training steps per timed repeat")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per timed repeat")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
