@@ -292,8 +292,6 @@ def _cross_checks(cfg: Config, sources: dict[str, str]) -> None:
         raise ConfigError("data.mean", "mean and std need 3 values (RGB)", sources.get("data.mean"))
     if cfg.noise.kind == "file" and not cfg.noise.file:
         raise ConfigError("noise.file", "noise.kind=file needs noise.file", sources.get("noise.kind"))
-    if cfg.noise.kind in ("symmetric", "asymmetric") and cfg.noise.rate == 0.0:
-        pass  # allowed: a clean run with the same code path
 
 
 # ----------------------------------------------------------------------------- loading

@@ -85,15 +85,17 @@ def reports(preds_by_branch: dict, num_classes: int, label_lookup: np.ndarray | 
 
 
 def noise_diagnostics(preds_by_branch: dict, table: NoiseTable) -> dict:
-    """branch -> Table 2 diagnostics on training predictions, using the table's clean/noisy labels."""
-    lookup_clean = dict(zip(table.idx.tolist(), table.clean.tolist()))
-    lookup_noisy = dict(zip(table.idx.tolist(), table.noisy.tolist()))
+    """branch -> Table 2 diagnostics on training predictions, using the table's clean/noisy labels.
+
+    Rows whose idx is not in the table are left out."""
+    order = np.argsort(table.idx, kind="stable")  # a noise file given by the user need not be sorted
+    idx_sorted, clean, noisy = table.idx[order], table.clean[order], table.noisy[order]
     out = {}
     for branch, (preds, _, idx) in preds_by_branch.items():
-        keep = np.array([i in lookup_clean for i in idx.tolist()], dtype=bool)
-        clean = np.array([lookup_clean[i] for i in idx[keep].tolist()], dtype=np.int64)
-        noisy = np.array([lookup_noisy[i] for i in idx[keep].tolist()], dtype=np.int64)
-        out[branch] = noisy_part_diagnostics(preds[keep], clean, noisy)
+        pos = np.searchsorted(idx_sorted, idx)
+        keep = (pos < len(idx_sorted)) & (idx_sorted[np.minimum(pos, len(idx_sorted) - 1)] == idx)
+        pos = pos[keep]
+        out[branch] = noisy_part_diagnostics(preds[keep], clean[pos], noisy[pos])
     return out
 
 
