@@ -3,13 +3,12 @@
 Both read the same shards through the same epoch plan; a timed call is one full epoch of
 ``build_train_loader(...).epoch(e)`` (every sample decoded once and augmented twice), so images/s counts
 samples, each delivered as two views. The loaders' epochs alternate (bench.median_times_interleaved) so
-that load from other processes on a shared machine falls on both alike. Without ``--shards`` a temporary shard set is written first:
-256x256 JPEG crops cut from scikit-image's real photographs, so that decoding costs what it does on real
-faces rather than on flat synthetic images.
+that load from other processes on a shared machine falls on both alike. Without ``--shards`` a temporary
+shard set is written first: 256x256 JPEG crops cut from scikit-image's real photographs, so that decoding
+costs what it does on real faces rather than on flat synthetic images.
 
-The DALI loader feeds JPEG bytes through external_source (for the global per-epoch shuffle); the same
-graph fed by ``fn.readers.webdataset`` is timed too (``dali_webdataset_reader``, after the other two), to
-show what that choice costs.
+The DALI loader feeds JPEG bytes and augmentation parameters from Python through external_source (for
+the global per-epoch shuffle); ``dali.feed_ms_per_batch`` reports what that Python side costs per batch.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from soft_dist.bench import median_time, median_times_interleaved
+from soft_dist.bench import median_times_interleaved
 from soft_dist.config import AugmentConfig, DataConfig
 from soft_dist.data.format import load_manifest
 
@@ -93,25 +92,6 @@ def _epoch_fn(loader):
     return one_epoch
 
 
-def _reader_epoch_fn(shards: Path, split: str, data_cfg: DataConfig, batch_size: int):
-    """One epoch of the same graph fed by fn.readers.webdataset (returns the function and the iterator)."""
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
-    from soft_dist.data.dali import make_reader_pipeline
-
-    pipe = make_reader_pipeline(shards, split, batch_size, data_cfg)
-    iterator = DALIGenericIterator(
-        [pipe], ["view_s", "view_t", "label", "idx"], reader_name="reader",
-        last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True,
-    )
-
-    def one_epoch():
-        for _ in iterator:
-            pass
-
-    return one_epoch, iterator
-
-
 def run(args: argparse.Namespace) -> dict:
     from soft_dist.data.loader import build_train_loader
 
@@ -131,15 +111,11 @@ def run(args: argparse.Namespace) -> dict:
             loaders.append(build_train_loader(shards, args.split, cfg, args.batch_size, seed=args.seed))
             fns[name] = _epoch_fn(loaders[-1])
         timings = median_times_interleaved(fns, repeats=args.repeats, warmup=1)
+        feed_ms = loaders[1].feed_ms_per_batch
         for loader in loaders:
             loader.close()
-        # Timed on its own: a reader pipeline goes on prefetching the next epoch in the background after
-        # each epoch, which would steal CPU from whatever is timed next.
-        cfg = DataConfig(image_size=args.image_size, loader="dali", num_threads=args.threads, augment=augment)
-        reader_epoch, reader = _reader_epoch_fn(shards, args.split, cfg, args.batch_size)
-        timings["dali_webdataset_reader"] = median_time(reader_epoch, repeats=args.repeats, warmup=1)
-        del reader
     for name, timing in timings.items():
         result[name] = {"images_per_s": num_samples / timing["median_s"], "epoch": timing}
+    result["dali"]["feed_ms_per_batch"] = feed_ms
     result["ratio_dali_over_torch"] = result["dali"]["images_per_s"] / result["torch"]["images_per_s"]
     return result

@@ -3,21 +3,22 @@
 Data flow (docs/pipelines.md):
 
     EpochPlan (soft_dist.data.sampler)    -> which split positions this rank reads, batch by batch
-    SampleTable (soft_dist.data.tarindex) -> the JPEG bytes of each position, read through mmap
-    PlanSource -> fn.external_source      -> jpegs, label, idx, valid, and uniform draws for each view
+    SampleTable (soft_dist.data.tarindex) -> the JPEG bytes of each position (mmap) and its pixel size
+    view_params.draw_view_params          -> crop box, rotation, colour, flip, erasing of each view (numpy)
+    PlanSource -> fn.external_source      -> jpegs, label, idx, valid and the parameters of both views
     fn.decoders.image (cpu | mixed)       -> decoded once, augmented twice (soft_dist.data.dali_augment)
     DALIGenericIterator                   -> torch tensors
 
 Why external_source and not fn.readers.webdataset: the reader can only give each rank a fixed contiguous
 slice of the split (shard_id/num_shards), shuffled inside a buffer, whereas the training loop wants one
-global permutation per epoch cut across ranks, with padding marked ``valid=False``. Feeding the bytes
-from Python costs microseconds per sample against milliseconds of decoding; ``soft-dist bench pipeline``
-times the reader variant (:func:`make_reader_pipeline`) beside the loader to keep that claim checked.
+global permutation per epoch cut across ranks, with padding marked ``valid=False``. The bytes still come
+from the webdataset shards, located through their DALI index files. Feeding them and the parameters from
+Python costs well under a millisecond per batch against tens of milliseconds of decoding and augmenting;
+``soft-dist bench pipeline`` reports that cost (``dali.feed_ms_per_batch``).
 
-Determinism: the random parameters of both views are numbers drawn in Python from
-(seed, epoch, rank, batch) and fed with the images; DALI's own RNG is not used. So one pipeline serves
-every epoch (building one per epoch cost about a second of warm-up each time), and a restarted job
-reproduces epoch ``e`` exactly.
+Determinism: every random parameter of both views is drawn in numpy from (seed, epoch, rank, batch) and
+fed with the images; DALI's own RNG is not used. So one pipeline serves every epoch (building one per
+epoch cost about a second of warm-up each time), and a restarted job reproduces epoch ``e`` exactly.
 
 CPU pipelines use ``device_id=None`` (DALI's CPU_ONLY_DEVICE_ID fails on machines without CUDA). On GPU
 ("mixed" decoding) images come out in HWC order and are returned as NCHW views of that memory, i.e. in
@@ -26,7 +27,7 @@ channels_last format, without a copy.
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
 from typing import Callable, Iterator
 
 import numpy as np
@@ -36,10 +37,11 @@ from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from soft_dist.config import DataConfig
-from soft_dist.data.dali_augment import DRAWS_PER_VIEW, Draws, eval_view, train_view
+from soft_dist.data.dali_augment import eval_view, train_view
 from soft_dist.data.loader import EvalBatch, TwoViewBatch
 from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.tarindex import SampleTable, load_sample_table
+from soft_dist.data.view_params import FIELD_DTYPES, draw_view_params, used_fields
 
 TRAIN_OUTPUTS = ("view_s", "view_t", "label", "idx", "valid")
 EVAL_OUTPUTS = ("image", "label", "idx", "valid")
@@ -49,8 +51,15 @@ PREFETCH = 2
 # ----------------------------------------------------------------------------- pipelines
 
 
+_DALI_TYPES = {np.int32: types.INT32, np.float32: types.FLOAT}
+
+
 def _decode(jpegs, device: str):
-    return fn.decoders.image(jpegs, device="mixed" if device == "cuda" else "cpu", output_type=types.RGB)
+    # No EXIF rotation: the sharder stores upright images, and the crop boxes are computed from the
+    # frame size in the JPEG header (soft_dist.data.jpeg_header), as torchvision's decode_jpeg sees it.
+    return fn.decoders.image(
+        jpegs, device="mixed" if device == "cuda" else "cpu", output_type=types.RGB, adjust_orientation=False
+    )
 
 
 def _layout(device: str) -> str:
@@ -71,19 +80,23 @@ def graph(source: Callable, data_cfg: DataConfig, *, train: bool, device: str = 
     """The DataNodes of the loader's graph; call inside a ``with pipeline:`` block.
 
     ``source`` is an external_source callback ``f(batch_info)`` returning (jpegs, label, idx, valid) and,
-    for training, the draws of the two views (float32 [B, DRAWS_PER_VIEW] each); see PlanSource.
-    Returns TRAIN_OUTPUTS (view_s, view_t: float32 [B, 3, S, S] on CPU, [B, S, S, 3] on GPU; label, idx
-    int64 [B, 1]; valid bool [B, 1]) or EVAL_OUTPUTS. ``device="cuda"`` decodes with "mixed", so every
-    output is a GPU node."""
+    for training, the fields ``view_params.used_fields(data_cfg.augment)`` of the student's view and then
+    of the teacher's view; see PlanSource. Returns TRAIN_OUTPUTS (view_s, view_t: float32 [B, 3, S, S] on
+    CPU, [B, S, S, 3] on GPU; label, idx int64 [B, 1]; valid bool [B, 1]) or EVAL_OUTPUTS.
+    ``device="cuda"`` decodes with "mixed", so every output is a GPU node."""
     layout = _layout(device)
-    dtypes = [types.UINT8, types.INT64, types.INT64, types.BOOL] + [types.FLOAT] * (2 if train else 0)
-    jpegs, label, idx, valid, *draws = fn.external_source(
+    fields = used_fields(data_cfg.augment) if train else ()
+    dtypes = [types.UINT8, types.INT64, types.INT64, types.BOOL]
+    dtypes += [_DALI_TYPES[FIELD_DTYPES[f]] for f in fields] * 2
+    jpegs, label, idx, valid, *params = fn.external_source(
         source=source, num_outputs=len(dtypes), batch=True, batch_info=True, dtype=dtypes
     )
     images = _decode(jpegs, device)
-    if train:  # one decode, two views with separate draws
-        shape = fn.peek_image_shape(jpegs)
-        views = tuple(train_view(images, shape, data_cfg, layout, Draws(d)) for d in draws)
+    if train:  # one decode, two views with their own parameters
+        n = len(fields)
+        views = tuple(
+            train_view(images, dict(zip(fields, params[v * n : (v + 1) * n])), data_cfg, layout) for v in range(2)
+        )
     else:
         views = (eval_view(images, data_cfg, layout),)
     meta = (label, idx, valid)
@@ -104,42 +117,17 @@ def make_pipeline(
     return pipe
 
 
-def make_reader_pipeline(
-    shards_dir: str | Path, split: str, batch_size: int, data_cfg: DataConfig, *, rank: int = 0,
-    world_size: int = 1, device: str = "cpu", seed: int = 0,
-) -> Pipeline:
-    """The same two-view graph fed by ``fn.readers.webdataset`` (index files used when present), with
-    DALI's RNG; outputs view_s, view_t, label, idx. Kept for the benchmark: the reader cuts the split into
-    fixed contiguous rank slices and shuffles within a buffer, so it cannot give the loaders' global
-    per-epoch permutation or their valid mask."""
-    from soft_dist.data.format import load_manifest
-
-    manifest = load_manifest(shards_dir)
-    index_paths = manifest.index_paths(split)
-    layout = _layout(device)
-    pipe = _new_pipeline(batch_size, data_cfg, device, seed, None)
-    with pipe:
-        jpegs, label, idx = fn.readers.webdataset(
-            paths=[str(p) for p in manifest.shard_paths(split)],
-            index_paths=[str(p) for p in index_paths] if index_paths else None,
-            ext=["jpg", "cls", "idx"], dtypes=[types.UINT8, types.INT64, types.INT64],
-            missing_component_behavior="error", shard_id=rank, num_shards=world_size,
-            random_shuffle=True, pad_last_batch=True, name="reader",
-        )
-        images, shape = _decode(jpegs, device), fn.peek_image_shape(jpegs)
-        views = [train_view(images, shape, data_cfg, layout, Draws()) for _ in range(2)]
-        pipe.set_outputs(*views, label, idx)
-    return pipe
-
-
 class PlanSource:
     """external_source callback over the current epoch's plan: batch ``i`` -> (jpegs, label [B], idx [B],
-    valid [B]) plus, for training, two float32 [B, DRAWS_PER_VIEW] arrays of U[0, 1) draws seeded from
-    (seed, epoch, rank, i). Raises StopIteration after the plan's last batch."""
+    valid [B]) plus, for training, the used view_params fields of the student's view and then of the
+    teacher's, drawn from a generator seeded with (seed, epoch, rank, i). Raises StopIteration after the
+    plan's last batch. ``seconds`` adds up the time spent in the calls (the Python side of feeding)."""
 
-    def __init__(self, table: SampleTable, *, train: bool, seed: int, rank: int):
-        self.table, self.train, self.seed, self.rank = table, train, seed, rank
+    def __init__(self, table: SampleTable, data_cfg: DataConfig, *, train: bool, seed: int, rank: int):
+        self.table, self.data_cfg, self.train, self.seed, self.rank = table, data_cfg, train, seed, rank
+        self.fields = used_fields(data_cfg.augment) if train else ()
         self.epoch, self.plan = 0, None
+        self.seconds, self.calls = 0.0, 0
 
     def start(self, epoch: int, plan: EpochPlan) -> None:
         self.epoch, self.plan = epoch, plan
@@ -147,16 +135,21 @@ class PlanSource:
     def __call__(self, info) -> tuple:
         if info.iteration >= self.plan.num_batches:
             raise StopIteration
+        began = time.perf_counter()
         positions = self.plan.positions[info.iteration]
         out = (
             [self.table.jpeg(p) for p in positions], self.table.label[positions], self.table.idx[positions],
             self.plan.valid[info.iteration],
         )
-        if not self.train:
-            return out
-        rng = np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.epoch, self.rank, info.iteration)))
-        draws = rng.random((2, len(positions), DRAWS_PER_VIEW), dtype=np.float32)
-        return (*out, draws[0], draws[1])
+        if self.train:
+            rng = np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.epoch, self.rank, info.iteration)))
+            image_hw = self.table.image_hw(positions)
+            size = self.data_cfg.image_size
+            views = [draw_view_params(rng, image_hw, self.data_cfg.augment, size) for _ in range(2)]
+            out += tuple(view[f] for view in views for f in self.fields)
+        self.seconds += time.perf_counter() - began
+        self.calls += 1
+        return out
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -182,12 +175,17 @@ class _DaliLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.num_samples = len(range(rank, len(self.table), world_size))
         self._len = batches_per_epoch(len(self.table), batch_size, world_size)
-        self._source = PlanSource(self.table, train=self.train, seed=seed, rank=rank)
+        self._source = PlanSource(self.table, data_cfg, train=self.train, seed=seed, rank=rank)
         self._iterator: DALIGenericIterator | None = None
         self._drained = False  # the last epoch ran to its end, so the pipeline holds nothing of it
 
     def __len__(self) -> int:
         return self._len
+
+    @property
+    def feed_ms_per_batch(self) -> float:
+        """Mean Python time spent preparing one batch for the pipeline (bytes, parameters), in ms."""
+        return 1e3 * self._source.seconds / max(1, self._source.calls)
 
     def plan(self, epoch: int) -> EpochPlan:
         return epoch_plan(

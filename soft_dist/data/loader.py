@@ -19,10 +19,6 @@ import torch
 
 from soft_dist.config import DataConfig
 
-# Random erasing (both loaders) draws the aspect ratio of the erased box log-uniformly in this range,
-# torchvision's default.
-ERASE_RATIO = (0.3, 3.3)
-
 
 @dataclass
 class TwoViewBatch:

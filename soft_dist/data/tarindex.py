@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from soft_dist.data.format import IMAGE_EXT, INDEX_EXT, LABEL_EXT, ManifestError, decode_int64, load_manifest
+from soft_dist.data.jpeg_header import JpegHeaderError, jpeg_size
 
 WDS_INDEX_VERSION = "v1.2"
 
@@ -76,6 +77,7 @@ class SampleTable:
     idx: np.ndarray
     used_index_files: bool = False
     _maps: dict[int, mmap.mmap] = field(default_factory=dict, repr=False)
+    _hw: np.ndarray | None = field(default=None, repr=False)  # int32 [N, 2], -1 until read
 
     def __len__(self) -> int:
         return len(self.shard)
@@ -95,6 +97,21 @@ class SampleTable:
             self._map(int(self.shard[position])), dtype=np.uint8,
             count=int(self.size[position]), offset=int(self.offset[position]),
         )
+
+    def image_hw(self, positions: np.ndarray) -> np.ndarray:
+        """(height, width) of the JPEGs at ``positions`` as int32 [len(positions), 2], read from their
+        headers the first time each is asked for and remembered."""
+        if self._hw is None:
+            self._hw = np.full((len(self), 2), -1, dtype=np.int32)
+        for p in positions[self._hw[positions, 0] < 0]:
+            try:
+                self._hw[p] = jpeg_size(self.jpeg(p))
+            except JpegHeaderError as e:
+                raise ManifestError(
+                    f"{self.paths[int(self.shard[p])]}: the image of sample idx={int(self.idx[p])} "
+                    f"(byte offset {int(self.offset[p])}): {e}"
+                ) from None
+        return self._hw[positions]
 
     def close(self) -> None:
         for m in self._maps.values():

@@ -23,9 +23,10 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from soft_dist.config import DataConfig
-from soft_dist.data.loader import ERASE_RATIO, EvalBatch, TwoViewBatch
+from soft_dist.data.loader import EvalBatch, TwoViewBatch
 from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.tarindex import SampleTable, load_sample_table
+from soft_dist.data.view_params import ERASE_RATIO
 
 
 def _to_normalised(data_cfg: DataConfig) -> list:
@@ -34,7 +35,7 @@ def _to_normalised(data_cfg: DataConfig) -> list:
 
 def train_transform(data_cfg: DataConfig) -> v2.Compose:
     """One augmented view, uint8 [3, h, w] -> float32 [3, S, S]; the same steps and config keys as
-    soft_dist.data.dali.train_view."""
+    soft_dist.data.dali_augment.train_view."""
     a, size = data_cfg.augment, data_cfg.image_size
     steps: list = [
         v2.RandomResizedCrop(size, scale=(a.scale_min, a.scale_max), ratio=(a.ratio_min, a.ratio_max), antialias=True)
