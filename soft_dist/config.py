@@ -72,7 +72,7 @@ class AugmentConfig:
     flip: bool = True
     rotate_degrees: float = field(default=10.0, metadata=_range(0.0, 180.0))
     # nearest is torchvision RandomRotation's default; linear is smoother but DALI's CPU warp costs about
-    # 5x more with it (docs/pipelines.md). Both loaders follow this key.
+    # 4x more with it (docs/pipelines.md). Both loaders follow this key.
     rotate_interpolation: str = field(default="nearest", metadata=_choice("nearest", "linear"))
     color_jitter: float = field(default=0.0, metadata=_range(0.0, 1.0))  # the paper uses none
     erasing_prob: float = field(default=0.25, metadata=_range(0.0, 1.0))
