@@ -85,6 +85,11 @@ class DataConfig:
     """Where the images come from and how they are fed."""
 
     shards: str | None = None  # folder with manifest.json written by `soft-dist shard`
+    # Node-local cache for shards given as a URL (s3://...); None: $SOFT_DIST_CACHE, else
+    # ~/.cache/soft-dist/shards.
+    cache_dir: str | None = None
+    # Bound of that cache in GB; least recently used other shard sets are evicted to stay under it.
+    cache_max_gb: float = field(default=50.0, metadata=_range(0.0, None, lo_open=True))
     image_size: int = field(default=224, metadata=_range(8, 1024))
     loader: str = field(default="dali", metadata=_choice("dali", "torch"))
     num_threads: int = field(default=2, metadata=_range(1, 256))

@@ -103,6 +103,12 @@ class Manifest:
 
 def load_manifest(root: str | Path) -> Manifest:
     """Read and check ``root/manifest.json``; errors name the file and the field."""
+    if "://" in str(root) and not str(root).startswith("file://"):
+        # Path() would turn s3://b/x into s3:/b/x and report a confusing "not found".
+        raise ManifestError(
+            f"{root}: a URL, not a local folder; stage it first with "
+            "soft_dist.data.stage.local_shards (training does this for data.shards)"
+        )
     root = Path(root)
     path = root / MANIFEST_NAME
     if not path.is_file():
