@@ -213,11 +213,12 @@ def make_noise_table(cfg: Config) -> tuple[NoiseTable, int]:
     """The run's noise table (made once from the shards' clean labels, or read from noise.file)."""
     from soft_dist.data.format import load_manifest
     from soft_dist.data.labels import read_split_labels
+    from soft_dist.data.stage import local_shards
     from soft_dist.noise import build_noise_table as build
 
     if not cfg.data.shards:
         raise ConfigError("data.shards", "set it to a folder written by `soft-dist shard` (with manifest.json)")
-    manifest = load_manifest(cfg.data.shards)
+    manifest = load_manifest(local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
     if cfg.noise.kind == "file":
         return NoiseTable.load(cfg.noise.file), manifest.num_classes
     splits = {s: read_split_labels(manifest, s) for s in (cfg.data.train_split, cfg.data.val_split)}
