@@ -26,3 +26,54 @@ def ray_cluster():
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint (moto's HTTP server on loopback) for the whole session.
+
+    Sets AWS_ENDPOINT_URL, dummy keys and a region in os.environ (restored at teardown) so that boto3,
+    pyarrow and Ray workers started later all reach it; moto's request log goes to a file, whose path
+    is yielded with the endpoint: {"endpoint": URL, "log": Path}."""
+    import logging
+    import os
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    log_path = tmp_path_factory.mktemp("moto") / "requests.log"
+    request_log = logging.getLogger("werkzeug")  # moto's server logs every request through werkzeug
+    handler = logging.FileHandler(log_path)
+    saved_log = (request_log.level, request_log.propagate)
+    request_log.addHandler(handler)
+    request_log.setLevel(logging.INFO)
+    request_log.propagate = False
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved_env = {k: os.environ.get(k) for k in [*env, "AWS_SESSION_TOKEN", "AWS_PROFILE"]}
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.update(env)
+    try:
+        yield {"endpoint": env["AWS_ENDPOINT_URL"], "log": log_path}
+    finally:
+        server.stop()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        request_log.removeHandler(handler)
+        handler.close()
+        request_log.setLevel(saved_log[0])
+        request_log.propagate = saved_log[1]
