@@ -262,3 +262,32 @@ def test_shard_loaders_read_an_s3_url(s3_shards, tmp_path):
         assert 0 <= int(batch.label.min()) and int(batch.label.max()) < 10
     finally:
         loaders.close()
+
+
+def test_two_processes_download_each_shard_once(s3, digit_shards, s3_server, tmp_path):
+    url = upload(s3, digit_shards, "shards/race")
+    cache = tmp_path / "cache"
+    before = len(moto_requests(s3_server))
+    code = f"from soft_dist.data.stage import local_shards; print(local_shards({url!r}, {str(cache)!r}))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outputs[0] == outputs[1]
+    tar_gets = [line for line in moto_requests(s3_server)[before:] if "GET" in line and "/shards/race/" in line and ".tar " in line]
+    num_tars = len([p for p in digit_shards.iterdir() if p.suffix == ".tar"])
+    # Every shard fetched, and only once: these small objects come in one GET each.
+    assert len({line.split("/shards/race/")[1].split()[0] for line in tar_gets}) == num_tars
+    assert len(tar_gets) == num_tars, tar_gets
+
+
+def test_noise_table_from_an_s3_url(s3_shards, digit_shards, tmp_path):
+    from soft_dist.config import ConfigError, load_config
+    from soft_dist.train.ray_trainer import make_noise_table
+
+    cfg = load_config(None, [f"data.shards={s3_shards}", f"data.cache_dir={tmp_path / 'cache'}",
+                             "noise.kind=symmetric", "noise.rate=0.2"])
+    table, num_classes = make_noise_table(cfg)
+    manifest = load_manifest(digit_shards)
+    assert num_classes == 10
+    assert len(table.idx) == manifest.split("train").num_samples + manifest.split("val").num_samples
+    with pytest.raises(ConfigError, match="cache_max_gb"):
+        load_config(None, ["data.cache_max_gb=0"])

@@ -111,8 +111,8 @@ def _stage(url: str, dest: Path, cache: Path, max_bytes: int, progress: bool) ->
     if bar is not None:
         bar.close()
 
-    # Drop files of an older version of this set (renamed or removed shards), then publish the manifest.
-    # (and .part files of a download that crashed).
+    # Drop files of an older version of this set (renamed or removed shards) and .part files of a
+    # download that crashed, then publish the manifest: readers only ever load_manifest() this folder.
     for path in dest.iterdir():
         name = path.name
         stale_marker = name.endswith(".tar.ok") and name[1:].removesuffix(".ok") not in digests
