@@ -184,7 +184,7 @@ def test_local_path_is_returned_unchanged(digit_shards):
         load_manifest("s3://bucket/shards/x")
 
 
-def test_staged_copy_is_identical_and_reused(s3_shards, digit_shards, s3_server, tmp_path):
+def test_staged_copy_is_identical_and_reused(s3_shards, digit_shards, s3_server, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     staged = local_shards(s3_shards, cache_dir=str(cache))
     assert staged.parent == cache and load_manifest(staged).dataset == load_manifest(digit_shards).dataset
@@ -202,11 +202,8 @@ def test_staged_copy_is_identical_and_reused(s3_shards, digit_shards, s3_server,
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in staged.iterdir() if p.suffix in (".tar", ".idx")}
 
     # The default cache folder comes from $SOFT_DIST_CACHE.
-    os.environ["SOFT_DIST_CACHE"] = str(cache)
-    try:
-        assert local_shards(s3_shards) == staged
-    finally:
-        del os.environ["SOFT_DIST_CACHE"]
+    monkeypatch.setenv("SOFT_DIST_CACHE", str(cache))
+    assert local_shards(s3_shards) == staged
 
 
 def test_corrupt_shard_is_named_and_not_kept(s3, digit_shards, tmp_path):
