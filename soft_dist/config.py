@@ -164,6 +164,13 @@ class TrainConfig:
     bf16: bool = True  # autocast on GPU only
     compile: bool = False
     max_failures: int = field(default=2, metadata=_range(-1, None))
+    # Elastic training: with min_workers set, Ray Train runs with any count in [min_workers, workers]
+    # (fewer after a node is lost, more again when it returns); None keeps exactly ``workers``.
+    min_workers: int | None = field(default=None, metadata=_range(1, None))
+    # How often (s) Ray Train looks for room to grow an elastic run back towards ``workers``.
+    elastic_resize_interval_s: float = field(default=60.0, metadata=_range(0.0, None))
+    # Keep the resumable state (checkpoints/) after the last epoch; false leaves only model.pt and logs.
+    keep_state: bool = True
     # Teacher synchronisation across ranks (see soft_dist.train.ray_trainer).
     teacher_buffer_sync_every: int = field(default=1, metadata=_range(0, None))
     sync_check_every: int = field(default=50, metadata=_range(0, None))
@@ -171,7 +178,7 @@ class TrainConfig:
     log_every: int = field(default=20, metadata=_range(1, None))
     # The branch used for inference is chosen on the validation split by this metric.
     select_metric: str = field(default="accuracy", metadata=_choice("accuracy", "mean_class_accuracy"))
-    # Test hook: raise in rank 0 at this global step (once per run directory), to exercise recovery.
+    # Test hook: rank 0's process exits at this global step (once per run directory), to exercise recovery.
     fail_at_step: int | None = None
 
 
@@ -295,6 +302,9 @@ def _cross_checks(cfg: Config, sources: dict[str, str]) -> None:
         )
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise ConfigError("data.mean", "mean and std need 3 values (RGB)", sources.get("data.mean"))
+    if cfg.train.min_workers is not None and cfg.train.min_workers > cfg.train.workers:
+        raise ConfigError("train.min_workers", f"must be <= train.workers ({cfg.train.workers})",
+                          sources.get("train.min_workers"))
     if cfg.noise.kind == "file" and not cfg.noise.file:
         raise ConfigError("noise.file", "noise.kind=file needs noise.file", sources.get("noise.kind"))
 

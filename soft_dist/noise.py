@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,30 +107,36 @@ class NoiseTable:
         dense[self.idx] = self.noisy
         return dense
 
+    def to_csv(self) -> str:
+        """The table as CSV text: a ``# kind=.. rate=.. seed=..`` line, then ``idx,clean,noisy`` rows."""
+        out = io.StringIO(newline="")
+        out.write(f"# kind={self.kind} rate={self.rate} seed={self.seed}\n")
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["idx", "clean", "noisy"])
+        w.writerows(zip(self.idx.tolist(), self.clean.tolist(), self.noisy.tolist()))
+        return out.getvalue()
+
+    @classmethod
+    def from_csv(cls, text: str, source: str = "noise table") -> "NoiseTable":
+        lines = text.splitlines()
+        first = lines[0] if lines else ""
+        meta = dict(kv.split("=", 1) for kv in first.lstrip("# ").split()) if first.startswith("#") else {}
+        rows = list(csv.DictReader(lines[1:] if first.startswith("#") else lines))
+        try:
+            arr = {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("idx", "clean", "noisy")}
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{source}: a noise table needs integer columns idx, clean, noisy ({err})") from err
+        return cls(**arr, kind=meta.get("kind", "file"), rate=float(meta.get("rate", 0)), seed=int(meta.get("seed", 0)))
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            f.write(f"# kind={self.kind} rate={self.rate} seed={self.seed}\n")
-            w = csv.writer(f)
-            w.writerow(["idx", "clean", "noisy"])
-            w.writerows(zip(self.idx.tolist(), self.clean.tolist(), self.noisy.tolist()))
+        path.write_text(self.to_csv())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "NoiseTable":
-        path = Path(path)
-        with open(path) as f:
-            first = f.readline()
-            meta = dict(kv.split("=", 1) for kv in first.lstrip("# ").split()) if first.startswith("#") else {}
-            if not first.startswith("#"):
-                f.seek(0)
-            rows = list(csv.DictReader(f))
-        try:
-            arr = {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("idx", "clean", "noisy")}
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"{path}: a noise table needs integer columns idx, clean, noisy ({err})") from err
-        return cls(**arr, kind=meta.get("kind", "file"), rate=float(meta.get("rate", 0)), seed=int(meta.get("seed", 0)))
+        return cls.from_csv(Path(path).read_text(), str(path))
 
     def digest(self) -> str:
         h = hashlib.sha256()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Ray Train's placement-group cleaner polls the Train controller's state through the dashboard's state
 # API, once a second, and logs a warning whenever that fails.
+WORKER_LOGS_ENV = "SOFT_DIST_WORKER_LOGS"  # "1": forward workers' output to the driver's console
 _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
@@ -20,7 +22,7 @@ def quiet_placement_group_cleaner() -> None:
     logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
-def init_ray(log_to_driver: bool = True) -> None:
+def init_ray(log_to_driver: bool | None = None) -> None:
     """Idempotent. With RAY_ADDRESS set, join that cluster. Otherwise start a new local cluster without
     a dashboard: a bare ``ray.init()`` would instead join whatever cluster /tmp/ray/ray_current_cluster
     names, even a dead one.
@@ -32,11 +34,17 @@ def init_ray(log_to_driver: bool = True) -> None:
 
     if ray.is_initialized():
         return
+    if log_to_driver is None:
+        log_to_driver = os.environ.get(WORKER_LOGS_ENV, "") == "1"
+    # The console is for soft-dist's epoch lines (printed by the driver from metrics.jsonl): the workers'
+    # and Ray Train controller's own output stays in Ray's log files unless SOFT_DIST_WORKER_LOGS=1, and
+    # so do Ray's start-up notices. Failures still reach the driver as exceptions with the traceback.
+    quiet = {} if log_to_driver else {"logging_level": logging.ERROR}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address, log_to_driver=log_to_driver, **quiet)
         return
     ray.init(
-        address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver,
+        address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver, **quiet,
         runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"},
     )

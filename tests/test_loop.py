@@ -34,8 +34,9 @@ def test_soft_two_stages_on_noisy_digits_beats_chance(tmp_path):
     assert results["noise"]["flipped"] == int((table.clean != table.noisy).sum()) > 0
     diag = results["noise"]["diagnostics"]["teacher"]
     assert diag["noisy_predicted_correct"] > diag["noisy_predicted_noise"]
-    for name in ("config.yaml", "noise_table.csv", "results.json", "final.pt", "metrics.jsonl"):
+    for name in ("config.yaml", "noise_table.csv", "results.json", "model.pt", "metrics.jsonl"):
         assert (tmp_path / name).is_file()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0003"]  # the newest only
 
 
 @pytest.mark.parametrize("method", ["ce", "mt", "mt_sls", "lsr", "lsr_star", "sls0", "sls_student", "sls_both", "sls_self"])

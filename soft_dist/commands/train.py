@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -15,8 +14,9 @@ def register(subparsers) -> None:
         "started on this machine's cores; with it, the job runs on that cluster.",
     )
     p.add_argument("--config", type=Path, help="YAML config (see configs/); defaults apply when omitted")
-    p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>-<method>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
+    # str, not Path: a run directory may be s3://bucket/prefix (pathlib would turn it into s3:/bucket).
+    p.add_argument("--run-dir", help="output folder or s3://bucket/prefix (default: runs/<config name>-<method>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest complete checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. method.tau=0.2")
     p.set_defaults(func=run)
 
@@ -31,18 +31,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         stem = args.config.stem if args.config else "default"
-        run_dir = args.run_dir or Path("runs") / f"{stem}-{cfg.method.name}"
+        run_dir = args.run_dir or str(Path("runs") / f"{stem}-{cfg.method.name}")
         results = run_training(cfg, run_dir)
     print_summary(results, run_dir)
     return 0
 
 
-def print_summary(results: dict, run_dir: Path) -> None:
-    chosen = results["chosen_branch"]
-    print(f"\nchosen branch (on validation): {chosen}")
+def print_summary(results: dict, run_dir: Path | str) -> None:
+    model = results["model"]
+    print(f"model.pt: epoch {model['epoch'] + 1}, {model['branch']} branch, chosen on validation "
+          f"{model['metric']} {model['score']:.4f}")
     for split in ("val", "test"):
-        if results.get(split):
-            row = results[split]["chosen"]
+        row = model.get(split)
+        if row:
             print(f"  {split:<5} accuracy {row['accuracy']:.4f}   mean class accuracy {row['mean_class_accuracy']:.4f}")
-    print(f"results: {Path(run_dir) / 'results.json'}")
-    print(json.dumps({"teacher_sync": results.get("teacher_sync"), "throughput": results.get("throughput")}))
+    throughput = results["throughput"]
+    print(f"{throughput['images_per_s_total']:.0f} img/s over {throughput['workers']} workers; "
+          f"run directory: {run_dir}")

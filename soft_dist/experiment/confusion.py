@@ -19,14 +19,15 @@ from soft_dist.config import Config, load_config
 
 def load_branch(run_dir: Path, cfg: Config, branch: str, num_classes: int) -> torch.nn.Module:
     """The ``student`` (without its uncertainty head) or ``teacher`` of a finished run, in eval mode,
-    from the newest checkpoint's state.pt."""
+    from the newest complete checkpoint (the run must keep its state: train.keep_state)."""
     from soft_dist.method.model import build_student
-    from soft_dist.train.ray_trainer import STATE_FILE, latest_checkpoint
+    from soft_dist.storage import RunStore
+    from soft_dist.train.checkpoint import CHECKPOINTS_DIR, latest_state
 
-    checkpoint = latest_checkpoint(Path(run_dir))
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint with {STATE_FILE}")
-    learner = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)["learner"]
+    state = latest_state(RunStore(run_dir))
+    if state is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint under {CHECKPOINTS_DIR}/")
+    learner = state["learner"]
     if branch == "teacher":
         if learner.get("teacher") is None:
             raise ValueError(f"{run_dir}: method {cfg.method.name!r} has no teacher")
@@ -61,6 +62,7 @@ def derive_class_map(
     OUT/confusion.csv ([C, C] validation counts, rows = true class) and OUT/class_map.json; reuse them
     on later invocations."""
     from soft_dist.data.format import load_manifest
+    from soft_dist.data.stage import local_shards
     from soft_dist.metrics import confusion_matrix
     from soft_dist.noise import class_map_from_confusion
     from soft_dist.train.ray_trainer import run_training
@@ -75,7 +77,7 @@ def derive_class_map(
         shutil.rmtree(run)  # an interrupted earlier attempt
     log(f"[experiment] asymmetric_from confusion: training plain CE on clean labels ({cfg.train.epochs} epochs)")
     run_training(cfg, run)
-    manifest = load_manifest(cfg.data.shards)
+    manifest = load_manifest(local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
     net = load_branch(run, cfg, "student", manifest.num_classes)
     preds, labels = split_predictions(net, cfg, cfg.data.val_split)
     matrix = confusion_matrix(labels, preds, manifest.num_classes)

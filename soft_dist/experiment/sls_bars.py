@@ -45,6 +45,7 @@ def pick_images(cfg, table, count: int) -> tuple[torch.Tensor, torch.Tensor]:
 def plot_sls_targets(run_dir: Path, count: int, path: Path) -> Path:
     """Write the bar-chart figure for the final teacher of ``run_dir`` to ``path``."""
     from soft_dist.data.format import load_manifest
+    from soft_dist.data.stage import local_shards
     from soft_dist.experiment.confusion import load_branch
     from soft_dist.experiment.plots import _pyplot
     from soft_dist.method.sls import soft_label_smoothing
@@ -52,7 +53,7 @@ def plot_sls_targets(run_dir: Path, count: int, path: Path) -> Path:
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    manifest = load_manifest(cfg.data.shards)
+    manifest = load_manifest(local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
     classes = manifest.classes
     table = NoiseTable.load(run_dir / "noise_table.csv")
     teacher = load_branch(run_dir, cfg, "teacher", manifest.num_classes)

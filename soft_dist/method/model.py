@@ -127,6 +127,11 @@ def load_imagenet_weights(backbone: nn.Module, name: str) -> WeightReport:
     return WeightReport(source=f"torchvision:{weights}", loaded=len(state))
 
 
+def resolve_small_stem(small_stem: bool | None, image_size: int) -> bool:
+    """model.small_stem as built: None means on for inputs of at most SMALL_INPUT_MAX pixels."""
+    return image_size <= SMALL_INPUT_MAX if small_stem is None else bool(small_stem)
+
+
 def build_student(
     name: str,
     num_classes: int,
@@ -137,8 +142,7 @@ def build_student(
 ) -> tuple[ExpressionNet, WeightReport | None]:
     """The student network (with the uncertainty head unless ``uncertainty`` is False) and the weight
     report (None without pretraining)."""
-    if small_stem is None:
-        small_stem = image_size <= SMALL_INPUT_MAX
+    small_stem = resolve_small_stem(small_stem, image_size)
     backbone, dim = build_backbone(name, small_stem)
     report = None
     if pretrained == "imagenet":

@@ -26,4 +26,5 @@ def shard_loaders(cfg: Config, rank: int = 0, world_size: int = 1, device: str =
         val=evaluation(d.val_split),
         test=evaluation(d.test_split) if d.test_split and d.test_split in manifest.splits else None,
         train_eval=evaluation(d.train_split) if diagnostics else None,
+        shards_dir=shards,
     )

@@ -4,10 +4,9 @@ the per-run logs."""
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,6 +26,7 @@ class Loaders:
     val: object
     test: object | None = None
     train_eval: object | None = None  # the training split without augmentation, for Table 2 diagnostics
+    shards_dir: str | None = None  # the local shard folder they read (None for in-memory data)
 
     def close(self) -> None:
         for loader in (self.train, self.val, self.test, self.train_eval):
@@ -49,7 +49,7 @@ def train_epoch(
     steps = len(loader)
     images = 0
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # a bar for people; logs and CI get the epoch line only
         from tqdm import tqdm
 
         bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", leave=False)
@@ -103,51 +103,12 @@ def with_chosen(reports_by_branch: dict, chosen: str) -> dict:
     return {**reports_by_branch, "chosen": dict(reports_by_branch[chosen])}
 
 
-class RunLog:
-    """metrics.jsonl (one JSON line per epoch) and TensorBoard scalars in the run directory."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.run_dir / "metrics.jsonl"
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-            except ImportError:  # tensorboard not installed: jsonl only
-                self.writer = None
-
-    def log(self, epoch: int, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"epoch": epoch, **record}) + "\n")
-        if self.writer is not None:
-            for key, value in _flatten(record).items():
-                self.writer.add_scalar(key, value, epoch)
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _flatten(node: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-            out[f"{prefix}{key}"] = float(value)
-    return out
-
-
-def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict) -> str:
+def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict, workers: int | None = None) -> str:
     parts = [f"epoch {epoch + 1}/{epochs}", f"loss {train.get('loss', float('nan')):.3f}"]
     if "share_k_gt_1" in train:
         parts.append(f"k>1 {train['share_k_gt_1']:.2f}")
     parts += [f"val {b} {r['accuracy']:.3f}" for b, r in val.items()]
-    parts.append(f"{train['images_per_s']:.0f} img/s")
+    parts.append(f"{train['images_per_s']:.0f} img/s" + (f" x {workers} workers" if workers else ""))
     return " | ".join(parts)
 
 

@@ -1,47 +1,36 @@
-"""Distributed SOFT on Ray Train: the driver (noise table, TorchTrainer, results.json) and the loop that
-runs on every worker (DDP student, identical EMA teachers, per-epoch checkpoints and reports).
+"""SOFT on Ray Train: the worker adapter around the training engine, and the driver (noise table,
+TorchTrainer, console, results.json).
 
-Run directory layout (RUN_DIR must be on shared storage for multi-node runs):
-
-    config.yaml        the resolved config           noise_table.csv   made once, used by every rank/restart
-    metrics.jsonl      one line per epoch            tensorboard/      TensorBoard events
-    ray/               Ray Train's run storage: checkpoint_* folders (state.pt) and its own state
-    results.json       written when training ends
+Every worker runs :class:`soft_dist.train.engine.Trainer`; this module only tells it its rank, world size
+and device, wraps the student in DDP and hands each epoch's report and rank 0's checkpoint folder to
+``ray.train.report``. Ray Train's storage is the run directory itself (RunConfig name ``checkpoints``),
+so its checkpoints are the engine's ``RUN/checkpoints/epoch_NNNN`` folders; see engine.py for the layout.
+The run directory may be a local path (shared by all nodes for multi-node runs) or s3://bucket/prefix.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import random
-import tempfile
+import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from soft_dist.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
+from soft_dist.config import Config, ConfigError, from_dict, to_dict
 from soft_dist.noise import NoiseTable
+from soft_dist.storage import RunStore
+from soft_dist.train import checkpoint as ckpt
+from soft_dist.train.engine import RESULTS_FILE, DatasetInfo, Placement, Trainer, write_run_inputs
+from soft_dist.train.fit import epoch_summary_line
+from soft_dist.train.runlog import read_metrics
 
-RAY_RUN_NAME = "ray"
 # Worker environment: no print patching (it echoes every line twice), unbuffered output.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONUNBUFFERED": "1"}
-STATE_FILE = "state.pt"
-FAILURE_MARKER = ".failure_injected"
 
 
 # ============================================================================ worker side
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
 
 
 def _ddp_wrapper(device: torch.device, compile_model: bool):
@@ -62,148 +51,52 @@ def _ddp_wrapper(device: torch.device, compile_model: bool):
     return wrap
 
 
-def _gathered_reports(learner, loader, num_classes: int, label_lookup=None) -> tuple[dict, dict]:
-    """Predictions of every branch on this rank's share, gathered from all ranks -> (reports, preds)."""
-    from soft_dist.train.distributed import all_gather_objects
-    from soft_dist.train.fit import predictions, reports
+def _ray_report(metrics: dict, folder: Path | None, epoch: int) -> None:
+    """The engine's report: Ray Train uploads rank 0's folder to RUN/checkpoints/epoch_NNNN."""
+    import ray.train
 
-    mine = predictions(learner, loader)
-    everyone = all_gather_objects(mine)
-    merged = {b: tuple(np.concatenate([p[b][i] for p in everyone]) for i in range(3)) for b in mine}
-    return reports(merged, num_classes, label_lookup), merged
+    checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=ckpt.epoch_dir_name(epoch))
+
+
+def _state_outside_run(store: RunStore) -> dict | None:
+    """Ray's latest registered checkpoint when it lies outside the run directory (the engine scans the
+    run's own checkpoints/ folder, which is where Ray writes them here, so this is normally None)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None or checkpoint.path.startswith(store.path(ckpt.CHECKPOINTS_DIR).split("://")[-1]):
+        return None
+    try:
+        with checkpoint.as_directory() as folder:
+            return ckpt.read_state_folder(Path(folder))
+    except (ckpt.CheckpointError, OSError):
+        return None
 
 
 def worker_loop(config: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: the engine with this worker's place in the run."""
     import ray.train
     import ray.train.torch
 
-    from soft_dist.method.model import build_student
-    from soft_dist.method.teacher import module_digest
+    from soft_dist.data.format import load_manifest
     from soft_dist.train.data import shard_loaders
-    from soft_dist.train.distributed import TeacherSync, all_gather_objects, broadcast_from_rank0
-    from soft_dist.train.fit import RunLog, epoch_summary_line, final_results, noise_diagnostics, train_epoch
-    from soft_dist.train.loop import SoftLearner, choose_branch
 
-    # Ray Train logs every report with its full metrics at INFO: keep the console to our epoch lines.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = from_dict(config["config"])
-    run_dir = Path(config["run_dir"])
+    store = RunStore(config["run_dir"])
     table = NoiseTable(**config["noise_table"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
-
-    torch.manual_seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
-    num_classes = config["num_classes"]
-    student, _ = build_student(cfg.model.name, num_classes, cfg.data.image_size, cfg.model.small_stem,
-                               cfg.model.pretrained, uncertainty=cfg.preset["head"])
-    if cfg.train.sync_batchnorm and world > 1:
-        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    student = student.to(device)
-    if device.type == "cuda" and cfg.model.channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    learner = SoftLearner(cfg, student, device, noisy_labels=torch.from_numpy(table.lookup()),
-                          wrap=_ddp_wrapper(device, cfg.train.compile))
-    sync = None
-    if learner.teacher is not None:
-        sync = TeacherSync(learner.teacher.teacher, cfg.train.teacher_buffer_sync_every, cfg.train.sync_check_every)
-
-    # ---- resume: Ray's own checkpoint after a worker failure, else the one the driver found (--resume)
-    start_epoch, history, state = 0, [], None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
-    elif config.get("resume_from"):
-        state = torch.load(Path(config["resume_from"]) / STATE_FILE, map_location=device, weights_only=False)
-    if state is not None:
-        if state["noise_table_sha256"] != table.digest():
-            raise RuntimeError("checkpoint was made with a different noise table; refusing to resume")
-        learner.load_state_dict(state["learner"])
-        _set_rng_state(state["rng"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        if sync is not None:
-            sync.checks, sync.mismatches = state["teacher_sync"]["checks"], state["teacher_sync"]["mismatches"]
-    elif sync is not None:
-        sync.broadcast_from_rank0()
-
     loaders = shard_loaders(cfg, rank, world, device.type)
-    log = RunLog(run_dir) if rank == 0 else None
-    fail_marker = run_dir / FAILURE_MARKER
-
-    def on_step(step: int) -> None:
-        if sync is not None:
-            sync.after_step(step)
-        if cfg.train.fail_at_step is not None and step == cfg.train.fail_at_step and rank == 0:
-            if not fail_marker.exists():
-                fail_marker.touch()
-                print(f"[soft-dist] injected failure: rank 0 exits at step {step}", flush=True)
-                os._exit(1)  # a real process death, not an exception
-
-    val_lookup = table.lookup() if cfg.data.val_labels == "noisy" else None
-    train_seconds = 0.0  # in this process (a restarted worker starts again from 0)
-    for epoch in range(start_epoch, cfg.train.epochs):
-        train = train_epoch(learner, loaders.train, epoch, on_step=on_step)
-        train_seconds += train["seconds"]
-        speeds = all_gather_objects(train["images_per_s"])
-        broadcast_from_rank0(learner.student)  # every rank evaluates and would checkpoint the same student
-        val, _ = _gathered_reports(learner, loaders.val, num_classes, val_lookup)
-        test = _gathered_reports(learner, loaders.test, num_classes)[0] if loaders.test is not None else None
-        if sync is not None:
-            sync.check()  # before every checkpoint
-        digests = all_gather_objects(module_digest(learner.teacher.teacher)) if learner.teacher is not None else []
-        last = epoch == cfg.train.epochs - 1
-        diagnostics = None
-        if last and loaders.train_eval is not None:
-            _, train_preds = _gathered_reports(learner, loaders.train_eval, num_classes)
-            diagnostics = noise_diagnostics(train_preds, table)
-        record = {
-            "train": train, "val": val, "test": test, "head": learner.head_on,
-            "lr": learner.optimizer.param_groups[0]["lr"],
-            "images_per_s_per_worker": speeds,
-            "teacher_sync": sync.summary() if sync is not None else None,
-        }
-        history.append({"epoch": epoch, "images_per_s_per_worker": speeds, "seconds": train["seconds"]})
-        chosen_now = choose_branch(val, cfg.train.select_metric)
-        metrics = {"epoch": epoch, "val": val, "test": test, "train": train, "teacher_digests": digests,
-                   "teacher_sync": record["teacher_sync"],
-                   # flat keys for Ray Tune: the branch validation would choose now
-                   "val_accuracy": val[chosen_now]["accuracy"],
-                   "val_mean_class_accuracy": val[chosen_now]["mean_class_accuracy"]}
-        if last:
-            all_speeds = [s for h in history for s in h["images_per_s_per_worker"]]
-            teacher_sync = None
-            if sync is not None:
-                # Share of this process's training time spent in teacher synchronisation (buffer
-                # all-reduce + checksum checks), measured around those calls with perf_counter.
-                teacher_sync = {**sync.summary(), "share_of_train_time": sync.seconds / max(train_seconds, 1e-9)}
-            metrics["results"] = final_results(
-                cfg, val, test, table, diagnostics,
-                throughput={"images_per_s_per_worker": float(np.median(all_speeds)), "workers": world,
-                            "images_per_s_total": float(np.median([sum(h["images_per_s_per_worker"]) for h in history])),
-                            "per_epoch_images_per_s": [float(np.mean(h["images_per_s_per_worker"])) for h in history]},
-                epochs_run=epoch + 1, wall_time_s=sum(h["seconds"] for h in history),
-                teacher_sync=teacher_sync,
-            )
-        if rank == 0:
-            log.log(epoch, record)
-            print(epoch_summary_line(epoch, cfg.train.epochs, train, val), flush=True)
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save({
-                    "learner": learner.state_dict(), "epoch": epoch, "rng": _rng_state(), "history": history,
-                    "config": to_dict(cfg), "noise_table_sha256": table.digest(),
-                    "teacher_sync": sync.summary() if sync is not None else None,
-                }, Path(folder) / STATE_FILE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)
-    if log is not None:
-        log.close()
-    loaders.close()
+    try:
+        data = DatasetInfo.from_manifest(load_manifest(loaders.shards_dir))
+        placement = Placement(rank, world, device, _ddp_wrapper(device, cfg.train.compile))
+        Trainer(cfg, store, table, data, loaders, placement, report=_ray_report,
+                restored=_state_outside_run(store)).fit()
+    finally:
+        loaders.close()
 
 
 # ============================================================================ driver side
@@ -251,98 +144,148 @@ def _resolve_class_map(cfg: Config, classes: tuple[str, ...]) -> dict[int, int] 
     return {resolve(k): resolve(v) for k, v in cfg.noise.class_map.items()}
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder under RUN_DIR/ray (by the epoch stored in it)."""
-    best, best_epoch = None, -1
-    for folder in (run_dir / RAY_RUN_NAME).glob("checkpoint_*"):
-        state_path = folder / STATE_FILE
-        if state_path.is_file():
-            epoch = torch.load(state_path, map_location="cpu", weights_only=False)["epoch"]
-            if epoch > best_epoch:
-                best, best_epoch = folder, epoch
-    return best
+def build_trainer(cfg: Config, run_dir: str | Path, table: NoiseTable, callbacks: list | None = None):
+    """The TorchTrainer for one run (also built per trial by the sweep, with Tune's report callback).
 
-
-def build_trainer(
-    cfg: Config,
-    run_dir: Path,
-    table: NoiseTable,
-    num_classes: int,
-    resume_from: Path | None = None,
-    callbacks: list | None = None,
-):
-    """The TorchTrainer for one run (also built per trial by the sweep, with Tune's report callback)."""
+    A run whose RUN/checkpoints holds a complete state continues from it: that is how ``--resume``, a
+    restarted worker group and a restarted sweep trial all pick up where they were."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    t = cfg.train
+    store = RunStore(run_dir)
+    storage_path, storage_filesystem = store.ray_storage()
     return TorchTrainer(
         worker_loop,
         train_loop_config={
             "config": to_dict(cfg),
-            "run_dir": str(run_dir),
-            "num_classes": num_classes,
+            "run_dir": store.location,
             "noise_table": {"idx": table.idx, "clean": table.clean, "noisy": table.noisy,
                             "kind": table.kind, "rate": table.rate, "seed": table.seed},
-            "resume_from": str(resume_from) if resume_from else None,
         },
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+            # (min, max) makes the run elastic: Ray Train restarts it with as many workers as fit.
+            num_workers=(t.min_workers, t.workers) if t.min_workers else t.workers,
+            elastic_resize_monitor_interval_s=t.elastic_resize_interval_s,
+            use_gpu=t.use_gpu,
+            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=RAY_RUN_NAME,
-            storage_path=str(run_dir),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            name=ckpt.CHECKPOINTS_DIR,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            # The engine keeps only the newest complete checkpoint itself (Ray would keep the newest
+            # REGISTERED one, which after a worker death can be older than one already on storage).
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
             worker_runtime_env={"env_vars": WORKER_ENV},
             callbacks=list(callbacks or []),
         ),
     )
 
 
-def run_training(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
-    """Train ``cfg`` with Ray Train into ``run_dir``; returns (and writes) results.json."""
-    run_dir = Path(run_dir).resolve()
-    config_path = run_dir / "config.yaml"
-    table_path = run_dir / "noise_table.csv"
-    resume_from = None
-    if resume:
-        if not config_path.is_file() or not table_path.is_file():
-            raise ConfigError("--resume", f"{run_dir} is not a run directory (no config.yaml / noise_table.csv)")
-        table = NoiseTable.load(table_path)
-        resume_from = latest_checkpoint(run_dir)
-        from soft_dist.data.format import load_manifest
+class EpochPrinter:
+    """Prints one line per finished epoch while Ray trains, read from RUN/metrics.jsonl (local or in
+    object storage); on a terminal also a bar of epochs. Workers print nothing on a clean run."""
 
-        num_classes = load_manifest(cfg.data.shards).num_classes
-    else:
-        if (run_dir / RAY_RUN_NAME).exists():
-            raise ConfigError("--run-dir", f"{run_dir} already holds a run; use `soft-dist train --resume {run_dir}`")
-        table, num_classes = make_noise_table(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, config_path)
-        table.save(table_path)
-        (run_dir / FAILURE_MARKER).unlink(missing_ok=True)  # failure injection fires once per run
+    def __init__(self, store: RunStore, epochs: int, echo: Callable[[str], None] | None, interval_s: float = 1.0):
+        self.store, self.epochs, self.echo, self.interval_s = store, epochs, echo, interval_s
+        self.last = max((r["epoch"] for r in read_metrics(store)), default=-1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soft-dist-epochs", daemon=True)
+        self._bar = None
 
+    def __enter__(self) -> "EpochPrinter":
+        if self.echo is None:
+            return self
+        import sys
+
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.epochs, initial=self.last + 1, desc="training", unit="epoch", leave=False)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.echo is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._print_new()
+        if self._bar is not None:
+            self._bar.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._print_new()
+
+    def _print_new(self) -> None:
+        try:
+            records = read_metrics(self.store)
+        except (OSError, ValueError):  # a remote read failed or raced an upload: try again next time
+            return
+        for record in records:
+            if record["epoch"] > self.last:
+                self.last = record["epoch"]
+                line = epoch_summary_line(record["epoch"], self.epochs, record["train"], record["val"],
+                                          workers=record.get("world_size"))
+                if self._bar is not None:
+                    self._bar.write(line)
+                    self._bar.update(1)
+                else:
+                    self.echo(line)
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
+                 echo: Callable[[str], None] | None = _print) -> dict:
+    """Train ``cfg`` with Ray Train into ``run_dir`` (a path or s3://...); returns results.json's record.
+
+    ``echo`` gets one line per epoch (None: silent)."""
     from soft_dist.ray_cluster import init_ray
 
+    store = RunStore(run_dir)
+    if resume:
+        if not store.exists("config.yaml") or not store.exists("noise_table.csv"):
+            raise ConfigError("--resume", f"{store.location} is not a run directory (no config.yaml / noise_table.csv)")
+        table = NoiseTable.from_csv(store.read_text("noise_table.csv"), store.path("noise_table.csv"))
+        if store.exists(RESULTS_FILE) and not store.exists(ckpt.CHECKPOINTS_DIR):
+            raise ConfigError("--resume", f"{store.location} finished and kept no resumable state (train.keep_state)")
+        write_run_inputs(store, cfg, table)  # config.yaml says what runs now (e.g. more epochs)
+    else:
+        if store.exists("config.yaml"):
+            raise ConfigError("--run-dir", f"{store.location} already holds a run; "
+                              f"use `soft-dist train --resume {store.location}`")
+        table, _ = make_noise_table(cfg)
+        write_run_inputs(store, cfg, table)
+
     init_ray()
-    trainer = build_trainer(cfg, run_dir, table, num_classes, resume_from=resume_from)
-    result = trainer.fit()
+    trainer = build_trainer(cfg, store.location, table)
+    with EpochPrinter(store, cfg.train.epochs, echo):
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
-    metrics = result.metrics or {}
-    if "results" not in metrics:
-        raise RuntimeError(f"training ended without final results (last metrics: {sorted(metrics)})")
-    results = metrics["results"]
-    results["teacher_digests"] = metrics.get("teacher_digests", [])
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+    if not store.exists(RESULTS_FILE):
+        raise RuntimeError(f"training ended without {store.path(RESULTS_FILE)}")
+    return json.loads(store.read_text(RESULTS_FILE))
 
 
-def resume_training(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    """`soft-dist train --resume RUN_DIR`: the saved config (plus overrides), the saved noise table,
-    from the latest checkpoint."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml", overrides or [])
-    return run_training(cfg, run_dir, resume=True)
+def resume_training(run_dir: str | Path, overrides: list[str] | None = None,
+                    echo: Callable[[str], None] | None = _print) -> dict:
+    """`soft-dist train --resume RUN_DIR`: the saved config (plus overrides, e.g. more epochs), the saved
+    noise table, from the newest complete checkpoint."""
+    import yaml
+
+    from soft_dist.config import apply_overrides
+
+    store = RunStore(run_dir)
+    if not store.exists("config.yaml"):
+        raise ConfigError("--resume", f"{store.location} is not a run directory (no config.yaml)")
+    sources: dict[str, str] = {}
+    data = apply_overrides(yaml.safe_load(store.read_text("config.yaml")), list(overrides or []), sources)
+    cfg = from_dict(data, sources)
+    return run_training(cfg, store.location, resume=True, echo=echo)

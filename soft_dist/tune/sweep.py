@@ -5,7 +5,7 @@ Sweep directory layout (DIR must be on shared storage for multi-node clusters):
     sweep.yaml          the validated sweep (base: base_config.yaml) - what `--resume DIR` reads
     base_config.yaml    the resolved base training config (overrides applied)
     noise_table.csv     made ONCE here and used by every trial, so trials differ only in their parameters
-    trials/<trial_id>/  each trial's training run dir (config.yaml, metrics.jsonl, ray/ checkpoints,
+    trials/<trial_id>/  each trial's training run dir (config.yaml, metrics.jsonl, checkpoints/, model.pt,
                         results.json when it trained every epoch, starts.log: one line per (re)start)
     tune/               Ray Tune's experiment state (resumable); asha_state.pkl: ASHA's rungs (Tune does not keep them)
     trials.csv, best.yaml, metric_vs_<param>.png, param_importances.png   written when the sweep ends
@@ -49,7 +49,7 @@ _LIVE: dict[str, dict] = {}
 
 def _report_callback(trial_dir: Path):
     """Ray Train callback (runs in the Train controller): forwards rank 0's per-epoch report to Tune with
-    ``epochs_done`` added, and writes results.json when the final report carries it."""
+    ``epochs_done`` added (the engine writes results.json itself before the last report)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class EpochReport(TuneReportCallback):
@@ -61,10 +61,6 @@ def _report_callback(trial_dir: Path):
             # trial re-reports the last epoch from this file instead of losing it (see run_trial).
             flat = {k: v for k, v in first.items() if isinstance(v, (int, float, str, bool))}
             (trial_dir / LAST_REPORT_FILE).write_text(json.dumps(flat))
-            if "results" in first:
-                # Written here, before Tune hears of the last epoch: Tune stops the trial at once then.
-                results = {**first["results"], "teacher_digests": first.get("teacher_digests", [])}
-                (trial_dir / "results.json").write_text(json.dumps(results, indent=2))
             super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
     return EpochReport()
@@ -156,9 +152,9 @@ def run_trial(params: dict[str, Any], *, sweep_dir: str, base: dict, keys: dict[
         ray.tune.report(finished)
         return
     live = _LIVE[trial_id] = {"mailbox": Queue(actor_options={"num_cpus": 0}), "stopping": False}
-    # A trial restarted after an interruption finds its Ray Train run (RunConfig name "ray" in trial_dir)
-    # and continues from its latest checkpoint.
-    trainer = build_trainer(cfg, trial_dir, NoiseTable(**table), num_classes,
+    # A trial restarted after an interruption continues from the newest complete checkpoint in
+    # trial_dir/checkpoints.
+    trainer = build_trainer(cfg, trial_dir, NoiseTable(**table),
                             callbacks=[_report_callback(trial_dir), _worker_group_callback(live["mailbox"])])
     try:
         trainer.fit()
@@ -313,6 +309,7 @@ def resume_sweep(run_dir: str | Path) -> dict:
     from ray import tune
 
     from soft_dist.data.format import load_manifest
+    from soft_dist.data.stage import local_shards
     from soft_dist.ray_cluster import init_ray
 
     run_dir = Path(run_dir).resolve()
@@ -321,7 +318,7 @@ def resume_sweep(run_dir: str | Path) -> dict:
         raise ConfigError("--resume", f"{run_dir} holds no resumable sweep (no {SWEEP_FILE} or {TUNE_RUN_NAME}/ state)")
     sweep = load_sweep(run_dir / SWEEP_FILE)
     table = NoiseTable.load(run_dir / TABLE_FILE)
-    num_classes = load_manifest(sweep.base.data.shards).num_classes
+    num_classes = load_manifest(local_shards(sweep.base.data.shards, sweep.base.data.cache_dir, sweep.base.data.cache_max_gb)).num_classes
     init_ray()
     start = time.perf_counter()
     tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(sweep, run_dir, table, num_classes),

@@ -1,0 +1,219 @@
+"""The two kinds of file a run leaves, and how they are written, found and read.
+
+* Resumable state, ``RUN/checkpoints/epoch_NNNN/`` with ``state.pt`` (student, teacher, optimizer, step,
+  epoch, RNG states, config, noise-table digest, best-so-far) and ``meta.json`` (epoch, size and sha256
+  of state.pt). A checkpoint counts as complete only when meta.json parses and state.pt has exactly
+  that size and digest, so a folder half-copied by a dying worker (or half-uploaded to object storage)
+  is never resumed from. Only the newest complete one is kept.
+* ``RUN/model.pt``: the epoch and branch chosen on the VALIDATION split; the branch's weights without
+  the uncertainty head, plus plain metadata (classes, image size, normalisation, alignment, ...).
+
+Both files hold only tensors, numbers, strings, lists and dicts: they load with
+``torch.load(..., weights_only=True)`` (RNG states are stored as tensors and lists, not pickled objects).
+No Ray and no DALI here: Ray Train uploads the same folders through ``ray.train.report``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from soft_dist.storage import RunStore
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+MODEL_FILE = "model.pt"
+STATE_FORMAT = "soft-dist-state/1"
+MODEL_FORMAT = "soft-dist-model/1"
+_EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or model file that cannot be used; the message names the file and why."""
+
+
+def epoch_dir_name(epoch: int) -> str:
+    """``epoch_0003``: checkpoint folders sort by name in epoch order."""
+    return f"epoch_{epoch:04d}"
+
+
+# ----------------------------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict:
+    """This process's torch, CUDA, numpy and Python RNG states as tensors and lists (weights_only-safe)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """The same seed for torch, numpy and Python on every rank (identical initial weights)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+# ------------------------------------------------------------------------------- resumable state
+
+
+def write_state_folder(state: dict, folder: Path) -> Path:
+    """Write ``state`` as folder/state.pt plus folder/meta.json (size and sha256 of state.pt)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"format": STATE_FORMAT, **state}, buffer)
+    data = buffer.getvalue()
+    (folder / STATE_FILE).write_bytes(data)
+    meta = {"format": STATE_FORMAT, "epoch": int(state["epoch"]), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / META_FILE).write_text(json.dumps(meta))
+    return folder
+
+
+def _parse_state(data: bytes, meta_text: str, where: str) -> dict:
+    """state.pt bytes checked against meta.json; CheckpointError when incomplete or foreign."""
+    try:
+        meta = json.loads(meta_text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{where}/{META_FILE}: incomplete or not JSON ({err})") from err
+    if len(data) != meta.get("bytes") or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"{where}/{STATE_FILE}: incomplete (size or sha256 differs from {META_FILE})")
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{where}/{STATE_FILE}: not a soft-dist state (format {state.get('format')!r})")
+    return state
+
+
+def read_state_folder(folder: Path) -> dict:
+    """The state in a local checkpoint folder (e.g. one Ray Train handed back); CheckpointError if incomplete."""
+    folder = Path(folder)
+    try:
+        data, meta = (folder / STATE_FILE).read_bytes(), (folder / META_FILE).read_text()
+    except OSError as err:
+        raise CheckpointError(f"{folder}: incomplete checkpoint ({err})") from err
+    return _parse_state(data, meta, str(folder))
+
+
+def checkpoint_epochs(store: RunStore) -> list[int]:
+    """Epochs of the checkpoint folders under RUN/checkpoints, newest first (complete or not)."""
+    names = store.listdir(CHECKPOINTS_DIR)
+    return sorted((int(m.group(1)) for m in map(_EPOCH_DIR.match, names) if m), reverse=True)
+
+
+def read_checkpoint(store: RunStore, epoch: int) -> dict:
+    where = store.path(f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
+    rel = f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}"
+    try:
+        data, meta = store.read_bytes(f"{rel}/{STATE_FILE}"), store.read_text(f"{rel}/{META_FILE}")
+    except (OSError, FileNotFoundError) as err:
+        raise CheckpointError(f"{where}: incomplete checkpoint ({err})") from err
+    return _parse_state(data, meta, where)
+
+
+def latest_state(store: RunStore, skipped: Callable[[str], None] | None = None) -> dict | None:
+    """The newest COMPLETE resumable state in the run, or None. Incomplete folders (a worker died while
+    writing) are passed over; ``skipped`` is told about each one."""
+    for epoch in checkpoint_epochs(store):
+        try:
+            return read_checkpoint(store, epoch)
+        except CheckpointError as err:
+            if skipped is not None:
+                skipped(str(err))
+    return None
+
+
+def save_checkpoint(store: RunStore, folder: Path, epoch: int) -> None:
+    """Put a written state folder into RUN/checkpoints/epoch_NNNN (atomically on local disk)."""
+    store.put_folder(folder, f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
+
+
+def prune_checkpoints(store: RunStore, keep_epoch: int) -> None:
+    """Delete every checkpoint folder but ``keep_epoch``'s (called once that one is complete)."""
+    for epoch in checkpoint_epochs(store):
+        if epoch != keep_epoch:
+            store.delete(f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
+
+
+# ------------------------------------------------------------------------------------- model.pt
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A loaded model.pt: ``state_dict`` of the chosen branch (no uncertainty head) and ``meta``."""
+
+    state_dict: dict[str, torch.Tensor]
+    meta: dict
+
+
+def branch_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The inference weights of a branch: its state dict without the uncertainty head, on CPU."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if not k.startswith("uncertainty.")}
+
+
+def save_model(store: RunStore, weights: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write RUN/model.pt atomically (replaces the previous best)."""
+    buffer = io.BytesIO()
+    torch.save({"format": MODEL_FORMAT, "state_dict": weights, "meta": meta}, buffer)
+    store.write_bytes(MODEL_FILE, buffer.getvalue())
+
+
+def load_model(location: str | Path) -> ModelFile:
+    """Read a model.pt (a file, or a run directory holding one); errors name the file and the problem."""
+    location = str(location)
+    store = RunStore(location)
+    rel = MODEL_FILE
+    if not location.endswith(".pt"):
+        where = store.path(MODEL_FILE)
+    else:
+        parent, _, rel = location.rpartition("/")
+        store, where = RunStore(parent or "."), location
+    try:
+        data = store.read_bytes(rel)
+    except (OSError, FileNotFoundError) as err:
+        raise CheckpointError(f"{where}: no model file ({err})") from err
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a foreign or truncated file
+        raise CheckpointError(f"{where}: not a readable model file ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{where}: not a soft-dist model file (expected format {MODEL_FORMAT!r})")
+    return ModelFile(payload["state_dict"], payload["meta"])
+
+
+def config_digest(config: dict) -> str:
+    """sha256 of the config's canonical JSON: the same on every process and machine."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def temp_folder() -> tempfile.TemporaryDirectory:
+    """A local scratch folder for a checkpoint before it is put into the run (removed afterwards)."""
+    return tempfile.TemporaryDirectory(prefix="soft-dist-ckpt-")

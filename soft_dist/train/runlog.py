@@ -1,0 +1,76 @@
+"""metrics.jsonl and TensorBoard events of a run, in a local folder or in object storage.
+
+metrics.jsonl is rewritten whole (atomically) every epoch rather than appended to: object storage has
+no append, and a resumed run first drops the lines of epochs it is about to train again, so the file
+never holds an epoch twice or skips one."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from soft_dist.storage import RunStore
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read_metrics(store: RunStore) -> list[dict]:
+    """Every line of RUN/metrics.jsonl ([] when there is none yet)."""
+    if not store.exists(METRICS_FILE):
+        return []
+    return [json.loads(line) for line in store.read_text(METRICS_FILE).splitlines() if line.strip()]
+
+
+class RunLog:
+    """Rank 0's per-epoch log; ``start_epoch`` > 0 keeps only the lines of the epochs before it."""
+
+    def __init__(self, store: RunStore, start_epoch: int = 0, tensorboard: bool = True):
+        self.store = store
+        self.lines = [json.dumps(r) for r in read_metrics(store) if r["epoch"] < start_epoch]
+        self.store.write_text(METRICS_FILE, "".join(f"{line}\n" for line in self.lines))
+        self.writer = None
+        self._scratch = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: jsonl only
+                return
+            if store.is_local:
+                folder = store.path(TENSORBOARD_DIR)
+            else:  # events are written locally and uploaded after every epoch
+                self._scratch = tempfile.TemporaryDirectory(prefix="soft-dist-tb-")
+                folder = self._scratch.name
+            # purge_step: TensorBoard hides events of a previous attempt from start_epoch on.
+            self.writer = SummaryWriter(folder, purge_step=start_epoch or None)
+
+    def log(self, epoch: int, record: dict) -> None:
+        self.lines.append(json.dumps({"epoch": epoch, **record}))
+        self.store.write_text(METRICS_FILE, "".join(f"{line}\n" for line in self.lines))
+        if self.writer is None:
+            return
+        for key, value in _flatten(record).items():
+            self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+        if self._scratch is not None:
+            for path in Path(self._scratch.name).iterdir():
+                self.store.upload_file(path, f"{TENSORBOARD_DIR}/{path.name}")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+
+def _flatten(node: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            out[f"{prefix}{key}"] = float(value)
+    return out

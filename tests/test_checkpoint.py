@@ -1,0 +1,120 @@
+"""Checkpoints and model.pt: weights_only files, completeness, RNG round trips, and a single-process run
+that is cut short and continued (with a half-written newer checkpoint in the way) ending exactly like an
+uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from soft_dist.config import load_config
+from soft_dist.data.digits_memory import digits_memory_loaders
+from soft_dist.method.model import build_student
+from soft_dist.noise import build_noise_table
+from soft_dist.storage import RunStore
+from soft_dist.train import checkpoint as ckpt
+from soft_dist.train.single import fit_single
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
+# 16 px keeps each epoch to a couple of seconds; the teacher, the head switch and the ramp all run.
+SMALL = ["data.image_size=16", "method.stage1_epochs=1", "method.rampup_epochs=1", "train.batch_size=128"]
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    saved = ckpt.rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.save(saved, tmp_path / "rng.pt")
+    ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_incomplete_checkpoints_are_passed_over(tmp_path):
+    store = RunStore(tmp_path)
+    for epoch in (0, 1):
+        folder = ckpt.write_state_folder({"epoch": epoch, "payload": torch.arange(1000)}, tmp_path / f"w{epoch}")
+        ckpt.save_checkpoint(store, folder, epoch)
+    assert ckpt.latest_state(store)["epoch"] == 1
+    newest = tmp_path / "checkpoints" / "epoch_0001" / ckpt.STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:-10])  # a copy cut short by a dying worker
+    skipped = []
+    assert ckpt.latest_state(store, skipped=skipped.append)["epoch"] == 0
+    assert len(skipped) == 1 and "epoch_0001" in skipped[0] and "incomplete" in skipped[0]
+    (tmp_path / "checkpoints" / "epoch_0000" / ckpt.META_FILE).unlink()  # meta.json never arrived
+    assert ckpt.latest_state(store) is None
+
+
+def test_model_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no model file"):
+        ckpt.load_model(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(ckpt.CheckpointError, match=str(tmp_path / "model.pt")):
+        ckpt.load_model(tmp_path / "model.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ckpt.CheckpointError, match="not a soft-dist model file"):
+        ckpt.load_model(tmp_path / "other.pt")
+
+
+def _run(run_dir: Path, epochs: int) -> dict:
+    cfg = load_config(CONFIG, [*SMALL, f"train.epochs={epochs}"])
+    loaders, num_classes, splits = digits_memory_loaders(cfg)
+    table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
+    return fit_single(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("whole")
+    return run_dir, _run(run_dir, epochs=3)
+
+
+def test_state_and_model_load_with_weights_only(uninterrupted):
+    run_dir, results = uninterrupted
+    state = torch.load(run_dir / "checkpoints" / "epoch_0002" / ckpt.STATE_FILE, weights_only=True)
+    assert state["epoch"] == 2 and state["learner"]["global_step"] == 3 * 10  # 1,258 images, 128 per step
+    assert {"student", "teacher", "optimizer"} <= set(state["learner"]) and state["config"]["train"]["epochs"] == 3
+    model = ckpt.load_model(run_dir)
+    meta = model.meta
+    selection = results["model"]
+    assert (meta["epoch"], meta["branch"]) == (selection["epoch"], selection["branch"])
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["image_size"] == 16
+    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["channel_order"] == "RGB"
+    assert not any(k.startswith("uncertainty.") for k in model.state_dict)
+    # The weights reproduce the validation accuracy the selection recorded.
+    cfg = load_config(CONFIG, SMALL)
+    loaders, _, _ = digits_memory_loaders(cfg)
+    net, _ = build_student(cfg.model.name, 10, 16, cfg.model.small_stem, uncertainty=False)
+    net.load_state_dict(model.state_dict)
+    from soft_dist.train.loop import predict, report_predictions
+    from soft_dist.noise import NoiseTable
+
+    table = NoiseTable.load(run_dir / "noise_table.csv")
+    val = report_predictions(*predict(net, loaders.val.epoch(0)), 10, table.lookup())
+    assert val["accuracy"] == pytest.approx(selection["val"]["accuracy"], abs=1e-12)
+    # model.pt holds the best validation epoch seen, never a worse later one.
+    val_curve = [max(r["val"][b]["accuracy"] for b in r["val"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    assert selection["score"] == max(val_curve) and selection["epoch"] == val_curve.index(max(val_curve))
+
+
+def test_cut_short_run_continues_exactly(uninterrupted, tmp_path):
+    _run(tmp_path, epochs=2)  # stops after epoch 1, like a run killed there
+    # A half-written checkpoint of epoch 2 (the process died while copying it) must be ignored.
+    partial = tmp_path / "checkpoints" / "epoch_0002"
+    shutil.copytree(tmp_path / "checkpoints" / "epoch_0001", partial)
+    (partial / ckpt.STATE_FILE).write_bytes((partial / ckpt.STATE_FILE).read_bytes()[:1000])
+    results = _run(tmp_path, epochs=3)
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+    whole = uninterrupted[1]
+    for split in ("val", "test"):
+        for branch in ("student", "teacher"):
+            assert results[split][branch]["accuracy"] == whole[split][branch]["accuracy"]
+    assert results["model"]["epoch"] == whole["model"]["epoch"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0002"]
