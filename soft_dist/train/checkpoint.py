@@ -156,6 +156,12 @@ def save_checkpoint(store: RunStore, folder: Path, epoch: int) -> None:
     store.put_folder(folder, f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
 
 
+def drop_resumable_state(store: RunStore) -> None:
+    """After the last epoch, when train.keep_state is false: only model.pt and the logs remain. Called by
+    the launcher once training has ended (Ray Train still writes its bookkeeping into the folder until then)."""
+    store.delete(CHECKPOINTS_DIR)
+
+
 def prune_checkpoints(store: RunStore, keep_epoch: int) -> None:
     """Delete every checkpoint folder but ``keep_epoch``'s (called once that one is complete)."""
     for epoch in checkpoint_epochs(store):

@@ -192,7 +192,8 @@ class Trainer:
         for epoch in range(start_epoch, cfg.train.epochs):
             train = train_epoch(learner, self.loaders.train, epoch, on_step=on_step, progress=self.progress)
             train_seconds += train["seconds"]
-            speeds = all_gather_objects(train["images_per_s"])
+            speeds, images = zip(*all_gather_objects((train["images_per_s"], train["images"])))
+            speeds = list(speeds)
             broadcast_from_rank0(learner.student)  # every rank evaluates and would checkpoint the same student
             val = self._evaluate(learner, self.loaders.val, val_lookup)[0]
             test = self._evaluate(learner, self.loaders.test)[0] if self.loaders.test is not None else None
@@ -211,6 +212,8 @@ class Trainer:
             last = epoch == cfg.train.epochs - 1
             record = {"train": train, "val": val, "test": test, "head": learner.head_on,
                       "lr": learner.optimizer.param_groups[0]["lr"], "world_size": place.world_size,
+                      # valid rows trained on by all ranks: the split's size whatever the world size
+                      "images_all_ranks": int(sum(images)),
                       "images_per_s_per_worker": speeds,
                       "teacher_sync": sync.summary() if sync is not None else None, "selected_epoch": best["epoch"]}
             if last:
@@ -231,8 +234,6 @@ class Trainer:
             self._checkpoint(learner, sync, epoch, history, metrics)
         if log is not None:
             log.close()
-        if place.is_chief and not cfg.train.keep_state:
-            self.store.delete(ckpt.CHECKPOINTS_DIR)
         return results
 
     # ------------------------------------------------------------------ pieces of an epoch

@@ -271,6 +271,8 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
         raise result.error
     if not store.exists(RESULTS_FILE):
         raise RuntimeError(f"training ended without {store.path(RESULTS_FILE)}")
+    if not cfg.train.keep_state:
+        ckpt.drop_resumable_state(store)
     return json.loads(store.read_text(RESULTS_FILE))
 
 

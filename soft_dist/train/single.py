@@ -8,6 +8,7 @@ from pathlib import Path
 from soft_dist.config import Config
 from soft_dist.noise import NoiseTable
 from soft_dist.storage import RunStore
+from soft_dist.train.checkpoint import drop_resumable_state
 from soft_dist.train.engine import DatasetInfo, Placement, Trainer, write_run_inputs
 from soft_dist.train.fit import Loaders
 
@@ -32,7 +33,10 @@ def fit_single(
         write_run_inputs(store, cfg, table)
     trainer = Trainer(cfg, store, table, data or DatasetInfo.unnamed(num_classes), loaders,
                       Placement(device=torch.device(device)), echo=_print if verbose else None, progress=progress)
-    return trainer.fit()
+    results = trainer.fit()
+    if not cfg.train.keep_state:
+        drop_resumable_state(store)
+    return results
 
 
 def _print(line: str) -> None:

@@ -1,0 +1,122 @@
+"""Node loss on a real multi-node Ray cluster on this machine (ray.cluster_utils.Cluster: a head raylet and
+a second raylet, 1 CPU each, one Train worker per node).
+
+* A node is killed in the middle of an epoch; with a fixed worker count the run waits for a replacement
+  node and finishes with every epoch logged exactly once.
+* Elastic (train.min_workers=1): the run goes on with one worker on the surviving node, and grows back
+  to two workers when a node returns. Whatever the world size, every epoch trains on each training
+  sample exactly once (per-rank batch fixed; the epoch's split is recomputed from the world size).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from soft_dist.config import load_config
+from soft_dist.data.format import load_manifest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path_factory):
+    """A head node and one worker node, 1 CPU each; the test process is the driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    node = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    yield cluster, node
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _epochs(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _train_in_background(cfg, run_dir: Path) -> tuple[threading.Thread, dict]:
+    from soft_dist.train.ray_trainer import run_training
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["results"] = run_training(cfg, run_dir, echo=None)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _config(shards: Path, epochs: int, *extra: str):
+    return load_config(CONFIG, [f"data.shards={shards}", "data.image_size=16", "train.batch_size=64",
+                                f"train.epochs={epochs}", "method.stage1_epochs=1", "method.rampup_epochs=1",
+                                "train.workers=2", "train.max_failures=3", "train.keep_state=false", *extra])
+
+
+def _kill_mid_epoch(cluster, node, run_dir: Path, after_epoch: int, thread) -> None:
+    """Remove ``node`` (raylet and its worker processes, no graceful exit) shortly after ``after_epoch``
+    is logged, i.e. during the next epoch."""
+    _wait_for(lambda: len(_epochs(run_dir)) > after_epoch or not thread.is_alive(), 300, f"epoch {after_epoch}")
+    assert thread.is_alive(), "training ended before the node could be killed"
+    time.sleep(1.0)
+    cluster.remove_node(node, allow_graceful=False)
+
+
+def _check_every_epoch_once(run_dir: Path, epochs: int, shards: Path) -> list[dict]:
+    lines = _epochs(run_dir)
+    assert [x["epoch"] for x in lines] == list(range(epochs))
+    train_size = load_manifest(shards).split("train").num_samples
+    assert all(x["images_all_ranks"] == train_size for x in lines)  # each sample once, whatever the world size
+    return lines
+
+
+def test_lost_node_is_replaced_and_the_run_finishes(two_node_cluster, digit_shards, tmp_path):
+    cluster, node = two_node_cluster
+    epochs = 3
+    thread, outcome = _train_in_background(_config(digit_shards, epochs), tmp_path)
+    _kill_mid_epoch(cluster, node, tmp_path, after_epoch=0, thread=thread)
+    cluster.add_node(num_cpus=1)  # the replacement an autoscaler would bring
+    thread.join(timeout=600)
+    assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+    lines = _check_every_epoch_once(tmp_path, epochs, digit_shards)
+    assert {x["world_size"] for x in lines} == {2}
+    assert outcome["results"]["epochs"] == epochs and (tmp_path / "model.pt").is_file()
+
+
+def test_elastic_run_shrinks_to_the_surviving_node_and_grows_back(two_node_cluster, digit_shards, tmp_path):
+    cluster, node = two_node_cluster
+    epochs = 6
+    cfg = _config(digit_shards, epochs, "train.min_workers=1", "train.elastic_resize_interval_s=1")
+    thread, outcome = _train_in_background(cfg, tmp_path)
+    _kill_mid_epoch(cluster, node, tmp_path, after_epoch=0, thread=thread)
+    # Only once the run has gone on with one worker does the node come back.
+    _wait_for(lambda: any(x["world_size"] == 1 for x in _epochs(tmp_path)) or not thread.is_alive(), 300,
+              "an epoch trained by the surviving worker alone")
+    cluster.add_node(num_cpus=1)
+    thread.join(timeout=600)
+    assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+    sizes = [x["world_size"] for x in _check_every_epoch_once(tmp_path, epochs, digit_shards)]
+    assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2, sizes
+    assert sizes.index(1) < len(sizes) - 1 - sizes[::-1].index(2)  # shrank, then grew back
