@@ -48,3 +48,15 @@ def init_ray(log_to_driver: bool | None = None) -> None:
         address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver, **quiet,
         runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"},
     )
+
+
+def live_actors() -> list[str]:
+    """Class names of this job's actors that are alive (or starting, or restarting), from the GCS (no
+    dashboard needed): what a finished run, sweep or grid must not leave behind. Detached actors are
+    left out: they belong to the cluster (Ray Train's one AutoscalingCoordinator serves every run)."""
+    import ray
+    from ray._private import state
+
+    job = ray.get_runtime_context().get_job_id()
+    return sorted(a["ActorClassName"] for a in state.actors().values()
+                  if a["JobID"] == job and a["State"] != "DEAD" and not a["IsDetached"])

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Every Ray cluster the tests start (in this process, in subprocesses, `ray start`) keeps its session
+# folder (logs, sockets, runtime resources) under one short folder that is removed when the session
+# ends: Ray's default /tmp/ray keeps every session forever. Short because of the unix-socket path limit.
+_RAY_TMPDIR = tempfile.mkdtemp(prefix="sdray-")
+os.environ["RAY_TMPDIR"] = _RAY_TMPDIR
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_RAY_TMPDIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """soft_dist.ray_cluster.init_ray on a machine without RAY_ADDRESS: a new local cluster (no dashboard)
-whose Ray Train runs do not log the placement-group cleaner's failed state queries."""
+whose Ray Train runs do not log the placement-group cleaner's failed state queries; and the console of
+`soft-dist train` as a person (or a CI log) sees it: one line per epoch, nothing from Ray's internals."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def test_local_cluster_run_has_no_state_api_warnings():
     tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     try:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-        env.update(RAY_TMPDIR=str(tmp), OMP_NUM_THREADS="1")
+        # SOFT_DIST_WORKER_LOGS=1 forwards the controller's log lines, where the warnings would appear.
+        env.update(RAY_TMPDIR=str(tmp), OMP_NUM_THREADS="1", SOFT_DIST_WORKER_LOGS="1")
         run = subprocess.run(
             [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
         )
@@ -46,3 +48,22 @@ def test_local_cluster_run_has_no_state_api_warnings():
     output = run.stdout + run.stderr
     assert run.returncode == 0 and "RUN FINISHED" in output, output[-3000:]
     assert "Failed to query Ray Train Controller" not in output, output[-3000:]
+
+
+def test_train_console_is_one_line_per_epoch(digit_shards, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SOFT_DIST_WORKER_LOGS")}
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
+    run = subprocess.run(
+        [sys.executable, "-m", "soft_dist", "train", "--config", str(config), "--run-dir", str(tmp_path / "run"),
+         f"data.shards={digit_shards}", "data.image_size=16", "train.epochs=2", "train.workers=2",
+         "method.stage1_epochs=1", "method.rampup_epochs=1"],
+        env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    lines = output.splitlines()
+    assert [x.split(" | ")[0] for x in lines if x.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"], output
+    assert len(lines) <= 8, output  # the epoch lines and the short summary
+    for noise in ("\x1b", "Traceback", "TrainingReport", "RayTrainWorker", "TrainController", "WARNING", "INFO"):
+        assert noise not in output, f"{noise!r} in:\n{output}"
+    assert "model.pt: epoch" in run.stdout

@@ -79,3 +79,15 @@ def test_resume_of_interrupted_run_matches_uninterrupted(uninterrupted, digit_sh
     # (tolerance 0; gloo all-reduce and the CPU kernels are deterministic here).
     assert final_numbers(results) == final_numbers(uninterrupted[1])
     assert results["epochs"] == EPOCHS
+
+
+def test_no_actor_outlives_the_runs(uninterrupted):
+    """Every run above has ended: none of its Train controllers, workers or helper actors is left."""
+    import time
+
+    from soft_dist.ray_cluster import live_actors
+
+    deadline = time.monotonic() + 30
+    while live_actors() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert live_actors() == []

@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     shards = ensure_digit_shards(args.shards)
     rows = []
     for method in METHODS:
+        # keep_state=false: a demo run is not continued, so only model.pt and the logs stay on disk.
         overrides = [f"data.shards={shards.resolve()}", f"method.name={method}", f"noise.rate={args.noise_rate}",
-                     f"train.workers={args.workers}", *args.overrides]
+                     f"train.workers={args.workers}", "train.keep_state=false", *args.overrides]
         if args.epochs:
             overrides.append(f"train.epochs={args.epochs}")
         cfg = load_config(DEMO_CONFIG, overrides)

@@ -10,7 +10,9 @@ The run directory may be a local path (shared by all nodes for multi-node runs) 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import threading
 from pathlib import Path
 from typing import Callable
@@ -237,6 +239,19 @@ class EpochPrinter:
                     self.echo(line)
 
 
+@contextlib.contextmanager
+def sigint_handler_restored():
+    """Put back the SIGINT handler TorchTrainer.fit() installs in the main thread. Its closure holds the
+    handle of the run's TrainController actor, so as long as it stays installed that controller lives on
+    (found by a test: one per finished run of an experiment grid, for as long as the process lived)."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+
+
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -265,7 +280,7 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
 
     init_ray()
     trainer = build_trainer(cfg, store.location, table)
-    with EpochPrinter(store, cfg.train.epochs, echo):
+    with EpochPrinter(store, cfg.train.epochs, echo), sigint_handler_restored():
         result = trainer.fit()
     if result.error is not None:
         raise result.error
