@@ -130,13 +130,13 @@ def checkpoint_epochs(store: RunStore) -> list[int]:
 
 
 def read_checkpoint(store: RunStore, epoch: int) -> dict:
-    where = store.path(f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
+    """The state in RUN/checkpoints/epoch_NNNN; CheckpointError when it is incomplete."""
     rel = f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}"
     try:
         data, meta = store.read_bytes(f"{rel}/{STATE_FILE}"), store.read_text(f"{rel}/{META_FILE}")
-    except (OSError, FileNotFoundError) as err:
-        raise CheckpointError(f"{where}: incomplete checkpoint ({err})") from err
-    return _parse_state(data, meta, where)
+    except OSError as err:  # FileNotFoundError included
+        raise CheckpointError(f"{store.path(rel)}: incomplete checkpoint ({err})") from err
+    return _parse_state(data, meta, store.path(rel))
 
 
 def latest_state(store: RunStore, skipped: Callable[[str], None] | None = None) -> dict | None:
@@ -193,18 +193,18 @@ def save_model(store: RunStore, weights: dict[str, torch.Tensor], meta: dict) ->
 
 
 def load_model(location: str | Path) -> ModelFile:
-    """Read a model.pt (a file, or a run directory holding one); errors name the file and the problem."""
+    """Read a model.pt: a file ending in .pt, or a run directory holding one (local or s3://...).
+    Errors name the file and the problem."""
     location = str(location)
-    store = RunStore(location)
-    rel = MODEL_FILE
-    if not location.endswith(".pt"):
-        where = store.path(MODEL_FILE)
+    if location.endswith(".pt"):
+        folder, _, name = location.rpartition("/")
+        store, rel = RunStore(folder or "."), name
     else:
-        parent, _, rel = location.rpartition("/")
-        store, where = RunStore(parent or "."), location
+        store, rel = RunStore(location), MODEL_FILE
+    where = store.path(rel)
     try:
         data = store.read_bytes(rel)
-    except (OSError, FileNotFoundError) as err:
+    except OSError as err:  # FileNotFoundError included
         raise CheckpointError(f"{where}: no model file ({err})") from err
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
