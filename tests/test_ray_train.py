@@ -79,6 +79,9 @@ def test_resume_of_interrupted_run_matches_uninterrupted(uninterrupted, digit_sh
     # (tolerance 0; gloo all-reduce and the CPU kernels are deterministic here).
     assert final_numbers(results) == final_numbers(uninterrupted[1])
     assert results["epochs"] == EPOCHS
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(EPOCHS))  # nothing repeated or missing after --resume
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*")) == [f"epoch_{EPOCHS - 1:04d}"]
 
 
 def test_no_actor_outlives_the_runs(uninterrupted):
