@@ -10,7 +10,8 @@ loop only) over its epochs after the first, which is the warm-up. Per pair::
 
     ratio = plain_images_per_s / ray_images_per_s     (a time ratio: > 1 means Ray is slower)
 
-reported with its median, min, max and interquartile range over the pairs.
+reported with its median, min, max and interquartile range over the pairs. (The harness's ``--repeats``
+is not used here: ``--pairs`` are the repeats.)
 """
 
 from __future__ import annotations
