@@ -8,6 +8,8 @@ import os
 # Ray Train's placement-group cleaner polls the Train controller's state through the dashboard's state
 # API, once a second, and logs a warning whenever that fails.
 WORKER_LOGS_ENV = "SOFT_DIST_WORKER_LOGS"  # "1": forward workers' output to the driver's console
+# Ray's default is 15. The workers of a local cluster are the job: they run at the driver's priority.
+WORKER_NICENESS = 0
 _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
@@ -29,7 +31,11 @@ def init_ray(log_to_driver: bool | None = None) -> None:
 
     Why no dashboard: Ray Train's placement-group cleaner then queries its state API every second, which
     cost about 7% of a 1-worker run's throughput on a 2-core machine (296 against 320 images/s, median of
-    6 runs of ``soft-dist bench train``)."""
+    6 runs of ``soft-dist bench train``).
+
+    Why worker niceness 0: Ray starts its workers at nice 15 (so that its own daemons stay responsive),
+    and a training worker at nice 15 gets a small share of the cores whenever anything else runs on the
+    machine, while the same training without Ray runs at nice 0."""
     import ray
 
     if ray.is_initialized():
@@ -46,6 +52,7 @@ def init_ray(log_to_driver: bool | None = None) -> None:
         return
     ray.init(
         address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver, **quiet,
+        _system_config={"worker_niceness": WORKER_NICENESS},
         runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"},
     )
 
