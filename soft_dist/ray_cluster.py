@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 
-# Ray Train's placement-group cleaner polls the Train controller's state through the dashboard's state
-# API, once a second, and logs a warning whenever that fails.
 WORKER_LOGS_ENV = "SOFT_DIST_WORKER_LOGS"  # "1": forward workers' output to the driver's console
 # Ray's default is 15. The workers of a local cluster are the job: they run at the driver's priority.
 WORKER_NICENESS = 0
+# Ray Train's placement-group cleaner polls the Train controller's state through the dashboard's state
+# API, once a second, and logs a warning whenever that fails.
 _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
