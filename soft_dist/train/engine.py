@@ -183,7 +183,8 @@ class Trainer:
             self._say(f"resumed from epoch {state['epoch'] + 1} (world size {place.world_size})")
         elif sync is not None:
             sync.broadcast_from_rank0()
-        best = self._best_so_far() if start_epoch > 0 else None
+        # Only rank 0 writes model.pt, so only it needs to know the best epoch so far.
+        best = self._best_so_far() if start_epoch > 0 and place.is_chief else None
         log = RunLog(self.store, start_epoch) if place.is_chief else None
         on_step = self._on_step(sync)
         val_lookup = table.lookup() if cfg.data.val_labels == "noisy" else None
