@@ -240,3 +240,20 @@ def test_single_process_engine_with_a_bucket_run_dir(s3, shards_url, cache_dir, 
     assert load_model(url).meta["image_size"] == 16
     assert list(workdir.iterdir()) == []
 
+
+def test_ray_checkpoints_of_the_run_are_recognised(s3, s3_server, tmp_path):
+    """Ray names a checkpoint by its path in the storage filesystem it was given ("bucket/prefix/...")."""
+    from soft_dist.storage import RunStore
+    from soft_dist.train.ray_trainer import _in_run
+
+    remote = RunStore(f"s3://{BUCKET}/runs/paths/")
+    assert _in_run(f"{BUCKET}/runs/paths/checkpoints/epoch_0001", remote)
+    assert not _in_run(f"{BUCKET}/runs/paths/checkpoints_old/epoch_0001", remote)
+    assert not _in_run(f"{BUCKET}/runs/other/checkpoints/epoch_0001", remote)
+    # A URL that carries its endpoint in the query: Ray's path has no query (the old prefix test missed it).
+    endpoint = s3_server["endpoint"].removeprefix("http://")
+    query = RunStore(f"s3://{BUCKET}/runs/paths?scheme=http&endpoint_override={endpoint}&region=us-east-1")
+    assert _in_run(f"{BUCKET}/runs/paths/checkpoints/epoch_0001", query)
+    local = RunStore(tmp_path / "run")
+    assert _in_run(str(tmp_path / "run" / "checkpoints" / "epoch_0000"), local)
+    assert not _in_run(str(tmp_path / "elsewhere" / "epoch_0000"), local)
