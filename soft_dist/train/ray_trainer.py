@@ -63,17 +63,26 @@ def _ray_report(metrics: dict, folder: Path | None, epoch: int) -> None:
 
 def _state_outside_run(store: RunStore) -> dict | None:
     """Ray's latest registered checkpoint when it lies outside the run directory (the engine scans the
-    run's own checkpoints/ folder, which is where Ray writes them here, so this is normally None)."""
+    run's own checkpoints/ folder, which is where Ray writes them here, so this is normally None).
+
+    Ray names a checkpoint by its path inside the storage filesystem it was given (build_trainer), e.g.
+    "bucket/prefix/checkpoints/epoch_0001" for s3://bucket/prefix: compared with that same storage path."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None or checkpoint.path.startswith(store.path(ckpt.CHECKPOINTS_DIR).split("://")[-1]):
+    if checkpoint is None or _in_run(checkpoint.path, store):
         return None
     try:
         with checkpoint.as_directory() as folder:
             return ckpt.read_state_folder(Path(folder))
     except (ckpt.CheckpointError, OSError):
         return None
+
+
+def _in_run(checkpoint_path: str, store: RunStore) -> bool:
+    """True when Ray's ``checkpoint_path`` lies in the run's checkpoints/ folder."""
+    ours = f"{store.ray_storage()[0].rstrip('/')}/{ckpt.CHECKPOINTS_DIR}/"
+    return f"{checkpoint_path.rstrip('/')}/".startswith(ours)
 
 
 def worker_loop(config: dict) -> None:
