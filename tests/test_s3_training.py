@@ -1,7 +1,9 @@
 """Training end to end against object storage: run directory and shards both in a bucket of a real S3
 endpoint (moto's HTTP server, the `s3_server` fixture), on a real local 2-CPU Ray cluster with 2 Train
-workers at tiny sizes. A clean run, a worker killed and replaced, and `--resume` of an interrupted run,
-each continuing from the bucket alone; and the single-process engine with an s3:// run directory."""
+workers at tiny sizes. A clean run, and `--resume` of a run whose rank 0 died, continuing from the bucket
+alone (a replaced worker takes the same path: the newest complete checkpoint in the run directory; that
+path is exercised ten times in a row locally by tests/test_ray_train.py); and the single-process engine
+with an s3:// run directory."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.ray
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 BUCKET = "soft-dist-e2e"
-EPOCHS = 3
+EPOCHS = 2
 # digits train split = 1,258 images; batch 128 over 2 ranks -> 5 steps per epoch per rank (padded).
 STEPS_PER_EPOCH = 5
 FAIL_AT_STEP = 8  # in the middle of the second epoch
@@ -148,6 +150,8 @@ def test_run_in_the_bucket_finishes_and_leaves_its_files_there(uninterrupted, s3
         assert name in names, names
     assert any(n.startswith("tensorboard/") and "events.out.tfevents" in n for n in names), names
     assert metrics_epochs(s3, url) == list(range(EPOCHS))  # every epoch exactly once
+    first = json.loads(read(s3, url, "metrics.jsonl").decode().splitlines()[0])
+    assert first["train"]["steps"] == STEPS_PER_EPOCH  # so FAIL_AT_STEP below falls in the second epoch
     checkpoints = sorted({n.split("/")[1] for n in names if n.startswith("checkpoints/epoch_")})
     assert checkpoints == [f"epoch_{EPOCHS - 1:04d}"], names  # only the newest is kept
     assert {n for n in names if n.startswith(f"checkpoints/{checkpoints[0]}/")} == {
@@ -169,24 +173,6 @@ def test_run_in_the_bucket_finishes_and_leaves_its_files_there(uninterrupted, s3
     # The driver printed one line per epoch, read from metrics.jsonl in the bucket while Ray trained.
     assert [line.split("|")[0].strip() for line in lines] == [f"epoch {e + 1}/{EPOCHS}" for e in range(EPOCHS)]
     assert list(cwd.iterdir()) == []  # nothing written to the local working directory
-
-
-def test_killed_worker_is_replaced_and_continues_from_the_bucket(uninterrupted, s3, shards_url, cache_dir, workdir):
-    from soft_dist.train.engine import FAILURE_MARKER
-    from soft_dist.train.ray_trainer import run_training
-
-    url = run_url("killed")
-    cfg = config(shards_url, cache_dir, f"train.fail_at_step={FAIL_AT_STEP}", "train.max_failures=1")
-    results = run_training(cfg, url, echo=None)
-    names = keys(s3, url)
-    assert FAILURE_MARKER in names  # rank 0 really exited once
-    assert metrics_epochs(s3, url) == list(range(EPOCHS))  # epoch 0 not redone: restored from the bucket
-    lines = [json.loads(x) for x in read(s3, url, "metrics.jsonl").decode().splitlines()]
-    assert lines[0]["train"]["steps"] == STEPS_PER_EPOCH  # FAIL_AT_STEP really falls in the second epoch
-    assert results["epochs"] == EPOCHS
-    assert final_numbers(results) == final_numbers(uninterrupted[1])
-    assert sorted({n.split("/")[1] for n in names if n.startswith("checkpoints/epoch_")}) == [f"epoch_{EPOCHS - 1:04d}"]
-    assert list(workdir.iterdir()) == []
 
 
 def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted, s3, s3_server, shards_url,
