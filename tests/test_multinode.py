@@ -107,7 +107,7 @@ def test_lost_node_is_replaced_and_the_run_finishes(two_node_cluster, digit_shar
 
 def test_elastic_run_shrinks_to_the_surviving_node_and_grows_back(two_node_cluster, digit_shards, tmp_path):
     cluster, node = two_node_cluster
-    epochs = 6
+    epochs = 8
     cfg = _config(digit_shards, epochs, "train.min_workers=1", "train.elastic_resize_interval_s=1")
     thread, outcome = _train_in_background(cfg, tmp_path)
     _kill_mid_epoch(cluster, node, tmp_path, after_epoch=0, thread=thread)
