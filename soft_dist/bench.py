@@ -8,6 +8,7 @@ and prints a table. Timings use :func:`median_time`: warm-up calls first, then t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -73,7 +74,8 @@ def machine_description() -> dict:
     import torch
 
     info = {
-        "hostname_hash": hash(platform.node()) & 0xFFFF,  # distinguishes machines without naming them
+        # Distinguishes machines without naming them; hashlib, since Python's hash() is salted per process.
+        "hostname_hash": hashlib.sha256(platform.node().encode()).hexdigest()[:8],
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
