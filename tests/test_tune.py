@@ -107,6 +107,18 @@ def _env() -> dict:
     return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+def _fully_reported(run_dir: Path) -> list[Path]:
+    """Trial folders whose report of every epoch (2) has been forwarded to Tune."""
+    done = []
+    for path in run_dir.glob("trials/*/last_report.json"):
+        try:
+            if json.loads(path.read_text()).get("epochs_done", 0) >= 2:
+                done.append(path.parent)
+        except json.JSONDecodeError:  # being written right now
+            pass
+    return done
+
+
 @pytest.fixture(scope="module")
 def resumed_sweep(digit_shards, tmp_path_factory):
     """Start the tiny sweep, press Ctrl-C once the first trial has trained every epoch, then --resume."""
@@ -119,11 +131,13 @@ def resumed_sweep(digit_shards, tmp_path_factory):
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 480
-        while not list(run_dir.glob("trials/*/results.json")):
+        # A trial counts as finished once its last epoch's report was forwarded to Tune (last_report.json
+        # is written by that callback just before; results.json, by the engine, comes earlier).
+        while not _fully_reported(run_dir):
             assert proc.poll() is None, f"the sweep ended before a trial finished:\n{proc.stdout.read()[-4000:]}"
             assert time.monotonic() < deadline, "no trial finished in time"
             time.sleep(1)
-        finished = {p.parent.name: (p.parent / "metrics.jsonl").read_text() for p in run_dir.glob("trials/*/results.json")}
+        finished = {p.name: (p / "metrics.jsonl").read_text() for p in _fully_reported(run_dir)}
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops the running trials
         first_out, _ = proc.communicate(timeout=180)
     finally:

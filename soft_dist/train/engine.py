@@ -48,7 +48,7 @@ from soft_dist.train.fit import (
     train_epoch,
 )
 from soft_dist.train.loop import SoftLearner, choose_branch
-from soft_dist.train.runlog import RunLog
+from soft_dist.train.runlog import RunLog, read_metrics
 
 RESULTS_FILE = "results.json"
 FAILURE_MARKER = ".failure_injected"
@@ -183,6 +183,8 @@ class Trainer:
             self._say(f"resumed from epoch {state['epoch'] + 1} (world size {place.world_size})")
         elif sync is not None:
             sync.broadcast_from_rank0()
+        if start_epoch >= cfg.train.epochs:
+            return self._report_finished_run()
         # Only rank 0 writes model.pt, so only it needs to know the best epoch so far.
         best = self._best_so_far() if start_epoch > 0 and place.is_chief else None
         log = RunLog(self.store, start_epoch) if place.is_chief else None
@@ -228,16 +230,26 @@ class Trainer:
                     self.echo(epoch_summary_line(epoch, cfg.train.epochs, train, val))
                 if last:
                     self.store.write_text(RESULTS_FILE, json.dumps(results, indent=2))
-            metrics = {"epoch": epoch, "world_size": place.world_size, "done": last,
-                       # the branch validation would choose now (flat keys for Ray Tune)
-                       "val_accuracy": val[chosen]["accuracy"],
-                       "val_mean_class_accuracy": val[chosen]["mean_class_accuracy"]}
-            self._checkpoint(learner, sync, epoch, history, metrics)
+            self._checkpoint(learner, sync, epoch, history, self._flat_metrics(epoch, val, last))
         if log is not None:
             log.close()
         return results
 
     # ------------------------------------------------------------------ pieces of an epoch
+    def _flat_metrics(self, epoch: int, val: dict, last: bool) -> dict:
+        """What the launcher is told each epoch: flat keys (for Ray Tune), with the validation numbers of
+        the branch validation would choose now."""
+        chosen = choose_branch(val, self.cfg.train.select_metric)
+        return {"epoch": epoch, "world_size": self.place.world_size, "done": last,
+                "val_accuracy": val[chosen]["accuracy"], "val_mean_class_accuracy": val[chosen]["mean_class_accuracy"]}
+
+    def _report_finished_run(self) -> dict:
+        """Resumed after the last epoch's checkpoint (the launcher stopped before hearing of it): tell
+        the launcher about that epoch again instead of training nothing and saying nothing."""
+        last = read_metrics(self.store)[-1]
+        self.report(self._flat_metrics(last["epoch"], last["val"], True), None, last["epoch"])
+        return json.loads(self.store.read_text(RESULTS_FILE)) if self.store.exists(RESULTS_FILE) else {}
+
     def _on_step(self, sync: TeacherSync | None) -> Callable[[int], None]:
         cfg, store, chief = self.cfg, self.store, self.place.is_chief
 
