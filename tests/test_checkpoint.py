@@ -109,6 +109,9 @@ def test_cut_short_run_continues_exactly(uninterrupted, tmp_path):
     partial = tmp_path / "checkpoints" / "epoch_0002"
     shutil.copytree(tmp_path / "checkpoints" / "epoch_0001", partial)
     (partial / ckpt.STATE_FILE).write_bytes((partial / ckpt.STATE_FILE).read_bytes()[:1000])
+    # ... and what a writer killed earlier left: its scratch folder and a staging copy.
+    for leftover in (f"{ckpt.PARTIAL_PREFIX}dead", ".epoch_0001.abc123.tmp"):
+        shutil.copytree(partial, tmp_path / "checkpoints" / leftover)
     results = _run(tmp_path, epochs=3)
     epochs = [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]

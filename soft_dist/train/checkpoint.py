@@ -37,6 +37,10 @@ MODEL_FILE = "model.pt"
 STATE_FORMAT = "soft-dist-state/1"
 MODEL_FORMAT = "soft-dist-model/1"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
+PARTIAL_PREFIX = ".partial-"
+# What a process killed while writing a checkpoint leaves in RUN/checkpoints: its scratch folder, or
+# RunStore.put_folder's hidden staging / set-aside copies (.epoch_0003.<hex>.tmp|old).
+_LEFTOVER = re.compile(rf"^({re.escape(PARTIAL_PREFIX)}|\.epoch_\d{{4,}}\.)")
 
 
 class CheckpointError(RuntimeError):
@@ -163,10 +167,14 @@ def drop_resumable_state(store: RunStore) -> None:
 
 
 def prune_checkpoints(store: RunStore, keep_epoch: int) -> None:
-    """Delete every checkpoint folder but ``keep_epoch``'s (called once that one is complete)."""
+    """Delete every checkpoint folder but ``keep_epoch``'s (called by rank 0 once that one is complete),
+    and what killed writers left behind (only rank 0 writes checkpoints, one at a time)."""
     for epoch in checkpoint_epochs(store):
         if epoch != keep_epoch:
             store.delete(f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
+    for name in store.listdir(CHECKPOINTS_DIR):
+        if _LEFTOVER.match(name):
+            store.delete(f"{CHECKPOINTS_DIR}/{name}")
 
 
 # ------------------------------------------------------------------------------------- model.pt
@@ -220,6 +228,13 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def temp_folder() -> tempfile.TemporaryDirectory:
-    """A local scratch folder for a checkpoint before it is put into the run (removed afterwards)."""
-    return tempfile.TemporaryDirectory(prefix="soft-dist-ckpt-")
+def scratch_folder(store: RunStore) -> tempfile.TemporaryDirectory:
+    """A local folder to write a checkpoint in before it is put into the run (removed afterwards).
+
+    For a local run it lies in RUN/checkpoints, so that what a process killed mid-write leaves (a 180 MB
+    state.pt, seen after node-loss tests) is removed by the next prune; remote runs use the temp folder."""
+    if not store.is_local:
+        return tempfile.TemporaryDirectory(prefix="soft-dist-ckpt-")
+    parent = Path(store.path(CHECKPOINTS_DIR))
+    parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX, dir=parent)

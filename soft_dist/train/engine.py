@@ -295,7 +295,7 @@ class Trainer:
         state = {"learner": learner.state_dict(), "epoch": epoch, "rng": ckpt.rng_state(), "history": history,
                  "config": to_dict(self.cfg), "noise_table_sha256": self.table.digest(),
                  "teacher_sync": sync.summary() if sync is not None else {"checks": 0, "mismatches": 0}}
-        with ckpt.temp_folder() as folder:
+        with ckpt.scratch_folder(self.store) as folder:
             self.report(metrics, ckpt.write_state_folder(state, Path(folder)), epoch)
         ckpt.prune_checkpoints(self.store, keep_epoch=epoch)
 
