@@ -394,9 +394,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(data, sources)
 
 
+def config_yaml(cfg: Config) -> str:
+    """The fully resolved config (every field, defaults included) as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_from_yaml(text: str, source: str, overrides: list[str] | None = None) -> Config:
+    """A config from YAML text that was read elsewhere (e.g. a run's config.yaml in object storage),
+    plus dotted overrides; errors name ``source``. No ``include`` here: saved configs are resolved."""
+    sources: dict[str, str] = {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("(file)", f"not valid YAML: {err}", source) from err
+    if not isinstance(data, dict):
+        raise ConfigError("(file)", "the top level must be a mapping", source)
+    _record_sources(data, source, sources)
+    return from_dict(apply_overrides(data, list(overrides or []), sources), sources)
+
+
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the fully resolved config (every field, defaults included) as YAML."""
+    """Write the fully resolved config as YAML."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path.write_text(config_yaml(cfg))
     return path

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from soft_dist.config import Config, to_dict
+from soft_dist.config import Config, config_yaml, to_dict
 from soft_dist.method.model import build_student, resolve_small_stem
 from soft_dist.method.teacher import module_digest
 from soft_dist.noise import NoiseTable
@@ -96,9 +96,7 @@ class DatasetInfo:
 
 def write_run_inputs(store: RunStore, cfg: Config, table: NoiseTable) -> None:
     """The driver's part of a new run: the resolved config and the noise table every rank uses."""
-    import yaml
-
-    store.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    store.write_text("config.yaml", config_yaml(cfg))
     store.write_text("noise_table.csv", table.to_csv())
 
 

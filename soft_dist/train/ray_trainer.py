@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from soft_dist.config import Config, ConfigError, from_dict, to_dict
+from soft_dist.config import Config, ConfigError, config_from_yaml, from_dict, to_dict
 from soft_dist.noise import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoint as ckpt
@@ -304,14 +304,8 @@ def resume_training(run_dir: str | Path, overrides: list[str] | None = None,
                     echo: Callable[[str], None] | None = _print) -> dict:
     """`soft-dist train --resume RUN_DIR`: the saved config (plus overrides, e.g. more epochs), the saved
     noise table, from the newest complete checkpoint."""
-    import yaml
-
-    from soft_dist.config import apply_overrides
-
     store = RunStore(run_dir)
     if not store.exists("config.yaml"):
         raise ConfigError("--resume", f"{store.location} is not a run directory (no config.yaml)")
-    sources: dict[str, str] = {}
-    data = apply_overrides(yaml.safe_load(store.read_text("config.yaml")), list(overrides or []), sources)
-    cfg = from_dict(data, sources)
+    cfg = config_from_yaml(store.read_text("config.yaml"), store.path("config.yaml"), overrides)
     return run_training(cfg, store.location, resume=True, echo=echo)
