@@ -97,6 +97,15 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str | None = "test"
+    # Splits carved by the run from the shards' samples (soft_dist.data.splits): folds = K >= 2 pools
+    # train, val and test and makes fold ``fold`` of K stratified folds the test split; 0 keeps the
+    # shards' test split.
+    folds: int = field(default=0, metadata=_range(0, 1000))
+    fold: int = field(default=0, metadata=_range(0, None))
+    # Share of every class's non-test samples carved as the validation split; None keeps the shards'
+    # validation split (with folds: 0.1).
+    val_fraction: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True, hi_open=True))
+    split_seed: int = 0  # seed of the carve (folds and validation)
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # Evaluation view: resize the shorter side to image_size / eval_crop_fraction, then centre crop
@@ -129,6 +138,9 @@ class MethodConfig:
     teacher_buffers: str = field(default="own", metadata=_choice("own", "copy", "ema"))
     # Stage 1 (paper 4.2): epochs trained without the uncertainty head before it is switched on.
     stage1_epochs: int = field(default=6, metadata=_range(0, None))
+    # Epochs an SLS method trains as a plain mean teacher (the teacher's softmax as the consistency
+    # target) before SLS targets start: the paper applies SLS to an already trained teacher.
+    sls_start_epoch: int = field(default=0, metadata=_range(0, None))
 
 
 @dataclass
@@ -305,6 +317,10 @@ def _cross_checks(cfg: Config, sources: dict[str, str]) -> None:
     if cfg.train.min_workers is not None and cfg.train.min_workers > cfg.train.workers:
         raise ConfigError("train.min_workers", f"must be <= train.workers ({cfg.train.workers})",
                           sources.get("train.min_workers"))
+    if cfg.data.folds == 1:
+        raise ConfigError("data.folds", "must be 0 (the shards' splits) or at least 2", sources.get("data.folds"))
+    if cfg.data.fold >= max(cfg.data.folds, 1):
+        raise ConfigError("data.fold", f"must be < data.folds ({cfg.data.folds})", sources.get("data.fold"))
     if cfg.noise.kind == "file" and not cfg.noise.file:
         raise ConfigError("noise.file", "noise.kind=file needs noise.file", sources.get("noise.kind"))
 

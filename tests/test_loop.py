@@ -93,3 +93,23 @@ def test_noise_only_on_train_and_val_labels():
     train_idx = np.concatenate([b.idx[b.valid].numpy() for b in loaders.train.epoch(0)])
     assert not set(test_idx) & set(splits["train"][0]) and not set(test_idx) & set(splits["val"][0])
     assert sorted(train_idx) == sorted(splits["train"][0])
+
+
+def test_sls_start_epoch_trains_a_plain_mean_teacher_first():
+    """Before method.sls_start_epoch an SLS method's consistency target is the teacher's softmax (as MT)."""
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    batch = TwoViewBatch(x, x.clone(), torch.arange(8) % 4, torch.arange(8), torch.ones(8, dtype=torch.bool))
+    losses = {}
+    for method, start, epoch in [("mt", 0, 0), ("mt_sls", 2, 0), ("mt_sls", 2, 2), ("mt_sls", 0, 0)]:
+        cfg = load_config(None, [f"method.name={method}", f"method.sls_start_epoch={start}", "data.image_size=16",
+                                 "method.rampup_epochs=0"])
+        torch.manual_seed(0)
+        student, _ = build_student("resnet18", 4, 16, small_stem=False, uncertainty=False)
+        learner = SoftLearner(cfg, student)
+        learner.start_epoch(epoch)
+        out = learner.train_step(batch, float(epoch))
+        losses[(method, start, epoch)] = float(out["loss_cons"])
+        assert ("share_k_gt_1" in out) == (method == "mt_sls" and epoch >= start)
+    assert losses[("mt_sls", 2, 0)] == pytest.approx(losses[("mt", 0, 0)], rel=1e-6)  # warm stage = MT
+    assert losses[("mt_sls", 2, 2)] == pytest.approx(losses[("mt_sls", 0, 0)], rel=1e-6)  # then SLS
+    assert losses[("mt_sls", 0, 0)] != pytest.approx(losses[("mt", 0, 0)], rel=1e-3)

@@ -101,6 +101,23 @@ class Manifest:
         return paths if all(p.is_file() for p in paths) else None
 
 
+@dataclass(frozen=True)
+class SplitSelection:
+    """A split carved by the run (soft_dist.data.splits): the samples of the shard splits ``sources``
+    whose idx is in ``idx``. Readers accept it wherever they accept a split name."""
+
+    name: str  # the role: train | val | test
+    sources: tuple[str, ...]  # shard split names, read in this order
+    idx: np.ndarray  # [N] int64, sorted
+
+    def __repr__(self) -> str:  # short, for error messages and logs
+        return f"SplitSelection({self.name!r}, {len(self.idx)} samples of {list(self.sources)})"
+
+    def keep(self, idx: np.ndarray) -> np.ndarray:
+        """Boolean mask [len(idx)]: which of these sample indices belong to the selection."""
+        return np.isin(idx, self.idx)
+
+
 def load_manifest(root: str | Path) -> Manifest:
     """Read and check ``root/manifest.json``; errors name the file and the field."""
     if "://" in str(root) and not str(root).startswith("file://"):

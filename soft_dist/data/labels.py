@@ -7,11 +7,19 @@ import tarfile
 
 import numpy as np
 
-from soft_dist.data.format import INDEX_EXT, LABEL_EXT, Manifest, ManifestError, decode_int64
+from soft_dist.data.format import INDEX_EXT, LABEL_EXT, Manifest, ManifestError, SplitSelection, decode_int64
 
 
-def read_split_labels(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(idx [N] int64, labels [N] int64) of ``split``, sorted by idx; N must match the manifest."""
+def read_split_labels(manifest: Manifest, split: str | SplitSelection) -> tuple[np.ndarray, np.ndarray]:
+    """(idx [N] int64, labels [N] int64) of ``split`` (a shard split name or a carved selection), sorted
+    by idx; a named split's N must match the manifest."""
+    if isinstance(split, SplitSelection):
+        parts = [read_split_labels(manifest, source) for source in split.sources]
+        idx = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        keep = split.keep(idx)
+        order = np.argsort(idx[keep], kind="stable")
+        return idx[keep][order], labels[keep][order]
     by_key: dict[str, dict[str, int]] = {}
     for path in manifest.shard_paths(split):
         if not path.is_file():

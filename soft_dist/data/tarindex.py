@@ -20,7 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from soft_dist.data.format import IMAGE_EXT, INDEX_EXT, LABEL_EXT, ManifestError, decode_int64, load_manifest
+from soft_dist.data.format import (
+    IMAGE_EXT,
+    INDEX_EXT,
+    LABEL_EXT,
+    ManifestError,
+    SplitSelection,
+    decode_int64,
+    load_manifest,
+)
 from soft_dist.data.jpeg_header import JpegHeaderError, jpeg_size
 
 WDS_INDEX_VERSION = "v1.2"
@@ -124,8 +132,11 @@ class SampleTable:
         return state
 
 
-def load_sample_table(shards_dir: str | Path, split: str) -> SampleTable:
-    """Index the split ``split`` of the shard folder ``shards_dir`` (see the module docstring)."""
+def load_sample_table(shards_dir: str | Path, split: str | SplitSelection) -> SampleTable:
+    """Index the split ``split`` of the shard folder ``shards_dir`` (see the module docstring). A carved
+    :class:`SplitSelection` gives the selected samples of its source splits, in shard order."""
+    if isinstance(split, SplitSelection):
+        return _selected_table(shards_dir, split)
     manifest = load_manifest(shards_dir)
     paths = manifest.shard_paths(split)
     index_paths = manifest.index_paths(split)
@@ -166,3 +177,23 @@ def load_sample_table(shards_dir: str | Path, split: str) -> SampleTable:
         idx=np.asarray(idx, dtype=np.int64),
         used_index_files=used_index_files,
     )
+
+
+def _selected_table(shards_dir: str | Path, selection: SplitSelection) -> SampleTable:
+    """The samples of ``selection``: its source splits' tables joined, then filtered by idx."""
+    tables = [load_sample_table(shards_dir, source) for source in selection.sources]
+    paths: list[Path] = []
+    shard_numbers = []
+    for table in tables:
+        shard_numbers.append(table.shard + len(paths))  # shard numbers index the joined path list
+        paths.extend(table.paths)
+    joined = {name: np.concatenate([getattr(t, name) for t in tables]) for name in ("offset", "size", "label", "idx")}
+    shard = np.concatenate(shard_numbers).astype(np.int32)
+    keep = selection.keep(joined["idx"])
+    if int(keep.sum()) != len(selection.idx):
+        missing = np.setdiff1d(selection.idx, joined["idx"][keep])[:5].tolist()
+        raise ManifestError(f"{shards_dir}: {len(selection.idx) - int(keep.sum())} samples of the carved "
+                            f"{selection.name} split are not in {list(selection.sources)} (idx {missing} ...)")
+    return SampleTable(paths=paths, shard=shard[keep], offset=joined["offset"][keep], size=joined["size"][keep],
+                       label=joined["label"][keep], idx=joined["idx"][keep],
+                       used_index_files=all(t.used_index_files for t in tables))

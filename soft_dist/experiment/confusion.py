@@ -62,6 +62,7 @@ def derive_class_map(
     OUT/confusion.csv ([C, C] validation counts, rows = true class) and OUT/class_map.json; reuse them
     on later invocations."""
     from soft_dist.data.format import load_manifest
+    from soft_dist.data.splits import run_splits
     from soft_dist.data.stage import local_shards
     from soft_dist.metrics import confusion_matrix
     from soft_dist.noise import class_map_from_confusion
@@ -79,7 +80,8 @@ def derive_class_map(
     run_training(cfg, run)
     manifest = load_manifest(local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
     net = load_branch(run, cfg, "student", manifest.num_classes)
-    preds, labels = split_predictions(net, cfg, cfg.data.val_split)
+    val_split = run_splits(manifest, cfg.data)["val"]  # a carved split when the config carves
+    preds, labels = split_predictions(net, cfg, val_split)
     matrix = confusion_matrix(labels, preds, manifest.num_classes)
     class_map = class_map_from_confusion(matrix)
     np.savetxt(out / "confusion.csv", matrix, fmt="%d", delimiter=",")
@@ -87,7 +89,7 @@ def derive_class_map(
         "class_map": {str(k): v for k, v in class_map.items()},
         "by_name": {manifest.classes[k]: manifest.classes[v] for k, v in class_map.items()},
         "classes": list(manifest.classes),
-        "source": f"plain CE, clean labels, {cfg.train.epochs} epochs, {cfg.data.val_split} split",
+        "source": f"plain CE, clean labels, {cfg.train.epochs} epochs, validation split ({len(labels)} images)",
         "val_accuracy": float((preds == labels).mean()),
     }, indent=2))
     log(f"[experiment] class map {json.loads(map_path.read_text())['by_name']}")

@@ -20,12 +20,15 @@ NOISY_COLOR, CLEAN_COLOR, OTHER_COLOR = "tab:red", "tab:green", "tab:gray"
 
 def pick_images(cfg, table, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(images [n, 3, H, W], sample idx [n]): the first flipped and the first clean training images."""
+    from soft_dist.data.format import load_manifest
     from soft_dist.data.loader import build_eval_loader
+    from soft_dist.data.splits import run_splits
 
     flipped_by_idx = dict(zip(table.idx.tolist(), table.flipped.tolist()))
     want_flipped = count // 2 if table.flipped.any() else 0
     flipped, clean = [], []
-    loader = build_eval_loader(cfg.data.shards, cfg.data.train_split, cfg.data, cfg.train.eval_batch_size)
+    train_split = run_splits(load_manifest(cfg.data.shards), cfg.data)["train"]
+    loader = build_eval_loader(cfg.data.shards, train_split, cfg.data, cfg.train.eval_batch_size)
     try:
         for batch in loader.epoch(0):
             for image, idx, valid in zip(batch.image, batch.idx.tolist(), batch.valid.tolist()):

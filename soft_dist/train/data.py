@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from soft_dist.config import Config
 from soft_dist.data.format import load_manifest
+from soft_dist.data.splits import run_splits
 from soft_dist.data.stage import local_shards
 from soft_dist.train.fit import Loaders
 
@@ -15,16 +16,16 @@ def shard_loaders(cfg: Config, rank: int = 0, world_size: int = 1, device: str =
 
     d = cfg.data
     shards = str(local_shards(d.shards, d.cache_dir, d.cache_max_gb))  # a URL is staged to local disk
-    manifest = load_manifest(shards)
+    splits = run_splits(load_manifest(shards), d)  # the shards' splits, or the ones the config carves
     common = dict(rank=rank, world_size=world_size, device=device)
 
-    def evaluation(split: str):
+    def evaluation(split):
         return build_eval_loader(shards, split, d, cfg.train.eval_batch_size, **common)
 
     return Loaders(
-        train=build_train_loader(shards, d.train_split, d, cfg.train.batch_size, seed=cfg.train.seed, **common),
-        val=evaluation(d.val_split),
-        test=evaluation(d.test_split) if d.test_split and d.test_split in manifest.splits else None,
-        train_eval=evaluation(d.train_split) if diagnostics else None,
+        train=build_train_loader(shards, splits["train"], d, cfg.train.batch_size, seed=cfg.train.seed, **common),
+        val=evaluation(splits["val"]),
+        test=evaluation(splits["test"]) if "test" in splits else None,
+        train_eval=evaluation(splits["train"]) if diagnostics else None,
         shards_dir=shards,
     )

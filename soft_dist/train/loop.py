@@ -79,12 +79,14 @@ class SoftLearner:
         self.optimizer = build_optimizer(cfg.optim, self.student.parameters())
         self.autocast = self.device.type == "cuda" and cfg.train.bf16
         self.global_step = 0
+        self.epoch = 0
         self.head_on: bool | None = None
         self.forward_module: nn.Module | None = None
 
     # ------------------------------------------------------------------ stages
     def start_epoch(self, epoch: int) -> None:
         """Switch the uncertainty head on or off for ``epoch`` and (re)wrap the student if needed."""
+        self.epoch = epoch
         head_on = uses_head(self.cfg, epoch)
         if head_on != self.head_on or self.forward_module is None:
             if self.student.uncertainty is not None:
@@ -106,6 +108,8 @@ class SoftLearner:
         """Consistency target [B, C] (no grad), student log-probs [B, C] (grad), k [B] or None."""
         m = self.cfg.method
         kind, sls_on = self.preset["target"], self.preset["sls_on"]
+        if kind == "sls" and self.epoch < m.sls_start_epoch:
+            kind = "softmax"  # the plain mean-teacher stage before SLS (method.sls_start_epoch)
         eps = self.preset.get("epsilon", m.epsilon)
         k = None
         if self.teacher is not None:

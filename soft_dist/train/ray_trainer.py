@@ -117,6 +117,7 @@ def make_noise_table(cfg: Config) -> tuple[NoiseTable, int]:
     """The run's noise table (made once from the shards' clean labels, or read from noise.file)."""
     from soft_dist.data.format import load_manifest
     from soft_dist.data.labels import read_split_labels
+    from soft_dist.data.splits import run_splits
     from soft_dist.data.stage import local_shards
     from soft_dist.noise import build_noise_table as build
 
@@ -125,7 +126,8 @@ def make_noise_table(cfg: Config) -> tuple[NoiseTable, int]:
     manifest = load_manifest(local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
     if cfg.noise.kind == "file":
         return NoiseTable.load(cfg.noise.file), manifest.num_classes
-    splits = {s: read_split_labels(manifest, s) for s in (cfg.data.train_split, cfg.data.val_split)}
+    roles = run_splits(manifest, cfg.data)
+    splits = {role: read_split_labels(manifest, roles[role]) for role in ("train", "val")}
     class_map = _resolve_class_map(cfg, manifest.classes)
     table = build(splits, manifest.num_classes, cfg.noise.kind, cfg.noise.rate, cfg.noise.seed, class_map)
     return table, manifest.num_classes
