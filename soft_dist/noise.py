@@ -6,7 +6,8 @@ a uniformly chosen OTHER class; asymmetric noise moves it to the class it is mos
 (``class_map``, e.g. from :func:`class_map_from_confusion`).
 
 A noise table records, per global sample index, the clean and the noisy label; it is saved in the
-run directory and is what every rank and every restart uses.
+run directory and is what every rank and every restart uses. Published noise lists (RAF-DB's, the SOFT
+authors', lists of image paths) are turned into noise tables, and back, by soft_dist.noise_lists.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,11 @@ def class_map_from_confusion(confusion: np.ndarray) -> dict[int, int]:
 
 @dataclass
 class NoiseTable:
-    """Per-sample clean and noisy labels, keyed by global sample index."""
+    """Per-sample clean and noisy labels, keyed by global sample index.
+
+    ``info`` holds counts about where the table came from (e.g. how many rows of a published noise list
+    named training samples, soft_dist.noise_lists); it is written into the CSV's first line as extra
+    ``key=value`` tokens and read back, and does not enter :meth:`digest`."""
 
     idx: np.ndarray  # [N] int64
     clean: np.ndarray  # [N] int64
@@ -95,6 +100,7 @@ class NoiseTable:
     kind: str = "none"
     rate: float = 0.0
     seed: int = 0
+    info: dict = field(default_factory=dict)  # {key: int | str}, values without whitespace
 
     @property
     def flipped(self) -> np.ndarray:
@@ -108,9 +114,18 @@ class NoiseTable:
         return dense
 
     def to_csv(self) -> str:
-        """The table as CSV text: a ``# kind=.. rate=.. seed=..`` line, then ``idx,clean,noisy`` rows."""
+        """The table as CSV text: a ``# kind=.. rate=.. seed=..`` line (then any ``info`` as more
+        ``key=value`` tokens), then ``idx,clean,noisy`` rows."""
+        tokens = [f"kind={self.kind}", f"rate={self.rate}", f"seed={self.seed}"]
+        for key, value in self.info.items():
+            token = f"{key}={value}"
+            if any(ch.isspace() for ch in token) or key in ("kind", "rate", "seed"):
+                # The header is split on whitespace when read back; such a token would not survive.
+                raise ValueError(f"noise table info {key!r}={value!r}: keys and values must be single tokens "
+                                 "and not kind/rate/seed")
+            tokens.append(token)
         out = io.StringIO(newline="")
-        out.write(f"# kind={self.kind} rate={self.rate} seed={self.seed}\n")
+        out.write("# " + " ".join(tokens) + "\n")
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["idx", "clean", "noisy"])
         w.writerows(zip(self.idx.tolist(), self.clean.tolist(), self.noisy.tolist()))
@@ -120,13 +135,16 @@ class NoiseTable:
     def from_csv(cls, text: str, source: str = "noise table") -> "NoiseTable":
         lines = text.splitlines()
         first = lines[0] if lines else ""
-        meta = dict(kv.split("=", 1) for kv in first.lstrip("# ").split()) if first.startswith("#") else {}
+        meta = dict(kv.split("=", 1) for kv in first.lstrip("# ").split() if "=" in kv) if first.startswith("#") else {}
         rows = list(csv.DictReader(lines[1:] if first.startswith("#") else lines))
         try:
             arr = {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("idx", "clean", "noisy")}
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{source}: a noise table needs integer columns idx, clean, noisy ({err})") from err
-        return cls(**arr, kind=meta.get("kind", "file"), rate=float(meta.get("rate", 0)), seed=int(meta.get("seed", 0)))
+        info = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in meta.items()
+                if k not in ("kind", "rate", "seed")}
+        return cls(**arr, kind=meta.get("kind", "file"), rate=float(meta.get("rate", 0)),
+                   seed=int(meta.get("seed", 0)), info=info)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -143,22 +161,6 @@ class NoiseTable:
         for a in (self.idx, self.clean, self.noisy):
             h.update(np.ascontiguousarray(a, dtype="<i8").tobytes())
         return h.hexdigest()
-
-
-def read_noise_list(path: str | Path) -> dict[str, int]:
-    """A published noise list: one ``name label`` per line (e.g. RAF-DB's) -> {name: label}."""
-    out = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{number}: expected 'name label', got {line!r}")
-        try:
-            out[parts[0]] = int(parts[1])
-        except ValueError as err:
-            raise ValueError(f"{path}:{number}: label {parts[1]!r} is not an integer") from err
-    return out
 
 
 def build_noise_table(

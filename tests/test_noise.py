@@ -11,7 +11,6 @@ from soft_dist.noise import (
     build_noise_table,
     class_map_from_confusion,
     inject_noise,
-    read_noise_list,
 )
 
 LABELS = np.repeat(np.arange(7), [100, 35, 50, 61, 9, 40, 200])
@@ -95,10 +94,18 @@ def test_noise_table_roundtrip_and_per_split(tmp_path):
     assert (more.noisy[:340] == table.noisy).all()
 
 
-def test_read_noise_list(tmp_path):
-    path = tmp_path / "list.txt"
-    path.write_text("train_00001.jpg 5\ntrain_00002.jpg 1\n\n")
-    assert read_noise_list(path) == {"train_00001.jpg": 5, "train_00002.jpg": 1}
-    path.write_text("train_00001.jpg five\n")
-    with pytest.raises(ValueError, match=":1:"):
-        read_noise_list(path)
+def test_noise_table_info_travels_in_the_header_line(tmp_path):
+    """Counts about a table's origin (a noise list's, soft_dist.noise_lists) survive save and load, and
+    do not change the digest that checkpoints compare."""
+    idx = np.array([3, 5, 9])
+    plain = NoiseTable(idx, np.array([0, 1, 2]), np.array([0, 2, 2]), kind="file", rate=0.333333)
+    table = NoiseTable(idx, plain.clean, plain.noisy, kind="file", rate=0.333333,
+                       info={"format": "rafdb", "rows": 4, "unlisted_kept_clean": 0})
+    text = table.to_csv()
+    assert text.splitlines()[0] == "# kind=file rate=0.333333 seed=0 format=rafdb rows=4 unlisted_kept_clean=0"
+    assert plain.to_csv().splitlines()[0] == "# kind=file rate=0.333333 seed=0"  # unchanged without info
+    again = NoiseTable.load(table.save(tmp_path / "t.csv"))
+    assert again.info == {"format": "rafdb", "rows": 4, "unlisted_kept_clean": 0}
+    assert (again.kind, again.rate) == ("file", 0.333333) and again.digest() == plain.digest()
+    with pytest.raises(ValueError, match="single tokens"):
+        NoiseTable(idx, plain.clean, plain.noisy, info={"file": "my list.txt"}).to_csv()
