@@ -152,7 +152,9 @@ class NoiseConfig:
     # dataset's default map from its manifest, or a confusion matrix given in confusion_file.
     class_map: dict | None = None
     confusion_file: str | None = None
-    file: str | None = None  # kind=file: a noise table (.csv) or a published noise list (`name label`)
+    file: str | None = None  # kind=file: a noise table (.csv) or a published noise list (see file_format)
+    # How noise.file is read: table (soft-dist's noise_table.csv) or a list, rafdb | soft | paths (docs/experiments.md).
+    file_format: str = field(default="table", metadata=_choice("table", "rafdb", "soft", "paths"))
 
 
 @dataclass

@@ -51,6 +51,7 @@ def test_unknown_key_rejected_with_name_and_file(tmp_path):
         ("method.ema_decay=1.5", "method.ema_decay"),
         ("noise.rate=1.0", "noise.rate"),
         ("noise.kind=gaussian", "noise.kind"),
+        ("noise.file_format=csv", "noise.file_format"),
         ("method.name=dmue", "method.name"),
         ("train.epochs=two", "train.epochs"),
     ],
