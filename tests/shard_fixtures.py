@@ -39,3 +39,18 @@ def write_digit_shards(
         start += count
     write_manifest(out, {"dataset": "digits", "classes": list(DIGIT_CLASSES), "splits": entries})
     return out
+
+
+def write_rafdb_root(root: Path, rows: list[tuple[str, int]], *, size: int = 30) -> Path:
+    """A RAF-DB "basic" folder in the layout RAF-DB publishes: ``EmoLabel/list_patition_label.txt`` with a
+    ``name label`` row per image (labels 1..7 in RAF-DB's order) and ``Image/aligned/<stem>_aligned.jpg``
+    for each; the pictures are real scikit-learn digits. ``rows`` is [(name like "train_00001.jpg", 1..7)].
+    Returns ``root``."""
+    images, _ = load_digits_rgb(size)
+    (root / "EmoLabel").mkdir(parents=True, exist_ok=True)
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("".join(f"{n} {label}\n" for n, label in rows))
+    aligned = root / "Image" / "aligned"
+    aligned.mkdir(parents=True, exist_ok=True)
+    for i, (name, _) in enumerate(rows):
+        (aligned / f"{Path(name).stem}_aligned.jpg").write_bytes(jpeg_bytes(images[i]))
+    return root

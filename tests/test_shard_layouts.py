@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from shard_fixtures import write_rafdb_root
 
 from soft_dist.data.datasets import (FER_CLASSES, LayoutError, carve_val, ferplus_majority, read_layout)
 
@@ -195,13 +196,8 @@ def test_cli_end_to_end_rafdb_and_verify(tmp_path, capsys):
 
     from soft_dist.cli import main
 
-    root = tmp_path / "raf"
     names = [f"train_{i:05d}" for i in range(1, 21)] + [f"test_{i:04d}" for i in range(1, 6)]
-    (root / "EmoLabel").mkdir(parents=True)
-    (root / "EmoLabel" / "list_patition_label.txt").write_text(
-        "".join(f"{n}.jpg {i % 7 + 1}\n" for i, n in enumerate(names)))
-    for i, n in enumerate(names):
-        _jpeg(root / "Image" / "aligned" / f"{n}_aligned.jpg", i, size=(30, 30))
+    root = write_rafdb_root(tmp_path / "raf", [(f"{n}.jpg", i % 7 + 1) for i, n in enumerate(names)])
     out = tmp_path / "out"
     argv = ["shard", "--layout", "rafdb", "--root", str(root), "--out", str(out), "--size", "24",
             "--min-shards", "2", "--val-fraction", "0.25", "--workers", "1", "--no-progress"]

@@ -114,19 +114,27 @@ def worker_loop(config: dict) -> None:
 
 
 def make_noise_table(cfg: Config) -> tuple[NoiseTable, int]:
-    """The run's noise table (made once from the shards' clean labels, or read from noise.file)."""
+    """The run's noise table (made once from the shards' clean labels, or read from noise.file: a noise
+    table, or a published list in noise.file_format mapped onto the shards' samples)."""
     from soft_dist.data.format import load_manifest
     from soft_dist.data.labels import read_split_labels
     from soft_dist.data.splits import run_splits
     from soft_dist.data.stage import local_shards
     from soft_dist.noise import build_noise_table as build
+    from soft_dist.noise_lists import NoiseListError, read_noise_list
 
     if not cfg.data.shards:
         raise ConfigError("data.shards", "set it to a folder written by `soft-dist shard` (with manifest.json)")
     manifest = load_manifest(local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
-    if cfg.noise.kind == "file":
+    if cfg.noise.kind == "file" and cfg.noise.file_format == "table":
         return NoiseTable.load(cfg.noise.file), manifest.num_classes
     roles = run_splits(manifest, cfg.data)
+    if cfg.noise.kind == "file":
+        try:
+            table = read_noise_list(cfg.noise.file, cfg.noise.file_format, manifest, roles)
+        except NoiseListError as err:
+            raise ConfigError(err.field, str(err)) from err
+        return table, manifest.num_classes
     splits = {role: read_split_labels(manifest, roles[role]) for role in ("train", "val")}
     class_map = _resolve_class_map(cfg, manifest.classes)
     table = build(splits, manifest.num_classes, cfg.noise.kind, cfg.noise.rate, cfg.noise.seed, class_map)
@@ -287,6 +295,10 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
             raise ConfigError("--run-dir", f"{store.location} already holds a run; "
                               f"use `soft-dist train --resume {store.location}`")
         table, _ = make_noise_table(cfg)
+        if echo and table.info.get("format"):
+            from soft_dist.noise_lists import describe
+
+            echo(f"{cfg.noise.file}: {describe(table)}")
         write_run_inputs(store, cfg, table)
 
     init_ray()
