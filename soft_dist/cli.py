@@ -17,6 +17,7 @@ COMMAND_MODULES = {
     "shard": "soft_dist.commands.shard",
     "tune": "soft_dist.commands.tune",
     "experiment": "soft_dist.commands.experiment",
+    "noise": "soft_dist.commands.noise",
 }
 
 

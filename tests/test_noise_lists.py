@@ -1,6 +1,6 @@
 """Published noise lists (soft_dist.noise_lists) on real shards: scikit-learn digits for the paths, soft
 and table formats and the errors, a tiny RAF-DB set (written in RAF-DB's own layout and sharded by the
-project's sharder) for the rafdb format."""
+project's sharder) for the rafdb format, and `soft-dist noise export` round trips."""
 
 import numpy as np
 import pytest
@@ -246,3 +246,85 @@ def test_make_noise_table_reads_a_rafdb_list(raf_shards, tmp_path):
     assert num_classes == 7 and table.kind == "file"
     assert (table.idx == idx).all() and (table.clean == clean).all() and (table.noisy == expected).all()
     assert table.info["applied"] == 2 and table.info["ignored_outside_train_val"] == 1
+
+
+# ----------------------------------------------------------------------------- soft-dist noise export
+
+
+def _run_dir(tmp_path, shards, overrides):
+    """A run directory as `soft-dist train` leaves it before the first epoch: config.yaml + noise_table.csv."""
+    from soft_dist.storage import RunStore
+    from soft_dist.train.engine import write_run_inputs
+    from soft_dist.train.ray_trainer import make_noise_table
+
+    cfg = load_config(None, [f"data.shards={shards}", *overrides])
+    table, _ = make_noise_table(cfg)
+    run = tmp_path / "run"
+    write_run_inputs(RunStore(run), cfg, table)
+    return run, table
+
+
+def _read_back(shards, path, fmt, data_overrides):
+    from soft_dist.train.ray_trainer import make_noise_table
+
+    cfg = load_config(None, [f"data.shards={shards}", "noise.kind=file", f"noise.file={path}",
+                             f"noise.file_format={fmt}", *data_overrides])
+    return make_noise_table(cfg)[0]
+
+
+@pytest.mark.parametrize("data_overrides", [[], ["data.val_fraction=0.2", "data.split_seed=4"]])
+def test_export_then_read_back_gives_the_same_noise_digits(digit_shards, tmp_path, capsys, data_overrides):
+    from soft_dist.cli import main
+
+    run, table = _run_dir(tmp_path, digit_shards,
+                          ["noise.kind=symmetric", "noise.rate=0.3", "noise.seed=3", *data_overrides])
+    assert table.flipped.sum() > 300
+    for fmt in ("table", "paths", "soft"):
+        out = tmp_path / f"noise.{fmt}.txt"
+        assert main(["noise", "export", str(run), "--format", fmt, "--out", str(out)]) == 0
+        back = _read_back(digit_shards, out, fmt, data_overrides)
+        assert (back.idx == table.idx).all() and (back.clean == table.clean).all()
+        assert (back.noisy == table.noisy).all(), fmt
+        if fmt != "table":
+            assert back.info["unlisted_kept_clean"] == 0 and back.info["flipped"] == table.flipped.sum()
+    assert "noise.soft.txt: 1797 rows (soft)" in capsys.readouterr().out
+    assert len((tmp_path / "noise.paths.txt").read_text().splitlines()) == len(table.idx)
+    # rafdb is RAF-DB's format: an error that names the dataset
+    assert main(["noise", "export", str(run), "--format", "rafdb", "--out", str(tmp_path / "x.txt")]) == 2
+    assert "hold dataset 'digits'" in capsys.readouterr().err and not (tmp_path / "x.txt").exists()
+
+
+def test_export_then_read_back_gives_the_same_noise_rafdb(raf_shards, tmp_path):
+    from soft_dist.cli import main
+
+    run, table = _run_dir(tmp_path, raf_shards, ["noise.kind=symmetric", "noise.rate=0.5", "noise.seed=1"])
+    assert table.flipped.sum() >= 7
+    index = read_sample_index(*_splits(raf_shards))
+    noisy = dict(zip(table.idx.tolist(), table.noisy.tolist()))
+    for fmt in ("rafdb", "soft"):
+        out = tmp_path / f"{fmt}.txt"
+        assert main(["noise", "export", str(run), "--format", fmt, "--out", str(out)]) == 0
+        rows = [line.split() for line in out.read_text().splitlines()]
+        written = {name: int(label) for name, label in rows}
+        for p, src in enumerate(index.source):
+            name = src.rsplit("/", 1)[1].replace("_aligned", "")
+            if int(index.idx[p]) in noisy:  # RAF-DB's own number of the noisy class, under RAF-DB's name
+                assert written[name] == RAF_NUMBER[index.classes[noisy[int(index.idx[p])]]]
+            elif fmt == "soft":  # the test images too, with their clean labels, as in the authors' files
+                assert written[name] == RAF_NUMBER[index.classes[index.clean[p]]]
+            else:
+                assert name not in written  # rafdb lists hold training images only
+        assert len(rows) == (20 if fmt == "rafdb" else 25)
+        back = _read_back(raf_shards, out, fmt, [])
+        assert (back.idx == table.idx).all() and (back.noisy == table.noisy).all()
+
+
+def test_command_formats_match_the_config_choices():
+    import dataclasses
+
+    from soft_dist.commands.noise import FORMATS
+    from soft_dist.config import NoiseConfig
+    from soft_dist.noise_lists import FILE_FORMATS
+
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(NoiseConfig)}["file_format"]
+    assert FORMATS == FILE_FORMATS == tuple(choices)
