@@ -105,6 +105,13 @@ def test_state_and_model_load_with_weights_only(uninterrupted):
 
 def test_cut_short_run_continues_exactly(uninterrupted, tmp_path):
     _run(tmp_path, epochs=2)  # stops after epoch 1, like a run killed there
+    # A checkpoint written before the history kept val/test (older versions): its epoch 0 must come from
+    # metrics.jsonl, epoch 1 from the history, for results.json's protocols.
+    newest = tmp_path / "checkpoints" / "epoch_0001"
+    state = ckpt.read_state_folder(newest)
+    assert [{"val", "test"} <= set(h) for h in state["history"]] == [True, True]
+    state["history"][0] = {k: v for k, v in state["history"][0].items() if k not in ("val", "test")}
+    ckpt.write_state_folder(state, newest)
     # A half-written checkpoint of epoch 2 (the process died while copying it) must be ignored.
     partial = tmp_path / "checkpoints" / "epoch_0002"
     shutil.copytree(tmp_path / "checkpoints" / "epoch_0001", partial)
@@ -120,4 +127,5 @@ def test_cut_short_run_continues_exactly(uninterrupted, tmp_path):
         for branch in ("student", "teacher"):
             assert results[split][branch]["accuracy"] == whole[split][branch]["accuracy"]
     assert results["model"]["epoch"] == whole["model"]["epoch"]
+    assert results["protocols"] == whole["protocols"] and results["protocols"]["epochs"] == 3
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0002"]

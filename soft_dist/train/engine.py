@@ -48,7 +48,8 @@ from soft_dist.train.fit import (
     train_epoch,
 )
 from soft_dist.train.loop import SoftLearner, choose_branch
-from soft_dist.train.runlog import RunLog, read_metrics
+from soft_dist.train.protocols import compute_protocols
+from soft_dist.train.runlog import METRICS_FILE, RunLog, read_metrics
 
 RESULTS_FILE = "results.json"
 FAILURE_MARKER = ".failure_injected"
@@ -203,8 +204,10 @@ class Trainer:
             digests = all_gather_objects(module_digest(learner.teacher.teacher)) if learner.teacher is not None else []
             chosen = choose_branch(val, cfg.train.select_metric)
             score = val[chosen][cfg.train.select_metric]
+            # val/test ride in the history because it survives a resume inside the checkpoint, while
+            # metrics.jsonl is cut back on resume: the protocols of results.json read the history.
             history.append({"epoch": epoch, "images_per_s_per_worker": speeds, "seconds": train["seconds"],
-                            "world_size": place.world_size})
+                            "world_size": place.world_size, "val": val, "test": test})
             if best is None or score > best["score"]:
                 best = {"epoch": epoch, "branch": chosen, "score": score, "metric": cfg.train.select_metric,
                         "val": val[chosen], "test": test[chosen] if test else None}
@@ -302,6 +305,21 @@ class Trainer:
         if folder is not None:
             ckpt.save_checkpoint(self.store, folder, epoch)
 
+    def _epoch_records(self, history: list) -> list[dict]:
+        """{epoch, val, test} of every epoch of the run, from the history; epochs trained by a version that
+        did not keep val/test in the history (resumed from its checkpoint) come from metrics.jsonl."""
+        if all("val" in h for h in history):
+            return [{"epoch": h["epoch"], "val": h["val"], "test": h["test"]} for h in history]
+        logged = {r["epoch"]: r for r in read_metrics(self.store)}
+        records = []
+        for h in history:
+            source = h if "val" in h else logged.get(h["epoch"])
+            if source is None:
+                raise ckpt.CheckpointError(f"{self.store.path(METRICS_FILE)}: epoch {h['epoch']} is in the "
+                                           "checkpoint's history but neither it nor metrics.jsonl has its val/test")
+            records.append({"epoch": h["epoch"], "val": source["val"], "test": source.get("test")})
+        return records
+
     def _results(self, val, test, diagnostics, history, train_seconds, sync, best, digests, weights) -> dict:
         cfg = self.cfg
         all_speeds = [s for h in history for s in h["images_per_s_per_worker"]]
@@ -320,6 +338,7 @@ class Trainer:
             epochs_run=len(history), wall_time_s=sum(h["seconds"] for h in history), teacher_sync=teacher_sync,
         )
         results["model"] = {"file": ckpt.MODEL_FILE, **best}
+        results["protocols"] = compute_protocols(self._epoch_records(history), cfg.train.select_metric)
         results["teacher_digests"] = digests
         if weights is not None:
             results["pretrained"] = {"source": weights.source, "unexpected_keys": weights.unexpected}

@@ -24,6 +24,9 @@ from soft_dist.method.model import ExpressionNet
 from soft_dist.method.sls import label_smoothing, label_smoothing_top1, soft_label_smoothing_with_k
 from soft_dist.method.teacher import EmaTeacher
 from soft_dist.metrics import classification_report
+# choose_branch lives with the evaluation protocols (no torch there), which must choose exactly as training
+# does; it is re-exported here for the engine and older callers.
+from soft_dist.train.protocols import choose_branch  # noqa: F401
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -253,9 +256,3 @@ def report_predictions(preds, labels, idx, num_classes: int, label_lookup: np.nd
     """Accuracy and mean class accuracy; ``label_lookup`` [max idx + 1] replaces labels by idx (noisy val)."""
     targets = label_lookup[idx] if label_lookup is not None else labels
     return classification_report(targets, preds, num_classes)
-
-
-def choose_branch(val_reports: dict[str, dict], metric: str = "accuracy") -> str:
-    """The branch with the best VALIDATION ``metric``; ties go to the teacher (the steadier branch)."""
-    order = sorted(val_reports, key=lambda b: (val_reports[b][metric], b == "teacher"), reverse=True)
-    return order[0]
