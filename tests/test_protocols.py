@@ -178,7 +178,19 @@ def test_the_module_imports_no_torch_ray_or_dali():
 # ----------------------------------------------------------------------------- a real run
 
 
-def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_path):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a 2-core machine shared with other jobs, torch's default 2 threads spin
+    against them and a 10 s run takes minutes."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_path, one_thread):
     from soft_dist.config import load_config
     from soft_dist.data.digits_memory import digits_memory_loaders
     from soft_dist.noise import build_noise_table
