@@ -9,6 +9,8 @@ axes to sweep::
     noise_kinds: [symmetric]          # symmetric | asymmetric
     noise_rates: [0.3, 0.5]           # each in [0, 1)
     seeds: [0, 1]                     # a cell's seed sets BOTH train.seed and noise.seed
+    folds: 5                          # optional: cells over data.fold = 0..4 with data.folds = 5
+    split_seeds: [0, 1]               # optional: data.split_seed of the carve (folds / val_fraction)
     extra:                            # optional: any dotted config key -> list of values
       method.epsilon: [0.1, 0.3]
     asymmetric_from: confusion        # optional: derive noise.class_map from a plain CE model
@@ -28,14 +30,17 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from soft_dist.config import METHOD_PRESETS, Config
+from soft_dist.config import METHOD_PRESETS, Config, ConfigError, load_config
 
 NOISE_KINDS = ("symmetric", "asymmetric")
 # Config keys a cell sets itself: the grid's axes. Overrides may not name them (they would silently
-# collapse the grid).
-AXIS_KEYS = ("method.name", "noise.kind", "noise.rate", "train.seed", "noise.seed")
-TOP_KEYS = ("base", "overrides", "methods", "noise_kinds", "noise_rates", "seeds", "extra", "asymmetric_from",
-            "sls_bars", "description")
+# collapse the grid). The data-split keys are axes even in a grid that does not sweep them, so that a
+# split is always visible in the cell names and cells.csv (set them with folds / split_seeds).
+AXIS_KEYS = ("method.name", "noise.kind", "noise.rate", "train.seed", "noise.seed", "data.folds", "data.fold",
+             "data.split_seed")
+TOP_KEYS = ("base", "overrides", "methods", "noise_kinds", "noise_rates", "seeds", "folds", "split_seeds", "extra",
+            "asymmetric_from", "sls_bars", "description")
+MAX_FOLDS = 1000  # = the range of data.folds in soft_dist.config
 
 
 class GridError(ValueError):
@@ -56,11 +61,20 @@ class Cell:
     noise_rate: float
     seed: int
     extra: tuple[tuple[str, Any], ...] = ()  # ((dotted key, value), ...) in the grid file's order
+    folds: int = 0  # K of data.folds when the grid has `folds` (0: the shards' or the base config's splits)
+    fold: int | None = None  # data.fold (the test fold), with folds only
+    split_seed: int | None = None  # data.split_seed, when the grid has `split_seeds`
 
     @property
     def name(self) -> str:
-        """Folder name: <method>-<kind>-<rate>-s<seed>[-<key><value>...] (last key segment only)."""
+        """Folder name: <method>-<kind>-<rate>-s<seed>[-fold<f>][-split<s>][-<key><value>...] (last key
+        segment only). Without folds / split_seeds a name is what it was before those axes existed, so
+        older experiment folders keep their finished cells."""
         parts = [self.method, self.noise_kind, f"{self.noise_rate:g}", f"s{self.seed}"]
+        if self.fold is not None:
+            parts.append(f"fold{self.fold}")
+        if self.split_seed is not None:
+            parts.append(f"split{self.split_seed}")
         parts += [f"{key.split('.')[-1]}{_compact(value)}" for key, value in self.extra]
         return "-".join(parts)
 
@@ -68,13 +82,27 @@ class Cell:
         """The dotted overrides that make this cell out of the base config (applied last)."""
         out = [f"method.name={self.method}", f"noise.kind={self.noise_kind}", f"noise.rate={self.noise_rate}",
                f"train.seed={self.seed}", f"noise.seed={self.seed}"]
+        if self.fold is not None:
+            out += [f"data.folds={self.folds}", f"data.fold={self.fold}"]
+        if self.split_seed is not None:
+            out.append(f"data.split_seed={self.split_seed}")
         # Values are parsed back as YAML scalars by soft_dist.config.parse_override.
         return out + [f"{key}={value}" for key, value in self.extra]
+
+    def units(self) -> dict:
+        """What identifies the run apart from method, noise and extra axes: the seed, and the fold and
+        split seed when the grid sweeps them. Two methods' runs with equal units are a pair."""
+        out = {"seed": self.seed}
+        if self.fold is not None:
+            out["fold"] = self.fold
+        if self.split_seed is not None:
+            out["split_seed"] = self.split_seed
+        return out
 
     def row(self) -> dict:
         """Axis columns of this cell for the CSV files."""
         return {"cell": self.name, "method": self.method, "noise_kind": self.noise_kind,
-                "noise_rate": self.noise_rate, "seed": self.seed, **dict(self.extra)}
+                "noise_rate": self.noise_rate, **self.units(), **dict(self.extra)}
 
 
 def _compact(value: Any) -> str:
@@ -96,20 +124,32 @@ class Grid:
     noise_kinds: list[str]
     noise_rates: list[float]
     seeds: list[int]
+    folds: int | None = None  # K >= 2: one cell per test fold 0..K-1
+    split_seeds: list[int] | None = None
     overrides: list[str] = field(default_factory=list)
     extra: dict[str, list] = field(default_factory=dict)
     asymmetric_from: str | None = None  # None (class map from the config) | "confusion"
     sls_bars: SlsBars | None = field(default_factory=SlsBars)
+    description: str = ""
 
     def cells(self) -> list[Cell]:
-        """Every cell, in file order: method, kind, rate, extra values, seed (seed varies fastest)."""
+        """Every cell, in file order: method, kind, rate, extra values, split seed, fold, seed (seed
+        varies fastest)."""
         extra_keys = list(self.extra)
         combos = list(itertools.product(*(self.extra[k] for k in extra_keys))) or [()]
+        split_seeds = self.split_seeds or [None]
+        folds = list(range(self.folds)) if self.folds else [None]
         return [
-            Cell(m, k, float(r), int(s), tuple(zip(extra_keys, combo)))
-            for m, k, r, combo, s in itertools.product(self.methods, self.noise_kinds, self.noise_rates, combos,
-                                                       self.seeds)
+            Cell(m, k, float(r), int(s), tuple(zip(extra_keys, combo)), folds=self.folds or 0, fold=f,
+                 split_seed=ss)
+            for m, k, r, combo, ss, f, s in itertools.product(self.methods, self.noise_kinds, self.noise_rates,
+                                                              combos, split_seeds, folds, self.seeds)
         ]
+
+    @property
+    def unit_keys(self) -> list[str]:
+        """cells.csv columns that identify a run within its (method, noise, extra) group."""
+        return ["seed", *(["fold"] if self.folds else []), *(["split_seed"] if self.split_seeds else [])]
 
 
 def config_key_exists(dotted: str) -> bool:
@@ -154,8 +194,11 @@ def check_overrides(overrides: list[str], field_path: str, source: str | None, a
             raise GridError(field_path, f"'{key}' is not a config field", source)
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and validate a grid file."""
+def load_grid(path: str | Path, check_base: bool = True) -> Grid:
+    """Read and validate a grid file.
+
+    ``check_base=False`` skips what needs the base config on disk (the file, and whether it carves
+    splits for ``split_seeds``): for reading the copy DIR/grid.yaml of a finished experiment elsewhere."""
     path = Path(path).resolve()
     source = str(path)
     if not path.is_file():
@@ -174,7 +217,7 @@ def load_grid(path: str | Path) -> Grid:
         raise GridError("base", "missing: the run config this grid starts from (path relative to the grid file)",
                         source)
     base = (path.parent / data["base"]).resolve()
-    if not base.is_file():
+    if check_base and not base.is_file():
         raise GridError("base", f"file not found: {base}", source)
 
     methods = _list(data, "methods", source, str)
@@ -190,13 +233,22 @@ def load_grid(path: str | Path) -> Grid:
         if not 0.0 <= r < 1.0:
             raise GridError("noise_rates", f"rate {r!r} is not in [0, 1)", source)
     seeds = _list(data, "seeds", source, int)
+    folds = data.get("folds")
+    if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or not 2 <= folds <= MAX_FOLDS):
+        raise GridError("folds", f"expected an integer K in [2, {MAX_FOLDS}] (cells test folds 0..K-1), "
+                        f"got {folds!r}", source)
+    split_seeds = _list(data, "split_seeds", source, int, required=False) or None
+    for s in split_seeds or []:
+        if s < 0:
+            raise GridError("split_seeds", f"seed {s!r} is negative (numpy's generators need seeds >= 0)", source)
 
     extra = data.get("extra") or {}
     if not isinstance(extra, dict):
         raise GridError("extra", f"expected a mapping of dotted config key -> list of values, got {extra!r}", source)
     for key, values in extra.items():
         if key in AXIS_KEYS:
-            raise GridError(f"extra.{key}", "is a main grid axis; use methods/noise_kinds/noise_rates/seeds", source)
+            raise GridError(f"extra.{key}", "is a main grid axis; use methods/noise_kinds/noise_rates/seeds/folds/"
+                            "split_seeds", source)
         if not config_key_exists(str(key)):
             raise GridError(f"extra.{key}", "is not a config field (e.g. method.epsilon, method.tau)", source)
         _list(extra, key, source, (int, float, str))
@@ -205,6 +257,8 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(overrides, list):
         raise GridError("overrides", f"expected a list of key=value strings, got {overrides!r}", source)
     check_overrides(overrides, "overrides", source, AXIS_KEYS + tuple(extra))
+    if split_seeds and folds is None and check_base and "data.val_fraction" not in extra:
+        _check_split_seeds_carve(base, overrides, source)
 
     asymmetric_from = data.get("asymmetric_from")
     if asymmetric_from not in (None, "confusion"):
@@ -222,5 +276,18 @@ def load_grid(path: str | Path) -> Grid:
             raise GridError("sls_bars.images", f"must be an integer in [1, 32], got {sls_bars.images!r}", source)
 
     return Grid(path=path, base=base, methods=methods, noise_kinds=kinds, noise_rates=rates, seeds=seeds,
-                overrides=list(overrides), extra={str(k): list(v) for k, v in extra.items()},
-                asymmetric_from=asymmetric_from, sls_bars=sls_bars)
+                folds=folds, split_seeds=split_seeds, overrides=list(overrides), extra={str(k): list(v) for k, v in extra.items()},
+                asymmetric_from=asymmetric_from, sls_bars=sls_bars, description=str(data.get("description") or ""))
+
+
+def _check_split_seeds_carve(base: Path, overrides: list[str], source: str) -> None:
+    """split_seeds without folds only change anything when the run carves its validation split: a grid
+    whose cells would all be the same run is a mistake, not a sweep."""
+    try:
+        cfg = load_config(base, overrides)
+    except ConfigError:
+        return  # a bad base value fails every cell with its own error; not this field's problem
+    if cfg.data.val_fraction is None:
+        raise GridError("split_seeds", "data.split_seed only changes a run that carves its splits: add `folds: K`, "
+                        "or set data.val_fraction in the base config, the grid's overrides or an extra axis",
+                        source)
