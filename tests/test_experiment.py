@@ -110,8 +110,26 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
     assert len(on_disk["failed"]) == 2 and on_disk["cells_finished"] == 2
     assert len(pd.read_csv(run_dir / "failed.csv")) == 2
     for name in ("accuracy_vs_noise_rate_symmetric.png", "accuracy_vs_epsilon.png",
-                 "sls_targets_soft-symmetric-0.3-s0-epsilon0.3.png"):
+                 "sls_targets_soft-symmetric-0.3-s0-epsilon0.3.png", "test_accuracy_per_epoch_symmetric_0.3.png"):
         assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_MAGIC, name
+
+    # Every evaluation protocol, from the runs' own results.json (trained through Ray Train).
+    for protocol in ("val_selected", "last", "mean_last_5", "best_on_test"):
+        assert cells[f"{protocol}_accuracy"].between(0, 1).all(), protocol
+        assert f"{protocol}_accuracy_ci_low" in summary.columns
+    assert (cells["protocols_from"] == "results.json").all() and (cells["mean_last_5_num_epochs"] == 1).all()
+    assert (cells["val_selected_val_samples"] > 0).all()
+    assert (cells["last_accuracy"] == cells["accuracy"]).all()  # the older column is the last-epoch protocol
+    for cell_name in outcome.trained:
+        results = json.loads((run_dir / "cells" / cell_name / "results.json").read_text())
+        assert results["protocols"]["val_selected"]["epoch"] == results["model"]["epoch"]
+    pairs = pd.read_csv(run_dir / "paired.csv")
+    assert set(zip(pairs["method"], pairs["baseline"])) == {("soft", "ce")} and (pairs["n_pairs"] == 1).all()
+    assert len(pairs) == 4 and set(pairs["method.epsilon"]) == {0.3}
+    report = (run_dir / "report.md").read_text()
+    assert "## val_selected" in report and "2 finished of 4 cells; 2 failed" in report
+    assert (run_dir / "grid.yaml").read_text() == grid.path.read_text()
+    assert json.loads((run_dir / "outcome.json").read_text())["grid"] == str(grid.path)
 
     # A cell's seed sets both seeds.
     cell_cfg = (run_dir / "cells" / "soft-symmetric-0.3-s0-epsilon0.3" / "config.yaml").read_text()

@@ -1,15 +1,28 @@
-"""Grid files with folds / split_seeds (validation, cells)."""
+"""Experiment statistics and the report: grid files with folds / split_seeds (validation, cells), and an
+experiment folder made of REAL short runs (in-memory digits, single process, no Ray) written into
+DIR/cells/<name>/ with the runner's naming, summarised into cells.csv / summary.csv / paired.csv and
+report.md, whose numbers must match the tables."""
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from soft_dist.experiment.grid import AXIS_KEYS, GridError, check_overrides, load_grid
+from soft_dist.experiment.summary import paired, summarise, t_interval
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+T_975_DF1 = 12.706204736174707  # Student t quantile 0.975 with 1 degree of freedom (tables)
+T_975_DF3 = 3.182446305284263
 HEAD = "base: BASE\nmethods: [ce]\nnoise_kinds: [symmetric]\nnoise_rates: [0.3]\nseeds: [0]\n"
 
 
@@ -38,6 +51,14 @@ def test_bad_split_axes_name_the_field_and_the_file(tmp_path, body, field, messa
     with pytest.raises(GridError, match=f"grid field '{field}'.*{message}") as info:
         load_grid(write_grid(tmp_path, body))
     assert str(tmp_path / "grid.yaml") in str(info.value)
+
+
+def test_the_layout_names_the_engines_metrics_file():
+    from soft_dist.experiment.layout import METRICS, RESULTS
+    from soft_dist.train.engine import RESULTS_FILE
+    from soft_dist.train.runlog import METRICS_FILE
+
+    assert (METRICS, RESULTS) == (METRICS_FILE, RESULTS_FILE)
 
 
 def test_split_axes_cannot_be_collapsed_from_the_command_line():
@@ -69,3 +90,221 @@ def test_folds_and_split_seeds_make_cells(tmp_path):
                                   "carved.yaml"))
     assert [c.name for c in carved.cells()] == ["ce-symmetric-0.3-s0-split1", "ce-symmetric-0.3-s0-split2"]
     assert carved.unit_keys == ["seed", "split_seed"]
+
+
+# ----------------------------------------------------------------------------- statistics (fast)
+
+
+def test_t_interval_matches_the_t_table():
+    stats = t_interval([0.80, 0.84])
+    std = np.std([0.80, 0.84], ddof=1)
+    assert stats["n"] == 2 and stats["std"] == pytest.approx(std)
+    assert stats["ci_high"] - stats["ci_low"] == pytest.approx(2 * T_975_DF1 * std / math.sqrt(2))
+    four = [0.1, 0.2, 0.4, 0.3]
+    s4 = t_interval(four)
+    assert s4["ci_high"] - s4["mean"] == pytest.approx(T_975_DF3 * np.std(four, ddof=1) / 2)
+    one = t_interval([0.5, float("nan"), None])
+    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["std"]) and math.isnan(one["ci_low"])
+
+
+def test_pairs_need_the_same_units_and_count_wins_ties_losses():
+    rows = []
+    for method, accs in {"ce": [0.70, 0.80, 0.75, 0.60], "soft": [0.72, 0.80, 0.74, 0.99]}.items():
+        for seed, acc in enumerate(accs):
+            if method == "soft" and seed == 3:
+                seed = 9  # no ce run with seed 9: not a pair
+            row = {"method": method, "noise_kind": "symmetric", "noise_rate": 0.3, "seed": seed}
+            for p in ("val_selected", "last", "mean_last_5", "best_on_test"):
+                row[f"{p}_accuracy"] = acc
+                row[f"{p}_mean_class_accuracy"] = acc
+            row.update(accuracy=acc, mean_class_accuracy=acc)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    pairs = paired(table, [], ["seed"], ["ce", "soft"])
+    row = pairs[pairs["protocol"] == "val_selected"].iloc[0]
+    assert (row["method"], row["baseline"], row["n_pairs"]) == ("soft", "ce", 3)
+    assert row["accuracy_diff_mean"] == pytest.approx(np.mean([0.02, 0.0, -0.01]))
+    assert (row["wins"], row["ties"], row["losses"]) == (1, 1, 1)
+    summary = summarise(table, [], ["soft", "ce"])
+    assert list(summary["method"]) == ["soft", "ce"]  # the grid's order
+    assert list(summary.columns[:8]) == ["method", "noise_kind", "noise_rate", "accuracy_mean", "accuracy_std",
+                                         "mean_class_accuracy_mean", "mean_class_accuracy_std", "seeds"]
+
+
+# ----------------------------------------------------------------------------- real runs -> report
+
+RUN = ["data.image_size=16", "train.epochs=2", "train.batch_size=128", "method.rampup_epochs=1"]
+GRID = """
+    description: report fixture (CE vs MT, digits 16 px, 2 epochs)
+    base: BASE
+    methods: [ce, mt]
+    noise_kinds: [symmetric]
+    noise_rates: [0.3]
+    seeds: [0, 1]
+    sls_bars: false
+"""
+LEGACY = "ce-symmetric-0.3-s1"  # its results.json loses "protocols", as if trained before they existed
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """DIR with 4 real finished cells (CE and MT x seeds 0, 1) in the runner's layout; the grid file
+    lives outside DIR, as it does for users."""
+    from soft_dist.data.digits_memory import digits_memory_loaders
+    from soft_dist.experiment.runner import GridOutcome, cell_config, cell_dir, write_tables_plots_report
+    from soft_dist.noise import build_noise_table
+    from soft_dist.train.single import fit_single
+
+    root = tmp_path_factory.mktemp("report")
+    grid = load_grid(write_grid(root, GRID))
+    run_dir = root / "exp"
+    original = {}
+    threads = torch.get_num_threads()
+    # One intra-op thread: on a 2-core machine shared with other jobs, torch's default 2 threads spin
+    # against them and a 12 s run takes minutes.
+    torch.set_num_threads(1)
+    try:
+        for cell in grid.cells():
+            cfg = cell_config(grid, cell, RUN, None)
+            loaders, num_classes, splits = digits_memory_loaders(cfg)
+            table = build_noise_table(splits, num_classes, cell.noise_kind, cell.noise_rate, seed=cell.seed)
+            original[cell.name] = fit_single(cfg, loaders, num_classes, table, cell_dir(run_dir, cell),
+                                             progress=False, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    legacy = cell_dir(run_dir, next(c for c in grid.cells() if c.name == LEGACY)) / "results.json"
+    legacy.write_text(json.dumps({k: v for k, v in original[LEGACY].items() if k != "protocols"}))
+    outcome = GridOutcome(trained=sorted(original))
+    command = f"soft-dist experiment --grid {grid.path} --run-dir {run_dir} data.image_size=16"
+    write_tables_plots_report(grid, run_dir, outcome, log=lambda _: None, command=command)
+    assert outcome.failed == []
+    return {"grid": grid, "dir": run_dir, "results": original, "command": command}
+
+
+def _pm(values) -> str:
+    values = np.asarray(values, dtype=float)
+    return f"{100 * values.mean():.2f} ± {100 * values.std(ddof=1):.2f}"
+
+
+@pytest.mark.slow
+def test_cells_csv_has_every_protocol(experiment):
+    cells = pd.read_csv(experiment["dir"] / "cells.csv")
+    assert sorted(cells["cell"]) == sorted(experiment["results"])
+    for _, row in cells.iterrows():
+        results = experiment["results"][row["cell"]]
+        p = results["protocols"]
+        assert row["val_selected_accuracy"] == pytest.approx(results["model"]["test"]["accuracy"], abs=1e-12)
+        assert (row["val_selected_epoch"], row["val_selected_branch"]) == (results["model"]["epoch"],
+                                                                            results["model"]["branch"])
+        assert row["val_selected_val_samples"] == 179
+        assert row["last_accuracy"] == pytest.approx(row["accuracy"], abs=1e-12)  # legacy column = last
+        assert row["mean_last_5_num_epochs"] == 2
+        assert row["best_on_test_accuracy"] == pytest.approx(p["best_on_test"]["accuracy"], abs=1e-12)
+        assert row["best_on_test_accuracy"] >= row["val_selected_accuracy"]
+        if row["method"] == "ce":
+            assert row["val_selected_branch"] == "student" and pd.isna(row["val_selected_val_margin_samples"])
+        else:
+            val = results["model"]["val"]
+            assert abs(row["val_selected_val_margin_samples"]) <= val["num_samples"]
+        # the cell trained "before protocols existed" gets the same numbers from its metrics.jsonl
+        assert row["protocols_from"] == ("metrics.jsonl" if row["cell"] == LEGACY else "results.json")
+
+
+@pytest.mark.slow
+def test_summary_and_paired_tables(experiment):
+    cells = pd.read_csv(experiment["dir"] / "cells.csv")
+    summary = pd.read_csv(experiment["dir"] / "summary.csv")
+    assert list(summary["method"]) == ["ce", "mt"] and list(summary["n"]) == [2, 2] == list(summary["seeds"])
+    for _, row in summary.iterrows():
+        mine = cells[cells["method"] == row["method"]]
+        for p in ("val_selected", "last", "mean_last_5", "best_on_test"):
+            values = mine[f"{p}_accuracy"].to_numpy()
+            std = values.std(ddof=1)
+            assert row[f"{p}_accuracy_mean"] == pytest.approx(values.mean(), abs=1e-4)  # csv keeps 4 decimals
+            assert row[f"{p}_accuracy_std"] == pytest.approx(std, abs=1e-4)
+            width = row[f"{p}_accuracy_ci_high"] - row[f"{p}_accuracy_ci_low"]
+            assert width == pytest.approx(2 * T_975_DF1 * std / math.sqrt(2), abs=2e-4)
+        assert row["accuracy_mean"] == pytest.approx(mine["accuracy"].mean(), abs=1e-4)
+
+    pairs = pd.read_csv(experiment["dir"] / "paired.csv")
+    assert sorted(pairs["protocol"]) == sorted(["val_selected", "last", "mean_last_5", "best_on_test"])
+    assert set(pairs["method"]) == {"mt"} and set(pairs["baseline"]) == {"ce"} and set(pairs["n_pairs"]) == {2}
+    for _, row in pairs.iterrows():
+        by_seed = cells.set_index(["method", "seed"])[f"{row['protocol']}_accuracy"]
+        diffs = [by_seed[("mt", s)] - by_seed[("ce", s)] for s in (0, 1)]
+        assert row["accuracy_diff_mean"] == pytest.approx(np.mean(diffs), abs=1e-4)
+        assert row["wins"] + row["ties"] + row["losses"] == 2
+        assert row["wins"] == sum(d > 1e-9 for d in diffs)
+    on_disk = json.loads((experiment["dir"] / "summary.json").read_text())
+    assert on_disk["unit_keys"] == ["seed"] and len(on_disk["paired"]) == 4 and set(on_disk["protocols"]) == {
+        "val_selected", "last", "mean_last_5", "best_on_test"}
+
+
+@pytest.mark.slow
+def test_report_numbers_match_cells_csv(experiment):
+    run_dir = experiment["dir"]
+    report = (run_dir / "report.md").read_text()
+    cells = pd.read_csv(run_dir / "cells.csv")
+    assert experiment["command"] in report and "(copy: [grid.yaml](grid.yaml))" in report
+    assert "4 finished of 4 cells; 0 failed" in report and "CPUs" in report
+    for method in ("ce", "mt"):
+        mine = cells[cells["method"] == method]
+        for p in ("val_selected", "last", "mean_last_5", "best_on_test"):
+            section = report.split(f"## {p}")[1].split("\n## ")[0]
+            line = next(x for x in section.splitlines() if x.startswith(f"| {method} |"))
+            assert line.startswith(f"| {method} | symmetric 30% | 2 | {_pm(mine[f'{p}_accuracy'])} | ")
+            assert f"| {_pm(mine[f'{p}_mean_class_accuracy'])} |" in line
+    for _, row in cells.iterrows():
+        line = next(x for x in report.splitlines() if x.startswith(f"| {row['cell']} |"))
+        assert f"| {100 * row['val_selected_accuracy']:.2f} | epoch {row['val_selected_epoch']}, " \
+               f"{row['val_selected_branch']}, " in line
+    mt_pairs = [x for x in report.splitlines() if x.startswith("| mt | ce | symmetric 30% |")]
+    assert len(mt_pairs) == 4 and all("| 2 |" in x for x in mt_pairs)
+    branch = next(x for x in report.split("## Branch chosen")[1].splitlines() if x.startswith("| mt |"))
+    teacher, student = (int(v) for v in branch.split("|")[3:5])
+    assert teacher + student == 2
+    assert "OPTIMISTIC" in report
+    for name in ("accuracy_vs_noise_rate_symmetric.png", "test_accuracy_per_epoch_symmetric_0.3.png"):
+        assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_MAGIC
+        assert f"(plots/{name})" in report
+
+
+@pytest.mark.slow
+def test_report_command_works_from_the_folder_alone(experiment, tmp_path, capsys):
+    """Copied elsewhere and with the grid file gone, `soft-dist experiment report DIR --out F` gives the
+    same tables (it reads DIR/grid.yaml)."""
+    from soft_dist.cli import main
+
+    moved = tmp_path / "moved"
+    shutil.copytree(experiment["dir"], moved)
+    grid_file = tmp_path / "grid-gone.yaml"
+    assert not grid_file.exists()
+    for stale in ("cells.csv", "summary.csv", "paired.csv", "report.md"):
+        (moved / stale).unlink()  # the command rewrites them from the cell folders
+    out = tmp_path / "elsewhere" / "r.md"
+    assert main(["experiment", "report", str(moved), "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    again, first = out.read_text(), (experiment["dir"] / "report.md").read_text()
+
+    def tables(text: str) -> str:
+        return text.split("## val_selected")[1].split("## Plots")[0]
+
+    assert tables(again) == tables(first)
+    # links are relative to where the report is
+    assert "(../moved/plots/test_accuracy_per_epoch_symmetric_0.3.png)" in again
+    assert "(copy: [grid.yaml](../moved/grid.yaml))" in again
+    assert pd.read_csv(moved / "cells.csv").equals(pd.read_csv(experiment["dir"] / "cells.csv"))
+    assert main(["experiment", "report", str(moved)]) == 0 and (moved / "report.md").is_file()
+
+
+def test_report_command_errors(tmp_path, capsys):
+    from soft_dist.cli import main
+
+    assert main(["experiment", "report", str(tmp_path)]) == 2
+    assert "no grid.yaml" in capsys.readouterr().err
+    for argv in (["experiment", "report"], ["experiment", "report", "a", "b"],
+                 ["experiment", "--run-dir", str(tmp_path)], ["experiment", "report", "x", "--grid", "g.yaml"],
+                 ["experiment", "--grid", "g", "--run-dir", "d", "--out", "r.md"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2, argv

@@ -1,42 +1,69 @@
-"""`soft-dist experiment`: the paper's comparisons as a grid of training runs (docs/experiments.md)."""
+"""`soft-dist experiment`: the paper's comparisons as a grid of training runs (docs/experiments.md).
+
+    soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [key=value ...]   run / summarise a grid
+    soft-dist experiment report DIR [--out FILE.md]                                 DIR/report.md
+
+``report`` is a positional action rather than an argparse sub-command: the run form takes free
+``key=value`` positionals, which a sub-command parser would read as an unknown command name. An override
+always contains "=", so the word ``report`` cannot be one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
+
+REPORT_ACTION = "report"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "experiment",
-        help="a grid of runs (methods x noise kinds x rates x seeds [x extra axes]) -> summary.csv + plots",
+        help="a grid of runs (methods x noise kinds x rates x seeds [x folds, split seeds, extra axes]) -> "
+        "tables, plots, report.md; `experiment report DIR` rewrites the report",
         description="Run every cell of a grid file (configs/experiments/) with Ray Train, skipping cells that "
-        "finished earlier, then write DIR/summary.csv, DIR/cells.csv, DIR/summary.json, DIR/failed.csv and "
-        "DIR/plots/*.png. A cell's seed sets both train.seed and noise.seed.",
+        "finished earlier, then write DIR/cells.csv, DIR/summary.csv, DIR/summary.json, DIR/paired.csv, "
+        "DIR/failed.csv, DIR/plots/*.png and DIR/report.md. A cell's seed sets both train.seed and noise.seed. "
+        "`soft-dist experiment report DIR [--out FILE.md]` makes the report (and refreshes the tables and "
+        "plots) from the experiment folder alone.",
+        usage="soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [key=value ...]\n"
+        "       soft-dist experiment report DIR [--out FILE.md]",
     )
-    p.add_argument("--grid", type=Path, required=True, help="grid YAML file (see configs/experiments/)")
-    p.add_argument("--run-dir", type=Path, required=True, help="experiment folder (cells/, summary, plots)")
-    p.add_argument("--summary-only", action="store_true", help="train nothing; rewrite tables and plots")
+    p.add_argument("--grid", type=Path, help="grid YAML file (see configs/experiments/)")
+    p.add_argument("--run-dir", type=Path, help="experiment folder (cells/, tables, plots, report.md)")
+    p.add_argument("--summary-only", action="store_true", help="train nothing; rewrite tables, plots and report")
+    p.add_argument("--out", type=Path, help="report only: the Markdown file to write (default DIR/report.md)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted config overrides for every cell, e.g. data.shards=DIR (not the grid's axes)")
-    p.set_defaults(func=run)
+                   help="dotted config overrides for every cell, e.g. data.shards=DIR (not the grid's axes); "
+                   "or `report DIR`")
+    p.set_defaults(func=run, parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    if args.overrides and args.overrides[0] == REPORT_ACTION:
+        return _report(args, parser)
+    if args.out is not None:
+        parser.error("--out belongs to `soft-dist experiment report DIR --out FILE.md`")
+    if args.grid is None or args.run_dir is None:
+        parser.error("--grid and --run-dir are required (or: soft-dist experiment report DIR)")
+
     from soft_dist.experiment.grid import GridError, load_grid
     from soft_dist.experiment.summary import format_table
 
+    command = shlex.join(["soft-dist", "experiment", "--grid", str(args.grid), "--run-dir", str(args.run_dir),
+                          *(["--summary-only"] if args.summary_only else []), *args.overrides])
     try:
         grid = load_grid(args.grid)
         if args.summary_only:
-            outcome = _summary_only(grid, args.run_dir)
+            outcome = _summary_only(grid, args.run_dir, command)
         else:
             from soft_dist.experiment.runner import run_grid
 
-            outcome = run_grid(grid, args.run_dir, args.overrides)
+            outcome = run_grid(grid, args.run_dir, args.overrides, command=command)
     except GridError as err:
-        import sys
-
         print(f"soft-dist experiment: error: {err}", file=sys.stderr)
         return 2
     import pandas as pd
@@ -52,14 +79,32 @@ def run(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
-def _summary_only(grid, run_dir: Path):
-    from soft_dist.experiment.plots import write_plots
-    from soft_dist.experiment.runner import GridOutcome
-    from soft_dist.experiment.summary import write_summary
+def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    rest = args.overrides[1:]
+    if args.grid is not None or args.summary_only:
+        parser.error("`report` reads the grid from DIR/grid.yaml; it takes no --grid or --summary-only")
+    if len(rest) > 1 or (rest and args.run_dir is not None) or (not rest and args.run_dir is None):
+        parser.error("usage: soft-dist experiment report DIR [--out FILE.md]")
+    run_dir = Path(rest[0]) if rest else args.run_dir
+
+    from soft_dist.experiment.grid import GridError
+    from soft_dist.experiment.report import ReportError, write_report
+
+    try:
+        path = write_report(run_dir, args.out)
+    except (GridError, ReportError) as err:
+        print(f"soft-dist experiment report: error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+def _summary_only(grid, run_dir: Path, command: str):
+    """Tables, plots (SLS bars included) and the report from the finished cells; outcome.json keeps the
+    latest training invocation's record (its command is the one that made the numbers)."""
+    from soft_dist.experiment.runner import GridOutcome, write_tables_plots_report
 
     run_dir = run_dir.resolve()
-    cells = grid.cells()
     outcome = GridOutcome()
-    outcome.outputs.update(write_summary(grid, cells, run_dir, []))
-    outcome.outputs.update(write_plots(grid, cells, run_dir))
+    write_tables_plots_report(grid, run_dir, outcome, print, command, record_outcome=False)
     return outcome

@@ -1,15 +1,20 @@
 """Running a grid: one Ray Train run per cell, finished cells skipped, failures recorded, then the
 summary and the plots.
 
-Layout of the experiment folder DIR::
+Layout of the experiment folder DIR (paths: soft_dist.experiment.layout)::
 
+    grid.yaml                 a copy of the grid file (so a report can be made without the original)
     cells/<cell name>/        one run directory each (config.yaml, noise_table.csv, ray/, results.json)
     confusion/                asymmetric_from: confusion only: run/ (plain CE on clean labels),
                               confusion.csv (validation confusion matrix [C, C]), class_map.json
-    cells.csv                 one row per finished cell
-    summary.csv, summary.json mean and std over seeds; summary.json also lists failed cells
+    cells.csv                 one row per finished cell, with every evaluation protocol's numbers
+    summary.csv, summary.json n, mean, std and 95% t-interval over runs per protocol; summary.json also
+                              lists failed cells
+    paired.csv                method against method on the same runs, per protocol
     failed.csv                cells that failed in the latest invocation, with the error
+    outcome.json              the latest invocation: trained/skipped/failed, grid, command, machine
     plots/*.png               see soft_dist.experiment.plots
+    report.md                 see soft_dist.experiment.report
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from soft_dist.config import load_config
 from soft_dist.experiment.grid import AXIS_KEYS, Cell, Grid, check_overrides
-
-RESULTS = "results.json"
+# cell_dir, is_finished and RESULTS were defined here; importers of runner keep finding them.
+from soft_dist.experiment.layout import GRID_COPY, OUTCOME, REPORT, RESULTS, cell_dir, is_finished, machine  # noqa: F401
 
 
 @dataclass
@@ -38,16 +44,65 @@ class GridOutcome:
     outputs: dict = field(default_factory=dict)  # name -> path of summary files and plots
 
 
-def cell_dir(run_dir: Path, cell: Cell) -> Path:
-    return run_dir / "cells" / cell.name
-
-
-def is_finished(folder: Path) -> bool:
-    return (folder / RESULTS).is_file()
-
-
 def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".strip()
+
+
+def copy_grid(grid: Grid, run_dir: Path) -> Path:
+    """DIR/grid.yaml: the grid file as it is now (the latest invocation's cells are what the tables show)."""
+    target = run_dir / GRID_COPY
+    if grid.path.resolve() != target.resolve():
+        shutil.copyfile(grid.path, target)
+    return target
+
+
+def write_outcome(run_dir: Path, grid: Grid, outcome: "GridOutcome", command: str | None,
+                  overrides: list[str]) -> Path:
+    """outcome.json: what this invocation did and where, for the report's header."""
+    path = run_dir / OUTCOME
+    path.write_text(json.dumps(
+        {"trained": outcome.trained, "skipped": outcome.skipped, "failed": outcome.failed,
+         "outputs": {k: str(v) for k, v in outcome.outputs.items()},
+         "grid": str(grid.path), "base": str(grid.base), "grid_copy": GRID_COPY, "command": command,
+         "overrides": overrides, "machine": machine(),
+         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2))
+    return path
+
+
+def write_tables_plots_report(grid: Grid, run_dir: Path, outcome: "GridOutcome", log: Callable[[str], None],
+                              command: str | None = None, overrides: list[str] | None = None,
+                              record_outcome: bool = True) -> None:
+    """After the cells: the tables, the plots, outcome.json (unless ``record_outcome`` is false) and
+    report.md. A plot or report that fails is recorded in the outcome as a failed "(plots)" /
+    "(report)" entry; the tables are always written."""
+    from soft_dist.experiment.plots import write_plots
+    from soft_dist.experiment.report import write_report
+    from soft_dist.experiment.summary import write_summary
+
+    cells = grid.cells()
+    outcome.outputs.update(write_summary(grid, cells, run_dir, outcome.failed))
+    try:
+        outcome.outputs.update(write_plots(grid, cells, run_dir, log=log))
+    except Exception as err:  # noqa: BLE001 - the tables are written; say what went wrong with the plots
+        outcome.failed.append({"cell": "(plots)", "error": _error_text(err)})
+        log(f"[experiment] plots FAILED: {_error_text(err)}")
+        write_summary(grid, cells, run_dir, outcome.failed)
+    outcome.outputs[GRID_COPY] = copy_grid(grid, run_dir)
+    outcome.outputs[REPORT] = run_dir / REPORT
+
+    def record() -> None:
+        if record_outcome:
+            write_outcome(run_dir, grid, outcome, command, list(overrides or []))
+
+    record()  # before the report: its header reads outcome.json
+    try:
+        write_report(run_dir, refresh=False)
+    except Exception as err:  # noqa: BLE001 - tables and plots are written; say what went wrong
+        del outcome.outputs[REPORT]
+        outcome.failed.append({"cell": "(report)", "error": _error_text(err)})
+        log(f"[experiment] report FAILED: {_error_text(err)}")
+        write_summary(grid, cells, run_dir, outcome.failed)
+        record()
 
 
 def cell_config(grid: Grid, cell: Cell, common: list[str], asym_overrides: list[str] | None):
@@ -62,13 +117,13 @@ def run_grid(
     run_dir: str | Path,
     overrides: list[str] | None = None,
     log: Callable[[str], None] = print,
+    command: str | None = None,
 ) -> GridOutcome:
     """Train every unfinished cell of ``grid`` into ``run_dir``, then write the summary and plots.
 
     ``overrides`` (dotted key=value) apply to every cell after the grid file's own; they may not name a
-    grid axis. A cell that raises is recorded in the outcome (and failed.csv) and the grid continues."""
-    from soft_dist.experiment.plots import write_plots
-    from soft_dist.experiment.summary import write_summary
+    grid axis. A cell that raises is recorded in the outcome (and failed.csv) and the grid continues.
+    ``command`` (the command line, for the report's header) is recorded in outcome.json."""
     from soft_dist.train.ray_trainer import run_training
 
     run_dir = Path(run_dir).resolve()
@@ -76,6 +131,7 @@ def run_grid(
     check_overrides(overrides, "command line", None, AXIS_KEYS + tuple(grid.extra))
     common = [*grid.overrides, *overrides]
     run_dir.mkdir(parents=True, exist_ok=True)
+    copy_grid(grid, run_dir)  # first: a report can be made from a grid that is still running
     outcome = GridOutcome()
     cells = grid.cells()
 
@@ -119,14 +175,5 @@ def run_grid(
             (folder / "error.txt").write_text(traceback.format_exc())
             log(f"{head}: FAILED: {_error_text(err)}")
 
-    outcome.outputs.update(write_summary(grid, cells, run_dir, outcome.failed))
-    try:
-        outcome.outputs.update(write_plots(grid, cells, run_dir, log=log))
-    except Exception as err:  # noqa: BLE001 - the tables are written; say what went wrong with the plots
-        outcome.failed.append({"cell": "(plots)", "error": _error_text(err)})
-        log(f"[experiment] plots FAILED: {_error_text(err)}")
-        write_summary(grid, cells, run_dir, outcome.failed)
-    (run_dir / "outcome.json").write_text(json.dumps(
-        {"trained": outcome.trained, "skipped": outcome.skipped, "failed": outcome.failed,
-         "outputs": {k: str(v) for k, v in outcome.outputs.items()}}, indent=2))
+    write_tables_plots_report(grid, run_dir, outcome, log, command, overrides)
     return outcome

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from soft_dist.config import load_config
+from soft_dist.experiment.figures import pyplot
 
 NOISY_COLOR, CLEAN_COLOR, OTHER_COLOR = "tab:red", "tab:green", "tab:gray"
 
@@ -50,7 +51,6 @@ def plot_sls_targets(run_dir: Path, count: int, path: Path) -> Path:
     from soft_dist.data.format import load_manifest
     from soft_dist.data.stage import local_shards
     from soft_dist.experiment.confusion import load_branch
-    from soft_dist.experiment.plots import _pyplot
     from soft_dist.method.sls import soft_label_smoothing
     from soft_dist.noise import NoiseTable
 
@@ -67,7 +67,7 @@ def plot_sls_targets(run_dir: Path, count: int, path: Path) -> Path:
     target = soft_label_smoothing(logits, cfg.method.tau, cfg.method.epsilon)  # [n, C]
     position = {int(i): p for p, i in enumerate(table.idx.tolist())}
 
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(3, len(idx))
     rows = math.ceil(len(idx) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), dpi=90, squeeze=False)

@@ -1,30 +1,75 @@
-"""Tables of a grid: cells.csv (one row per finished cell), summary.csv / summary.json (mean and std
-over seeds per method, noise kind, noise rate and extra-axis values) and failed.csv.
+"""Tables of a grid: cells.csv (one row per finished cell), summary.csv / summary.json (per group of
+method, noise kind, noise rate and extra-axis values: n runs, mean, std and a 95% t-interval under every
+evaluation protocol), paired.csv (method against method on the same runs) and failed.csv.
 
-Test numbers are the branch chosen on the VALIDATION split (results.json ``test.chosen``); runs without
-a test split fall back to validation and say so in the ``split`` column. std is the sample standard
-deviation over seeds (ddof = 1); it is empty when a group has one seed.
+Protocols (soft_dist.train.protocols): ``val_selected`` (epoch and branch chosen on validation: the
+headline), ``last``, ``mean_last_5`` and ``best_on_test`` (chosen on TEST: optimistic, only for
+comparison with published tables). Every cell's protocols come from its results.json, or, for cells
+trained before results.json had them, from its metrics.jsonl with the same function.
+
+The older columns are kept as they were for existing readers: cells.csv ``accuracy`` /
+``mean_class_accuracy`` and summary.csv ``accuracy_mean`` ... are results.json's ``test.chosen`` (the
+last epoch, branch chosen on validation at that epoch: the same numbers as protocol ``last``; runs
+without a test split fall back to validation and say so in ``split``), and ``seeds`` counts the runs of
+a group (= ``n``).
+
+Statistics: std is the sample standard deviation (ddof = 1); the 95% interval is mean ± t(0.975, n - 1)
+* std / sqrt(n) (Student's t, scipy.stats.t); both are empty with one run. Runs of different folds of
+one K-fold split share training images, so they are not independent: the interval over folds is
+narrower than the truth (see docs/experiments.md).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from soft_dist.experiment.grid import Cell, Grid
+from soft_dist.experiment.layout import RESULTS, SUMMARY_JSON, cell_dir, read_cell_metrics
+from soft_dist.train.protocols import PROTOCOLS, ProtocolError, compute_protocols, protocol_columns
 
 SUMMARY_COLUMNS = ("method", "noise_kind", "noise_rate")
 METRICS = ("accuracy", "mean_class_accuracy")
+UNIT_COLUMNS = ("seed", "fold", "split_seed")  # which of them a grid has: Grid.unit_keys
+CONFIDENCE = 0.95
+TIE_TOLERANCE = 1e-9  # accuracies are counts / N: equal counts give equal floats, up to rounding
+PROTOCOL_DEFINITIONS = {
+    "val_selected": "epoch and branch with the best validation score over the run (= model.pt)",
+    "last": "last epoch, branch chosen on validation at that epoch",
+    "mean_last_5": "mean over the last 5 epochs (fewer if the run is shorter) of the branch chosen on "
+                   "validation at the last epoch",
+    "best_on_test": "best test score over epochs and branches: chosen on TEST, optimistic; only for comparison "
+                    "with published tables",
+}
 
 
-def cell_record(cell: Cell, results: dict) -> dict:
-    """One cells.csv row: the cell's axes plus its numbers from results.json."""
+def cell_protocols(folder: Path, results: dict) -> tuple[dict | None, str]:
+    """(protocols, where they came from) of a finished cell: results.json's own, else computed from
+    metrics.jsonl (cells trained before results.json had them); (None, "") when neither works."""
+    if results.get("protocols"):
+        return results["protocols"], "results.json"
+    records = read_cell_metrics(folder)
+    if not records:
+        return None, ""
+    try:
+        return compute_protocols(records, results.get("select_metric", "accuracy")), "metrics.jsonl"
+    except ProtocolError:
+        return None, ""
+
+
+def cell_record(cell: Cell, results: dict, folder: Path | None = None) -> dict:
+    """One cells.csv row: the cell's axes, its numbers from results.json and every protocol's columns
+    (``<protocol>_accuracy``, ``..._mean_class_accuracy``, ``..._branch``, ``..._epoch`` ...)."""
     split = "test" if results.get("test") else "val"
     chosen = results[split]["chosen"]
+    protocols, source = cell_protocols(folder, results) if folder is not None else (results.get("protocols"),
+                                                                                   "results.json")
     return {
         **cell.row(),
         "split": split,
@@ -38,68 +83,170 @@ def cell_record(cell: Cell, results: dict) -> dict:
         "epochs": results["epochs"],
         "wall_time_s": results["wall_time_s"],
         "images_per_s_total": results["throughput"]["images_per_s_total"],
+        "select_metric": results.get("select_metric", "accuracy"),
+        "test_samples": results["test"]["chosen"]["num_samples"] if results.get("test") else None,
+        "protocols_from": source,
+        **protocol_columns(protocols),
     }
 
 
 def collect(cells: list[Cell], run_dir: Path) -> pd.DataFrame:
     """cells.csv's table from the results.json of every finished cell of this grid."""
-    from soft_dist.experiment.runner import RESULTS, cell_dir
-
     rows = []
     for cell in cells:
-        path = cell_dir(run_dir, cell) / RESULTS
+        folder = cell_dir(run_dir, cell)
+        path = folder / RESULTS
         if path.is_file():
-            rows.append(cell_record(cell, json.loads(path.read_text())))
+            rows.append(cell_record(cell, json.loads(path.read_text()), folder))
     return pd.DataFrame(rows)
 
 
-def summarise(table: pd.DataFrame, extra_keys: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds of accuracy and mean class accuracy, one row per group."""
+def t_interval(values) -> dict:
+    """{n, mean, std, ci_low, ci_high} of the finite values: std with ddof = 1 and the two-sided 95%
+    Student t interval; std and the interval are NaN with fewer than 2 values, everything with none."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(x)
+    out = {"n": n, "mean": float(x.mean()) if n else math.nan, "std": math.nan, "ci_low": math.nan,
+           "ci_high": math.nan}
+    if n >= 2:
+        std = float(x.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
+        out.update(std=std, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+    return out
+
+
+def protocol_stat_columns() -> list[str]:
+    return [f"{p}_{m}_{s}" for p in PROTOCOLS for m in METRICS for s in ("mean", "std", "ci_low", "ci_high")]
+
+
+def _legacy_columns() -> list[str]:
+    return ["accuracy_mean", "accuracy_std", "mean_class_accuracy_mean", "mean_class_accuracy_std", "seeds"]
+
+
+def _ordered_groups(table: pd.DataFrame, keys: list[str], methods: list[str] | None):
+    """groupby in the grid's method order (then first appearance), NaN-safe."""
+    grouped = list(table.groupby(keys, sort=False, dropna=False))
+    if methods:
+        rank = {m: i for i, m in enumerate(methods)}
+        grouped.sort(key=lambda item: rank.get(item[1]["method"].iloc[0], len(rank)))
+    return grouped
+
+
+def summarise(table: pd.DataFrame, extra_keys: list[str], methods: list[str] | None = None) -> pd.DataFrame:
+    """One row per (method, noise kind, noise rate, extra values): the legacy mean/std columns, ``n``
+    and, per protocol and metric, ``<protocol>_<metric>_{mean,std,ci_low,ci_high}`` over the group's runs
+    (seeds x folds x split seeds). Rows follow the grid's method order."""
     keys = [*SUMMARY_COLUMNS, *extra_keys]
+    columns = [*keys, *_legacy_columns(), "n", *protocol_stat_columns()]
     if table.empty:
-        return pd.DataFrame(columns=[*keys, "accuracy_mean", "accuracy_std", "mean_class_accuracy_mean",
-                                     "mean_class_accuracy_std", "seeds"])
-    grouped = table.groupby(keys, sort=False, dropna=False)
-    out = grouped[list(METRICS)].agg(["mean", "std"])
-    out.columns = [f"{metric}_{stat}" for metric, stat in out.columns]
-    out["seeds"] = grouped["seed"].count()
-    return out.reset_index()
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for _, part in _ordered_groups(table, keys, methods):
+        row = {k: part[k].iloc[0] for k in keys}
+        for metric in METRICS:
+            row[f"{metric}_mean"] = part[metric].mean()
+            row[f"{metric}_std"] = part[metric].std(ddof=1) if len(part) > 1 else math.nan
+        row["seeds"] = row["n"] = len(part)
+        for protocol, metric in itertools.product(PROTOCOLS, METRICS):
+            column = f"{protocol}_{metric}"
+            stats = t_interval(part[column].tolist() if column in part else [])
+            for stat in ("mean", "std", "ci_low", "ci_high"):
+                row[f"{column}_{stat}"] = stats[stat]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def paired(table: pd.DataFrame, extra_keys: list[str], unit_keys: list[str],
+           methods: list[str] | None = None) -> pd.DataFrame:
+    """Every pair of methods (``baseline`` earlier in the grid, ``method`` later) on the same runs: same
+    noise kind, rate and extra values, and equal ``unit_keys`` (seed, fold, split seed). Per protocol:
+    ``n_pairs``, the test accuracy difference method - baseline (``accuracy_diff_mean``, ``_std``,
+    ``_ci_low``, ``_ci_high``: a paired t interval) and ``wins`` / ``ties`` / ``losses`` of the method."""
+    keys = ["noise_kind", "noise_rate", *extra_keys]
+    columns = ["method", "baseline", *keys, "protocol", "n_pairs", "accuracy_diff_mean", "accuracy_diff_std",
+               "accuracy_diff_ci_low", "accuracy_diff_ci_high", "wins", "ties", "losses"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    order = list(dict.fromkeys([*(methods or []), *table["method"]]))
+    present = [m for m in order if m in set(table["method"])]
+    rows = []
+    for group, part in table.groupby(keys, sort=False, dropna=False):
+        group = group if isinstance(group, tuple) else (group,)
+        by_method = {m: part[part["method"] == m] for m in present}
+        for baseline, method in itertools.combinations(present, 2):
+            both = by_method[method].merge(by_method[baseline], on=unit_keys, suffixes=("", "_base"))
+            if both.empty:
+                continue
+            for protocol in PROTOCOLS:
+                a = pd.to_numeric(both[f"{protocol}_accuracy"], errors="coerce")
+                b = pd.to_numeric(both[f"{protocol}_accuracy_base"], errors="coerce")
+                diff = (a - b)[a.notna() & b.notna()].to_numpy(dtype=float)
+                stats = t_interval(diff)
+                rows.append({"method": method, "baseline": baseline, **dict(zip(keys, group)), "protocol": protocol,
+                             "n_pairs": stats["n"], "accuracy_diff_mean": stats["mean"],
+                             "accuracy_diff_std": stats["std"], "accuracy_diff_ci_low": stats["ci_low"],
+                             "accuracy_diff_ci_high": stats["ci_high"],
+                             "wins": int((diff > TIE_TOLERANCE).sum()),
+                             "ties": int((np.abs(diff) <= TIE_TOLERANCE).sum()),
+                             "losses": int((diff < -TIE_TOLERANCE).sum())})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def write_summary(grid: Grid, cells: list[Cell], run_dir: Path, failed: list[dict]) -> dict[str, Path]:
-    """Write cells.csv, summary.csv, summary.json and failed.csv into ``run_dir``; returns their paths."""
+    """Write cells.csv, summary.csv, summary.json, paired.csv and failed.csv into ``run_dir``; returns
+    their paths."""
     table = collect(cells, run_dir)
-    summary = summarise(table, list(grid.extra))
-    paths = {name: run_dir / name for name in ("cells.csv", "summary.csv", "summary.json", "failed.csv")}
+    summary = summarise(table, list(grid.extra), grid.methods)
+    pairs = paired(table, list(grid.extra), grid.unit_keys, grid.methods)
+    names = ("cells.csv", "summary.csv", SUMMARY_JSON, "paired.csv", "failed.csv")
+    paths = {name: run_dir / name for name in names}
     table.to_csv(paths["cells.csv"], index=False)
     summary.to_csv(paths["summary.csv"], index=False, float_format="%.4f")
+    pairs.to_csv(paths["paired.csv"], index=False, float_format="%.4f")
     with open(paths["failed.csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["cell", "error"])
         writer.writeheader()
         writer.writerows(failed)
-    paths["summary.json"].write_text(json.dumps({
+    paths[SUMMARY_JSON].write_text(json.dumps({
         "grid": str(grid.path),
         "base": str(grid.base),
         "cells_total": len(cells),
         "cells_finished": int(len(table)),
-        "rows": json.loads(summary.to_json(orient="records")),  # NaN std -> null
+        "unit_keys": grid.unit_keys,
+        "protocols": PROTOCOL_DEFINITIONS,
+        "confidence": CONFIDENCE,
+        "rows": json.loads(summary.to_json(orient="records")),  # NaN -> null
+        "paired": json.loads(pairs.to_json(orient="records")),
         "failed": failed,
     }, indent=2))
     return paths
 
 
-def format_table(summary: pd.DataFrame) -> str:
-    """A Markdown table of the summary: accuracy and mean class accuracy as mean ± std (percent)."""
+def percent(value: float) -> str:
+    """100 * value with 2 decimals ('—' for a missing value): the one number format of every table."""
+    return "—" if value is None or pd.isna(value) else f"{100 * value:.2f}"
 
-    def pm(mean: float, std: float) -> str:
-        return f"{100 * mean:.2f}" + ("" if pd.isna(std) else f" ± {100 * std:.2f}")
 
-    keys = [c for c in summary.columns if not c.startswith(METRICS) and c != "seeds"]
-    lines = ["| " + " | ".join([*keys, "test accuracy %", "mean class accuracy %", "seeds"]) + " |",
+def mean_std(mean: float, std: float) -> str:
+    return percent(mean) + ("" if pd.isna(std) else f" ± {percent(std)}")
+
+
+def interval(low: float, high: float) -> str:
+    return "—" if pd.isna(low) or pd.isna(high) else f"{percent(low)} to {percent(high)}"
+
+
+def format_table(summary: pd.DataFrame, protocol: str = "val_selected") -> str:
+    """A Markdown table of the summary under ``protocol``: test accuracy and mean class accuracy as
+    mean ± std (percent) and the number of runs."""
+    keys = [c for c in summary.columns if c in SUMMARY_COLUMNS or "." in c]
+    lines = ["| " + " | ".join([*keys, f"test accuracy % ({protocol})", "mean class accuracy %", "n"]) + " |",
              "|" + "---|" * (len(keys) + 3)]
     for _, row in summary.iterrows():
         cells = [str(row[k]) for k in keys]
-        cells += [pm(row["accuracy_mean"], row["accuracy_std"]),
-                  pm(row["mean_class_accuracy_mean"], row["mean_class_accuracy_std"]), str(row["seeds"])]
+        cells += [mean_std(row[f"{protocol}_accuracy_mean"], row[f"{protocol}_accuracy_std"]),
+                  mean_std(row[f"{protocol}_mean_class_accuracy_mean"], row[f"{protocol}_mean_class_accuracy_std"]),
+                  str(row["n"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""DIR/report.md: an experiment's numbers as Markdown, made from the experiment folder alone
+(``soft-dist experiment report DIR``; the grid runner also writes it at the end of every invocation).
+
+Contents: a header (grid file and its copy, the command and machine of the latest invocation, the
+number of runs), one table per evaluation protocol (mean ± std, 95% t-interval and n per method and
+noise cell), the paired comparisons, how often validation chose each branch and on how many images,
+one line per run, and links to the plots. Every number is from the same tables as cells.csv,
+summary.csv and paired.csv (soft_dist.experiment.summary), computed from the cell folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from soft_dist.experiment.grid import Grid, load_grid
+from soft_dist.experiment.layout import (
+    GRID_COPY,
+    OUTCOME,
+    PLOTS_DIR,
+    REPORT,
+    SUMMARY_JSON,
+    machine,
+    read_json,
+)
+from soft_dist.experiment.summary import (
+    PROTOCOL_DEFINITIONS,
+    collect,
+    interval,
+    mean_std,
+    paired,
+    percent,
+    summarise,
+    write_summary,
+)
+from soft_dist.train.protocols import PROTOCOLS
+
+HEADINGS = {
+    "val_selected": "val_selected (headline: epoch and branch chosen on validation)",
+    "last": "last (last epoch, branch chosen on validation)",
+    "mean_last_5": "mean_last_5 (mean of the last 5 epochs)",
+    "best_on_test": "best_on_test (OPTIMISTIC: chosen on the test set)",
+}
+
+
+class ReportError(ValueError):
+    """An experiment folder a report cannot be made from, naming the folder."""
+
+
+def load_run_grid(run_dir: Path) -> Grid:
+    """The grid of an experiment folder: its copy DIR/grid.yaml (base config not needed), with the
+    original file and base config as outcome.json / summary.json recorded them."""
+    run_dir = Path(run_dir)
+    outcome = read_json(run_dir / OUTCOME) or {}
+    summary = read_json(run_dir / SUMMARY_JSON) or {}
+    original, base = outcome.get("grid") or summary.get("grid"), outcome.get("base") or summary.get("base")
+    copy = run_dir / GRID_COPY
+    if copy.is_file():
+        grid = load_grid(copy, check_base=False)
+    elif original and Path(original).is_file():  # a folder written before the runner kept a copy
+        grid = load_grid(original, check_base=False)
+    else:
+        raise ReportError(f"{run_dir}: no {GRID_COPY} and no readable grid file in {OUTCOME} / {SUMMARY_JSON}; "
+                          "is this a folder written by `soft-dist experiment --grid FILE --run-dir DIR`?")
+    return dataclasses.replace(grid, path=Path(original) if original else grid.path,
+                               base=Path(base) if base else grid.base)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, refresh: bool = True) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default DIR/report.md); returns its path.
+
+    ``refresh`` first rewrites the tables (cells.csv, summary.csv, summary.json, paired.csv; failed
+    cells as summary.json listed them) and the table plots from the cell folders, so that a folder
+    written by an older version gets the protocol columns; the SLS bar charts are left as they are."""
+    from soft_dist.experiment.plots import write_plots
+
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: no such folder")
+    grid = load_run_grid(run_dir)
+    cells = grid.cells()
+    if refresh:
+        failed = (read_json(run_dir / SUMMARY_JSON) or {}).get("failed", [])
+        write_summary(grid, cells, run_dir, failed)
+        write_plots(grid, cells, run_dir, log=lambda _: None, sls_bars=False)
+    table = collect(cells, run_dir)
+    summary = summarise(table, list(grid.extra), grid.methods)
+    pairs = paired(table, list(grid.extra), grid.unit_keys, grid.methods)
+    out = Path(out).resolve() if out is not None else run_dir / REPORT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(run_dir, grid, len(cells), table, summary, pairs, out.parent, refreshed=refresh))
+    return out
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _noise(row) -> str:
+    return f"{row['noise_kind']} {100 * float(row['noise_rate']):g}%"
+
+
+def _extras(row, keys: list[str]) -> list[str]:
+    return [str(row[k]) for k in keys]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _link(path: Path, where: Path) -> str:
+    """``path`` as a Markdown link target relative to the report's folder ``where``."""
+    return Path(os.path.relpath(path, where)).as_posix()
+
+
+def _header(run_dir: Path, grid: Grid, cells_total: int, table: pd.DataFrame, where: Path,
+            refreshed: bool) -> list[str]:
+    outcome = read_json(run_dir / OUTCOME) or {}
+    failed = (read_json(run_dir / SUMMARY_JSON) or {}).get("failed", [])
+    ran_on = outcome.get("machine")
+    here = machine()
+    made = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    metric = ", ".join(sorted(set(table["select_metric"]))) if not table.empty else "—"
+    rows = [
+        ["grid", f"`{grid.path}` (copy: [{GRID_COPY}]({_link(run_dir / GRID_COPY, where)}))"],
+        ["base config", f"`{grid.base}`"],
+        ["command", f"`{outcome['command']}`" if outcome.get("command") else "— (not recorded)"],
+        ["trained on", (f"{ran_on['platform']}, {ran_on['cpus']} CPUs, Python {ran_on['python']}; latest "
+                        f"invocation finished {outcome.get('finished_at', '?')}") if ran_on else "— (not recorded)"],
+        ["report", f"`soft-dist experiment report {run_dir}`" + (" " if refreshed else " (written by the grid run) ")
+         + f"on {here['platform']}, {here['cpus']} CPUs, {made}"],
+        ["runs", f"{len(table)} finished of {cells_total} cells; {len(failed)} failed"],
+        ["select metric", metric],
+        ["statistics", "percent; mean ± std (ddof = 1) over runs; 95% CI = mean ± t(0.975, n-1) std / sqrt(n)"],
+    ]
+    if grid.unit_keys != ["seed"]:
+        rows.append(["runs per group", f"one per {' x '.join(grid.unit_keys)}; runs of one K-fold split share "
+                                       "training images, so the CI is too narrow (docs/experiments.md)"])
+    title = grid.description or grid.path.name
+    return [f"# Experiment report: {title}", "", *_table(["", ""], rows), ""]
+
+
+def _protocol_section(protocol: str, summary: pd.DataFrame, table: pd.DataFrame, extra: list[str]) -> list[str]:
+    lines = [f"## {HEADINGS[protocol]}", "", PROTOCOL_DEFINITIONS[protocol] + ".", ""]
+    if protocol == "mean_last_5" and not table.empty:
+        counts = sorted({int(v) for v in table["mean_last_5_num_epochs"].dropna()})
+        lines += [f"Epochs averaged per run: {', '.join(map(str, counts)) or '—'}.", ""]
+    header = ["method", "noise", *extra, "n", "test accuracy %", "95% CI", "mean class accuracy %", "95% CI"]
+    rows = []
+    for _, row in summary.iterrows():
+        acc, mca = f"{protocol}_accuracy", f"{protocol}_mean_class_accuracy"
+        rows.append([str(row["method"]), _noise(row), *_extras(row, extra), str(int(row["n"])),
+                     mean_std(row[f"{acc}_mean"], row[f"{acc}_std"]), interval(row[f"{acc}_ci_low"], row[f"{acc}_ci_high"]),
+                     mean_std(row[f"{mca}_mean"], row[f"{mca}_std"]), interval(row[f"{mca}_ci_low"], row[f"{mca}_ci_high"])])
+    return [*lines, *_table(header, rows), ""]
+
+
+def _paired_section(pairs: pd.DataFrame, extra: list[str], unit_keys: list[str]) -> list[str]:
+    lines = ["## Paired comparisons", "",
+             f"Test accuracy of `method` minus `baseline` in percentage points, on the same runs (equal "
+             f"{', '.join(unit_keys)}); wins / ties / losses of `method`. 95% CI: paired t interval.", ""]
+    if pairs.empty:
+        return [*lines, "(no pairs: fewer than two methods with finished runs on the same units)", ""]
+    header = ["method", "baseline", "noise", *extra, "protocol", "n pairs", "mean difference", "95% CI",
+              "wins / ties / losses"]
+    rows = []
+    for _, row in pairs.iterrows():
+        def points(v):
+            return "—" if pd.isna(v) else f"{100 * v:+.2f}"
+
+        ci = "—" if pd.isna(row["accuracy_diff_ci_low"]) else \
+            f"{points(row['accuracy_diff_ci_low'])} to {points(row['accuracy_diff_ci_high'])}"
+        rows.append([str(row["method"]), str(row["baseline"]), _noise(row), *_extras(row, extra), str(row["protocol"]),
+                     str(int(row["n_pairs"])), points(row["accuracy_diff_mean"]), ci,
+                     f"{int(row['wins'])} / {int(row['ties'])} / {int(row['losses'])}"])
+    return [*lines, *_table(header, rows), ""]
+
+
+def _median(values) -> str:
+    x = pd.to_numeric(pd.Series(list(values)), errors="coerce").dropna()
+    return "—" if x.empty else f"{float(np.median(x)):g}"
+
+
+def _branch_section(table: pd.DataFrame, grid: Grid) -> list[str]:
+    extra = list(grid.extra)
+    lines = ["## Branch chosen on validation (val_selected)", "",
+             "How often validation chose each branch, on how many validation images (`val_samples`), and by how "
+             "many more correctly classified validation images than the other branch (`val_margin_samples`; "
+             "— with a single branch).", ""]
+    if table.empty:
+        return [*lines, "(no finished runs)", ""]
+    rows = []
+    for _, part in table.groupby(["method", "noise_kind", "noise_rate", *extra], sort=False, dropna=False):
+        first = part.iloc[0]
+        counts = part["val_selected_branch"].value_counts()
+        rows.append([str(first["method"]), _noise(first), *_extras(first, extra),
+                     str(int(counts.get("teacher", 0))), str(int(counts.get("student", 0))),
+                     _median(part["val_selected_val_samples"]), _median(part["val_selected_val_margin_samples"]),
+                     _median(part["val_selected_epoch"])])
+    header = ["method", "noise", *extra, "teacher chosen", "student chosen", "median val_samples",
+              "median val_margin_samples", "median epoch"]
+    return [*lines, *_table(header, rows), ""]
+
+
+def _runs_section(table: pd.DataFrame, grid: Grid) -> list[str]:
+    lines = ["## Runs", "", "Test accuracy % of every finished run under each protocol (as in cells.csv); "
+             "val_selected also gives epoch, branch and margin / validation images.", ""]
+    if table.empty:
+        return [*lines, "(no finished runs)", ""]
+    rows = []
+    for _, row in table.iterrows():
+        margin, samples = row["val_selected_val_margin_samples"], row["val_selected_val_samples"]
+        evidence = (f"single branch, {int(samples)} val images" if margin is None or pd.isna(margin)
+                    else f"{int(margin):+d} of {int(samples)}")
+        chosen = "—" if pd.isna(row["val_selected_epoch"]) else (
+            f"epoch {int(row['val_selected_epoch'])}, {row['val_selected_branch']}, {evidence}")
+        rows.append([str(row["cell"]), percent(row["val_selected_accuracy"]), chosen, percent(row["last_accuracy"]),
+                     percent(row["mean_last_5_accuracy"]), percent(row["best_on_test_accuracy"]),
+                     str(row["protocols_from"] or "—")])
+    header = ["cell", "val_selected", "chosen (epoch, branch, margin of N)", "last", "mean_last_5", "best_on_test",
+              "protocols from"]
+    return [*lines, *_table(header, rows), ""]
+
+
+def _plots_section(run_dir: Path, where: Path) -> list[str]:
+    plots = sorted((run_dir / PLOTS_DIR).glob("*.png")) if (run_dir / PLOTS_DIR).is_dir() else []
+    lines = ["## Plots", ""]
+    if not plots:
+        return [*lines, "(none)", ""]
+    lines.append("The accuracy-against-x plots show the val_selected protocol; the per-epoch plots show test "
+                 "accuracy of both branches (student solid, teacher dashed), mean ± std over runs.")
+    lines.append("")
+    for path in plots:
+        rel = _link(path, where)
+        lines += [f"[{path.name}]({rel})", "", f"![{path.stem}]({rel})", ""]
+    return lines
+
+
+def _failed_section(run_dir: Path) -> list[str]:
+    failed = (read_json(run_dir / SUMMARY_JSON) or {}).get("failed", [])
+    if not failed:
+        return []
+    rows = [[f["cell"], f["error"].replace("|", "\\|").replace("\n", " ")] for f in failed]
+    return ["## Failed", "", *_table(["cell", "error"], rows), ""]
+
+
+def render(run_dir: Path, grid: Grid, cells_total: int, table: pd.DataFrame, summary: pd.DataFrame,
+           pairs: pd.DataFrame, where: Path, refreshed: bool = True) -> str:
+    """The report's Markdown. ``where``: the folder the report is written to (links are relative)."""
+    extra = list(grid.extra)
+    lines = _header(run_dir, grid, cells_total, table, where, refreshed)
+    for protocol in PROTOCOLS:
+        lines += _protocol_section(protocol, summary, table, extra)
+    lines += _paired_section(pairs, extra, grid.unit_keys)
+    lines += _branch_section(table, grid)
+    lines += _runs_section(table, grid)
+    lines += _plots_section(run_dir, where)
+    lines += _failed_section(run_dir)
+    lines.append(f"_soft-dist report, Python {platform.python_version()}_")
+    return "\n".join(lines) + "\n"
