@@ -276,7 +276,8 @@ def load_grid(path: str | Path, check_base: bool = True) -> Grid:
             raise GridError("sls_bars.images", f"must be an integer in [1, 32], got {sls_bars.images!r}", source)
 
     return Grid(path=path, base=base, methods=methods, noise_kinds=kinds, noise_rates=rates, seeds=seeds,
-                folds=folds, split_seeds=split_seeds, overrides=list(overrides), extra={str(k): list(v) for k, v in extra.items()},
+                folds=folds, split_seeds=split_seeds, overrides=list(overrides),
+                extra={str(k): list(v) for k, v in extra.items()},
                 asymmetric_from=asymmetric_from, sls_bars=sls_bars, description=str(data.get("description") or ""))
 
 

@@ -155,8 +155,10 @@ def _protocol_section(protocol: str, summary: pd.DataFrame, table: pd.DataFrame,
     for _, row in summary.iterrows():
         acc, mca = f"{protocol}_accuracy", f"{protocol}_mean_class_accuracy"
         rows.append([str(row["method"]), _noise(row), *_extras(row, extra), str(int(row["n"])),
-                     mean_std(row[f"{acc}_mean"], row[f"{acc}_std"]), interval(row[f"{acc}_ci_low"], row[f"{acc}_ci_high"]),
-                     mean_std(row[f"{mca}_mean"], row[f"{mca}_std"]), interval(row[f"{mca}_ci_low"], row[f"{mca}_ci_high"])])
+                     mean_std(row[f"{acc}_mean"], row[f"{acc}_std"]),
+                     interval(row[f"{acc}_ci_low"], row[f"{acc}_ci_high"]),
+                     mean_std(row[f"{mca}_mean"], row[f"{mca}_std"]),
+                     interval(row[f"{mca}_ci_low"], row[f"{mca}_ci_high"])])
     return [*lines, *_table(header, rows), ""]
 
 

@@ -31,7 +31,15 @@ from typing import Callable
 from soft_dist.config import load_config
 from soft_dist.experiment.grid import AXIS_KEYS, Cell, Grid, check_overrides
 # cell_dir, is_finished and RESULTS were defined here; importers of runner keep finding them.
-from soft_dist.experiment.layout import GRID_COPY, OUTCOME, REPORT, RESULTS, cell_dir, is_finished, machine  # noqa: F401
+from soft_dist.experiment.layout import (  # noqa: F401
+    GRID_COPY,
+    OUTCOME,
+    REPORT,
+    RESULTS,
+    cell_dir,
+    is_finished,
+    machine,
+)
 
 
 @dataclass
