@@ -222,3 +222,25 @@ def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_
     assert p["mean_last_5"]["epochs"] == [0, 1, 2]
     assert all(x["selected_epoch"] == chosen["epoch"] for x in lines[chosen["epoch"]:])
     assert list(itertools.chain(p["val_selected"]["branches"])) == ["student", "teacher"]
+
+
+def test_demo_prints_every_protocol_branch_and_the_evidence_for_each_choice():
+    from soft_dist.commands.demo import protocol_table
+
+    ce_records = [record(e, {"student": v}, {"student": t}) for e, (v, t) in enumerate([(100, 250), (120, 300),
+                                                                                        (110, 280)])]
+    rows = [("ce", {"protocols": compute_protocols(ce_records), "test": {"chosen": {"num_samples": 360}}}),
+            ("soft", {"protocols": compute_protocols(SIX), "test": {"chosen": {"num_samples": 360}}})]
+    lines = protocol_table(rows)
+    text = "\n".join(lines)
+    assert "(360 images)" in lines[0]
+    assert [line.split()[:2] for line in lines[2:6]] == [["ce", "student"], ["soft", "student"],
+                                                        ["soft", "teacher"], ["soft", "chosen"]]
+    # soft's val_selected: epoch 2, teacher (150 > 147 of 179), test 305/360 = 84.7
+    assert lines[5].split()[2:4] == ["84.7", "(t)"]
+    assert lines[4].split()[2] == "84.7" and lines[3].split()[2] == "83.3"  # both branches at that epoch
+    assert "soft: model.pt = epoch 3, teacher, chosen on 179 noisy validation images; it beat the other " \
+           "branch there by 3 images" in text
+    assert "ce: model.pt = epoch 2, student, chosen on 179 noisy validation images" in text
+    # the headline difference in points and in test images: 305 - 300 = 5 images
+    assert "soft - ce (val_selected): +1.4 points = 5 of 360 test images" in text
