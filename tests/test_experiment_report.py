@@ -304,6 +304,9 @@ def test_report_command_errors(tmp_path, capsys):
 
     assert main(["experiment", "report", str(tmp_path)]) == 2
     assert "no grid.yaml" in capsys.readouterr().err
+    grid = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "digits_long.yaml"
+    assert main(["experiment", "--grid", str(grid), "--run-dir", str(tmp_path / "none"), "--summary-only"]) == 2
+    assert "holds no cells/ folder" in capsys.readouterr().err
     for argv in (["experiment", "report"], ["experiment", "report", "a", "b"],
                  ["experiment", "--run-dir", str(tmp_path)], ["experiment", "report", "x", "--grid", "g.yaml"],
                  ["experiment", "--grid", "g", "--run-dir", "d", "--out", "r.md"]):

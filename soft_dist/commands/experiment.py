@@ -102,9 +102,13 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _summary_only(grid, run_dir: Path, command: str):
     """Tables, plots (SLS bars included) and the report from the finished cells; outcome.json keeps the
     latest training invocation's record (its command is the one that made the numbers)."""
+    from soft_dist.experiment.grid import GridError
     from soft_dist.experiment.runner import GridOutcome, write_tables_plots_report
 
     run_dir = run_dir.resolve()
+    if not (run_dir / "cells").is_dir():
+        raise GridError("--run-dir", f"{run_dir} holds no cells/ folder: nothing was trained there (run the grid "
+                        "without --summary-only first)")
     outcome = GridOutcome()
     write_tables_plots_report(grid, run_dir, outcome, print, command, record_outcome=False)
     return outcome
