@@ -5,6 +5,7 @@ report.md, whose numbers must match the tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -313,3 +314,49 @@ def test_report_command_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2, argv
+
+
+ABLATION = """
+    description: ablation fixture (MT with one setting changed)
+    base: BASE
+    methods: [mt]
+    noise_kinds: [symmetric]
+    noise_rates: [0.3]
+    seeds: [0, 1]
+    extra:
+      method.ema_decay: [0.95]
+    sls_bars: false
+"""
+
+
+@pytest.mark.slow
+def test_compare_pairs_an_ablation_folder_with_the_grid_it_varies(experiment, tmp_path, capsys):
+    """`experiment compare A B` pairs B's runs with A's on the same seeds. B's cells here are copies of A's
+    MT runs, so B vs MT ties on every run and B vs CE equals A's own MT - CE row."""
+    from soft_dist.cli import main
+    from soft_dist.experiment.runner import GridOutcome, cell_dir, write_tables_plots_report
+
+    grid = load_grid(write_grid(tmp_path, ABLATION.replace("BASE", str(experiment["grid"].base))))
+    ablation = tmp_path / "ablation"
+    for cell in grid.cells():
+        source = cell_dir(experiment["dir"], dataclasses.replace(cell, extra=()))
+        shutil.copytree(source, cell_dir(ablation, cell))
+    write_tables_plots_report(grid, ablation, GridOutcome(), log=lambda _: None, command="test")
+
+    out = tmp_path / "compare.md"
+    assert main(["experiment", "compare", str(experiment["dir"]), str(ablation), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| mt ema_decay=0.95 | symmetric 30% | 2 |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| mt ema_decay=0.95 | ")]
+    paired_rows = [r.split(" | ") for r in rows if "val_selected" in r or "last" in r]
+    vs_mt = [r for r in paired_rows if r[1] == "mt"]
+    assert vs_mt and all(r[-1].strip(" |") == "0 / 2 / 0" for r in vs_mt)  # copies: every run ties
+    own = pd.read_csv(experiment["dir"] / "paired.csv")
+    mt_ce = own[(own["method"] == "mt") & (own["baseline"] == "ce") & (own["protocol"] == "last")].iloc[0]
+    vs_ce = next(r for r in paired_rows if r[1] == "ce" and r[3] == "last")
+    assert vs_ce[5] == f"{100 * mt_ce['accuracy_diff_mean']:+.2f}"
+    assert not any(line.startswith("| mt | ce |") for line in text.splitlines())  # A's own pairs stay in A
+    with pytest.raises(SystemExit):
+        main(["experiment", "compare", str(experiment["dir"])])
+    assert main(["experiment", "compare", str(tmp_path / "none-1"), str(tmp_path / "none-2")]) == 2
+    assert "error" in capsys.readouterr().err

@@ -2,10 +2,11 @@
 
     soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [key=value ...]   run / summarise a grid
     soft-dist experiment report DIR [--out FILE.md]                                 DIR/report.md
+    soft-dist experiment compare DIR DIR [...] [--out FILE.md]                      across folders
 
-``report`` is a positional action rather than an argparse sub-command: the run form takes free
+``report`` and ``compare`` are positional actions rather than an argparse sub-command: the run form takes free
 ``key=value`` positionals, which a sub-command parser would read as an unknown command name. An override
-always contains "=", so the word ``report`` cannot be one.
+always contains "=", so neither word can be one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 REPORT_ACTION = "report"
+COMPARE_ACTION = "compare"
 
 
 def register(subparsers) -> None:
@@ -27,14 +29,17 @@ def register(subparsers) -> None:
         "finished earlier, then write DIR/cells.csv, DIR/summary.csv, DIR/summary.json, DIR/paired.csv, "
         "DIR/failed.csv, DIR/plots/*.png and DIR/report.md. A cell's seed sets both train.seed and noise.seed. "
         "`soft-dist experiment report DIR [--out FILE.md]` makes the report (and refreshes the tables and "
-        "plots) from the experiment folder alone.",
+        "plots) from the experiment folder alone. `soft-dist experiment compare DIR DIR [...]` pairs the runs of "
+        "an ablation grid with the runs of the grid it varies (same seeds and folds).",
         usage="soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [key=value ...]\n"
-        "       soft-dist experiment report DIR [--out FILE.md]",
+        "       soft-dist experiment report DIR [--out FILE.md]\n"
+        "       soft-dist experiment compare DIR DIR [...] [--out FILE.md]",
     )
     p.add_argument("--grid", type=Path, help="grid YAML file (see configs/experiments/)")
     p.add_argument("--run-dir", type=Path, help="experiment folder (cells/, tables, plots, report.md)")
     p.add_argument("--summary-only", action="store_true", help="train nothing; rewrite tables, plots and report")
-    p.add_argument("--out", type=Path, help="report only: the Markdown file to write (default DIR/report.md)")
+    p.add_argument("--out", type=Path, help="report / compare: the Markdown file to write (report: default "
+                   "DIR/report.md; compare: default the console)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted config overrides for every cell, e.g. data.shards=DIR (not the grid's axes); "
                    "or `report DIR`")
@@ -45,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
     if args.overrides and args.overrides[0] == REPORT_ACTION:
         return _report(args, parser)
+    if args.overrides and args.overrides[0] == COMPARE_ACTION:
+        return _compare(args, parser)
     if args.out is not None:
-        parser.error("--out belongs to `soft-dist experiment report DIR --out FILE.md`")
+        parser.error("--out belongs to `soft-dist experiment report DIR --out FILE.md` (or compare)")
     if args.grid is None or args.run_dir is None:
         parser.error("--grid and --run-dir are required (or: soft-dist experiment report DIR)")
 
@@ -112,3 +119,26 @@ def _summary_only(grid, run_dir: Path, command: str):
     outcome = GridOutcome()
     write_tables_plots_report(grid, run_dir, outcome, print, command, record_outcome=False)
     return outcome
+
+
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    folders = args.overrides[1:]
+    if args.grid is not None or args.summary_only or args.run_dir is not None or len(folders) < 2:
+        parser.error("usage: soft-dist experiment compare DIR DIR [...] [--out FILE.md]")
+
+    from soft_dist.experiment.compare import compare_folders
+    from soft_dist.experiment.grid import GridError
+    from soft_dist.experiment.report import ReportError
+
+    try:
+        text = compare_folders(folders)
+    except (GridError, ReportError) as err:
+        print(f"soft-dist experiment compare: error: {err}", file=sys.stderr)
+        return 2
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"comparison: {args.out}")
+    return 0
