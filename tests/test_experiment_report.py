@@ -360,3 +360,13 @@ def test_compare_pairs_an_ablation_folder_with_the_grid_it_varies(experiment, tm
         main(["experiment", "compare", str(experiment["dir"])])
     assert main(["experiment", "compare", str(tmp_path / "none-1"), str(tmp_path / "none-2")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_sls_k_share_columns_take_the_first_and_last_sls_epoch():
+    from soft_dist.experiment.summary import sls_k_columns
+
+    records = [{"epoch": 2, "train": {"share_k_gt_1": 0.3}}, {"epoch": 0, "train": {"loss": 1.0}},
+               {"epoch": 1, "train": {"share_k_gt_1": 0.8}}]
+    assert sls_k_columns(records) == {"share_k_gt_1_first": 0.8, "share_k_gt_1_last": 0.3}
+    assert sls_k_columns([{"epoch": 0, "train": {"loss": 1.0}}]) == {"share_k_gt_1_first": None,
+                                                                    "share_k_gt_1_last": None}

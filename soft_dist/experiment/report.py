@@ -221,11 +221,13 @@ def _runs_section(table: pd.DataFrame, grid: Grid) -> list[str]:
                     else f"{int(margin):+d} of {int(samples)}")
         chosen = "—" if pd.isna(row["val_selected_epoch"]) else (
             f"epoch {int(row['val_selected_epoch'])}, {row['val_selected_branch']}, {evidence}")
+        k_share = "—" if pd.isna(row.get("share_k_gt_1_first")) else \
+            f"{row['share_k_gt_1_first']:.2f} → {row['share_k_gt_1_last']:.2f}"
         rows.append([str(row["cell"]), percent(row["val_selected_accuracy"]), chosen, percent(row["last_accuracy"]),
-                     percent(row["mean_last_5_accuracy"]), percent(row["best_on_test_accuracy"]),
+                     percent(row["mean_last_5_accuracy"]), percent(row["best_on_test_accuracy"]), k_share,
                      str(row["protocols_from"] or "—")])
     header = ["cell", "val_selected", "chosen (epoch, branch, margin of N)", "last", "mean_last_5", "best_on_test",
-              "protocols from"]
+              "k > 1 share (first → last SLS epoch)", "protocols from"]
     return [*lines, *_table(header, rows), ""]
 
 

@@ -87,7 +87,17 @@ def cell_record(cell: Cell, results: dict, folder: Path | None = None) -> dict:
         "test_samples": results["test"]["chosen"]["num_samples"] if results.get("test") else None,
         "protocols_from": source,
         **protocol_columns(protocols),
+        **sls_k_columns(read_cell_metrics(folder) if folder is not None else []),
     }
+
+
+def sls_k_columns(records: list[dict]) -> dict:
+    """Share of training samples whose SLS target has more than one high-confidence class (k > 1), in the
+    first and the last epoch that used SLS (paper 4.4 reports 65% at the start of SLS for tau = 1/8 on
+    RAF-DB); None for methods without SLS."""
+    shares = [r["train"]["share_k_gt_1"] for r in sorted(records, key=lambda r: r["epoch"])
+              if "share_k_gt_1" in r.get("train", {})]
+    return {"share_k_gt_1_first": shares[0] if shares else None, "share_k_gt_1_last": shares[-1] if shares else None}
 
 
 def collect(cells: list[Cell], run_dir: Path) -> pd.DataFrame:
