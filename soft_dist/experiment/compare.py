@@ -21,10 +21,10 @@ import pandas as pd
 
 from soft_dist.experiment.report import (
     ReportError,
-    _paired_section,
-    _protocol_section,
-    _table,
     load_run_grid,
+    markdown_table,
+    paired_section,
+    protocol_section,
 )
 from soft_dist.experiment.summary import collect, paired, summarise
 from soft_dist.train.protocols import PROTOCOLS
@@ -71,12 +71,12 @@ def compare_folders(run_dirs: list[str | Path]) -> str:
     across = [(a, b) for a, b in itertools.combinations(order, 2) if folder_of[a] != folder_of[b]]
     keep = pairs.apply(lambda r: (r["baseline"], r["method"]) in across, axis=1) if not pairs.empty else []
     lines = ["# Comparison of experiment folders", "",
-             *_table(["folder", "variants (finished runs)"],
+             *markdown_table(["folder", "variants (finished runs)"],
                      [[f"`{d}`", ", ".join(f"{v} ({int((table['method'] == v).sum())})"
                                           for v in order if folder_of.get(v) == str(d)) or "—"]
                       for d in run_dirs]),
              "", f"Runs are paired on equal noise kind, rate and {', '.join(units) or 'nothing'}; percent.", ""]
     for protocol in PROTOCOLS:
-        lines += _protocol_section(protocol, summary, table, [])
-    lines += _paired_section(pairs[keep] if len(pairs) else pairs, [], units)
+        lines += protocol_section(protocol, summary, table, [])
+    lines += paired_section(pairs[keep] if len(pairs) else pairs, [], units)
     return "\n".join(lines).rstrip() + "\n"

@@ -109,7 +109,7 @@ def _extras(row, keys: list[str]) -> list[str]:
     return [str(row[k]) for k in keys]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
@@ -142,10 +142,10 @@ def _header(run_dir: Path, grid: Grid, cells_total: int, table: pd.DataFrame, wh
         rows.append(["runs per group", f"one per {' x '.join(grid.unit_keys)}; runs of one K-fold split share "
                                        "training images, so the CI is too narrow (docs/experiments.md)"])
     title = grid.description or grid.path.name
-    return [f"# Experiment report: {title}", "", *_table(["", ""], rows), ""]
+    return [f"# Experiment report: {title}", "", *markdown_table(["", ""], rows), ""]
 
 
-def _protocol_section(protocol: str, summary: pd.DataFrame, table: pd.DataFrame, extra: list[str]) -> list[str]:
+def protocol_section(protocol: str, summary: pd.DataFrame, table: pd.DataFrame, extra: list[str]) -> list[str]:
     lines = [f"## {HEADINGS[protocol]}", "", PROTOCOL_DEFINITIONS[protocol] + ".", ""]
     if protocol == "mean_last_5" and not table.empty:
         counts = sorted({int(v) for v in table["mean_last_5_num_epochs"].dropna()})
@@ -159,10 +159,10 @@ def _protocol_section(protocol: str, summary: pd.DataFrame, table: pd.DataFrame,
                      interval(row[f"{acc}_ci_low"], row[f"{acc}_ci_high"]),
                      mean_std(row[f"{mca}_mean"], row[f"{mca}_std"]),
                      interval(row[f"{mca}_ci_low"], row[f"{mca}_ci_high"])])
-    return [*lines, *_table(header, rows), ""]
+    return [*lines, *markdown_table(header, rows), ""]
 
 
-def _paired_section(pairs: pd.DataFrame, extra: list[str], unit_keys: list[str]) -> list[str]:
+def paired_section(pairs: pd.DataFrame, extra: list[str], unit_keys: list[str]) -> list[str]:
     lines = ["## Paired comparisons", "",
              f"Test accuracy of `method` minus `baseline` in percentage points, on the same runs (equal "
              f"{', '.join(unit_keys)}); wins / ties / losses of `method`. 95% CI: paired t interval.", ""]
@@ -180,7 +180,7 @@ def _paired_section(pairs: pd.DataFrame, extra: list[str], unit_keys: list[str])
         rows.append([str(row["method"]), str(row["baseline"]), _noise(row), *_extras(row, extra), str(row["protocol"]),
                      str(int(row["n_pairs"])), points(row["accuracy_diff_mean"]), ci,
                      f"{int(row['wins'])} / {int(row['ties'])} / {int(row['losses'])}"])
-    return [*lines, *_table(header, rows), ""]
+    return [*lines, *markdown_table(header, rows), ""]
 
 
 def _median(values) -> str:
@@ -206,7 +206,7 @@ def _branch_section(table: pd.DataFrame, grid: Grid) -> list[str]:
                      _median(part["val_selected_epoch"])])
     header = ["method", "noise", *extra, "teacher chosen", "student chosen", "median val_samples",
               "median val_margin_samples", "median epoch"]
-    return [*lines, *_table(header, rows), ""]
+    return [*lines, *markdown_table(header, rows), ""]
 
 
 def _runs_section(table: pd.DataFrame, grid: Grid) -> list[str]:
@@ -228,7 +228,7 @@ def _runs_section(table: pd.DataFrame, grid: Grid) -> list[str]:
                      str(row["protocols_from"] or "—")])
     header = ["cell", "val_selected", "chosen (epoch, branch, margin of N)", "last", "mean_last_5", "best_on_test",
               "k > 1 share (first → last SLS epoch)", "protocols from"]
-    return [*lines, *_table(header, rows), ""]
+    return [*lines, *markdown_table(header, rows), ""]
 
 
 def _plots_section(run_dir: Path, where: Path) -> list[str]:
@@ -250,7 +250,7 @@ def _failed_section(run_dir: Path) -> list[str]:
     if not failed:
         return []
     rows = [[f["cell"], f["error"].replace("|", "\\|").replace("\n", " ")] for f in failed]
-    return ["## Failed", "", *_table(["cell", "error"], rows), ""]
+    return ["## Failed", "", *markdown_table(["cell", "error"], rows), ""]
 
 
 def render(run_dir: Path, grid: Grid, cells_total: int, table: pd.DataFrame, summary: pd.DataFrame,
@@ -259,8 +259,8 @@ def render(run_dir: Path, grid: Grid, cells_total: int, table: pd.DataFrame, sum
     extra = list(grid.extra)
     lines = _header(run_dir, grid, cells_total, table, where, refreshed)
     for protocol in PROTOCOLS:
-        lines += _protocol_section(protocol, summary, table, extra)
-    lines += _paired_section(pairs, extra, grid.unit_keys)
+        lines += protocol_section(protocol, summary, table, extra)
+    lines += paired_section(pairs, extra, grid.unit_keys)
     lines += _branch_section(table, grid)
     lines += _runs_section(table, grid)
     lines += _plots_section(run_dir, where)
