@@ -48,11 +48,16 @@ def plot_lines(summary: pd.DataFrame, x: str, series_keys: list[str], title: str
         label = _label(part.iloc[0], series_keys) if series_keys else "accuracy"
         ax.errorbar(part[x], 100 * pd.to_numeric(part[f"{value}_mean"]), yerr=100 * std, marker="o", capsize=3,
                     label=label)
+    return _save_accuracy_axes(plt, fig, ax, xlabel, title, path, legend_size=8)
+
+
+def _save_accuracy_axes(plt, fig, ax, xlabel: str, title: str, path: Path, legend_size: int) -> Path:
+    """Label a test-accuracy plot, write it to ``path`` and free the figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -99,15 +104,7 @@ def plot_epoch_curves(series: dict[str, list[Path]], title: str, path: Path) -> 
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (0-based, as in metrics.jsonl)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_accuracy_axes(plt, fig, ax, "epoch (0-based, as in metrics.jsonl)", title, path, legend_size=7)
 
 
 def write_plots(grid: Grid, cells: list[Cell], run_dir: Path, log: Callable[[str], None] = print,
