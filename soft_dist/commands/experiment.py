@@ -42,7 +42,7 @@ def register(subparsers) -> None:
                    "DIR/report.md; compare: default the console)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted config overrides for every cell, e.g. data.shards=DIR (not the grid's axes); "
-                   "or `report DIR`")
+                   "or `report DIR`, or `compare DIR DIR ...`")
     p.set_defaults(func=run, parser=p)
 
 

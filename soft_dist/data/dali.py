@@ -39,8 +39,8 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from soft_dist.config import DataConfig
 from soft_dist.data.dali_augment import eval_view, train_view
 from soft_dist.data.loader import EvalBatch, TwoViewBatch
-from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.format import SplitSelection
+from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.tarindex import SampleTable, load_sample_table
 from soft_dist.data.view_params import FIELD_DTYPES, draw_view_params, used_fields
 
@@ -168,8 +168,8 @@ class _DaliLoader:
     outputs: tuple[str, ...]
 
     def __init__(
-        self, shards_dir, split: "str | SplitSelection", data_cfg: DataConfig, batch_size: int, *, rank: int, world_size: int,
-        seed: int, device: str,
+        self, shards_dir, split: str | SplitSelection, data_cfg: DataConfig, batch_size: int, *, rank: int,
+        world_size: int, seed: int, device: str,
     ):
         self.table = load_sample_table(shards_dir, split)
         self.data_cfg, self.batch_size, self.device = data_cfg, batch_size, device

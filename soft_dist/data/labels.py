@@ -14,12 +14,9 @@ def read_split_labels(manifest: Manifest, split: str | SplitSelection) -> tuple[
     """(idx [N] int64, labels [N] int64) of ``split`` (a shard split name or a carved selection), sorted
     by idx; a named split's N must match the manifest."""
     if isinstance(split, SplitSelection):
-        parts = [read_split_labels(manifest, source) for source in split.sources]
-        idx = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
+        idx, labels = read_pooled_labels(manifest, split.sources)
         keep = split.keep(idx)
-        order = np.argsort(idx[keep], kind="stable")
-        return idx[keep][order], labels[keep][order]
+        return idx[keep], labels[keep]
     by_key: dict[str, dict[str, int]] = {}
     for path in manifest.shard_paths(split):
         if not path.is_file():
@@ -35,4 +32,13 @@ def read_split_labels(manifest: Manifest, split: str | SplitSelection) -> tuple[
     idx = np.array([v[INDEX_EXT] for v in by_key.values()], dtype=np.int64)
     labels = np.array([v[LABEL_EXT] for v in by_key.values()], dtype=np.int64)
     order = np.argsort(idx)
+    return idx[order], labels[order]
+
+
+def read_pooled_labels(manifest: Manifest, splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(idx [N] int64, labels [N] int64) of the shard splits ``splits`` together, sorted by idx."""
+    parts = [read_split_labels(manifest, name) for name in splits]
+    idx = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    order = np.argsort(idx, kind="stable")
     return idx[order], labels[order]

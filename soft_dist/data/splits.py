@@ -21,7 +21,7 @@ import numpy as np
 
 from soft_dist.config import DataConfig
 from soft_dist.data.format import Manifest, ManifestError, SplitSelection
-from soft_dist.data.labels import read_split_labels
+from soft_dist.data.labels import read_pooled_labels
 
 ROLES = ("train", "val", "test")
 DEFAULT_VAL_FRACTION = 0.1  # with folds and no data.val_fraction
@@ -72,11 +72,7 @@ def carve_splits(manifest: Manifest, data_cfg: DataConfig) -> dict[str, SplitSel
     if not sources:
         raise ManifestError(f"{manifest.root}: none of the splits {list(names.values())} is in the manifest "
                             f"(it has {sorted(manifest.splits)})")
-    parts = [read_split_labels(manifest, s) for s in sources]
-    idx = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    order = np.argsort(idx, kind="stable")
-    idx, labels = idx[order], labels[order]
+    idx, labels = read_pooled_labels(manifest, sources)
 
     seed = data_cfg.split_seed
     if data_cfg.folds >= 2:

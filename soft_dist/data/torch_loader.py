@@ -24,8 +24,8 @@ from torchvision.transforms import v2
 
 from soft_dist.config import DataConfig
 from soft_dist.data.loader import EvalBatch, TwoViewBatch
-from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.format import SplitSelection
+from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.tarindex import SampleTable, load_sample_table
 from soft_dist.data.view_params import ERASE_RATIO
 
@@ -120,8 +120,8 @@ class _TorchLoader:
     train: bool
 
     def __init__(
-        self, shards_dir, split: "str | SplitSelection", data_cfg: DataConfig, batch_size: int, *, rank: int, world_size: int,
-        seed: int, device: str,
+        self, shards_dir, split: str | SplitSelection, data_cfg: DataConfig, batch_size: int, *, rank: int,
+        world_size: int, seed: int, device: str,
     ):
         self.table = load_sample_table(shards_dir, split)
         self.batch_size, self.device = batch_size, device
