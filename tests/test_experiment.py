@@ -143,6 +143,12 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
     assert len(again.failed) == 2
     assert results.stat().st_mtime_ns == stamp
 
+    # --cells: only the matching cells are tried; the tables still cover every finished cell.
+    only_ce = run_grid(grid, run_dir, [f"data.shards={digit_shards}", *TINY], only=["ce-*"])
+    assert only_ce.skipped == ["ce-symmetric-0.3-s0-epsilon0.3"] and only_ce.trained == []
+    assert [f["cell"] for f in only_ce.failed] == ["ce-symmetric-0.3-s0-epsilon1.5"]
+    assert len(pd.read_csv(run_dir / "cells.csv")) == 2
+
 
 @pytest.mark.ray
 def test_class_map_from_a_plain_models_confusion(tmp_path, digit_shards, ray_cluster):
@@ -167,6 +173,24 @@ def test_class_map_from_a_plain_models_confusion(tmp_path, digit_shards, ray_clu
     flipped = table.flipped
     assert flipped.any()
     assert all(class_map[int(c)] == int(n) for c, n in zip(table.clean[flipped], table.noisy[flipped]))
+
+
+def test_cell_patterns_select_in_grid_order_and_reject_typos(tmp_path):
+    from soft_dist.experiment.runner import select_cells
+
+    grid = load_grid(write_grid(tmp_path, """
+        base: BASE
+        methods: [ce, mt, soft]
+        noise_kinds: [symmetric]
+        noise_rates: [0.5]
+        seeds: [0]
+        folds: 3
+    """))
+    chosen = select_cells(grid.cells(), ["*-fold2", "mt-*-fold0"])
+    assert [c.name for c in chosen] == ["ce-symmetric-0.5-s0-fold2", "mt-symmetric-0.5-s0-fold0",
+                                        "mt-symmetric-0.5-s0-fold2", "soft-symmetric-0.5-s0-fold2"]
+    with pytest.raises(GridError, match=r"--cells.*'\*-fold3' matches no cell"):
+        select_cells(grid.cells(), ["*-fold2", "*-fold3"])
 
 
 def test_asymmetric_cells_get_the_derived_map(tmp_path):

@@ -90,3 +90,13 @@ def test_lsr_and_lsr_star():
     star = label_smoothing_top1(torch.tensor([[0.1, 5.0, 0.2, 4.9]]), 0.3)
     torch.testing.assert_close(star, torch.tensor([[0.1, 0.7, 0.1, 0.1]]))
     assert math.isclose(float(star.sum()), 1.0, rel_tol=1e-6)
+
+
+def test_tau_above_uniform_note_names_the_ratio_of_the_paper():
+    from soft_dist.method.sls import tau_above_uniform_note
+
+    assert tau_above_uniform_note(0.125, 7) is None  # the paper: 1/8 for 7 classes
+    assert tau_above_uniform_note(0.125, 8) is None  # exactly uniform is not above it
+    note = tau_above_uniform_note(0.125, 10)
+    assert note and "1/10" in note and "0.0875" in note
+    assert tau_above_uniform_note(0.0875, 10) is None

@@ -1,6 +1,6 @@
 """`soft-dist experiment`: the paper's comparisons as a grid of training runs (docs/experiments.md).
 
-    soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [key=value ...]   run / summarise a grid
+    soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [--cells PATTERN] [key=value ...]
     soft-dist experiment report DIR [--out FILE.md]                                 DIR/report.md
     soft-dist experiment compare DIR DIR [...] [--out FILE.md]                      across folders
 
@@ -31,13 +31,16 @@ def register(subparsers) -> None:
         "`soft-dist experiment report DIR [--out FILE.md]` makes the report (and refreshes the tables and "
         "plots) from the experiment folder alone. `soft-dist experiment compare DIR DIR [...]` pairs the runs of "
         "an ablation grid with the runs of the grid it varies (same seeds and folds).",
-        usage="soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [key=value ...]\n"
+        usage="soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [--cells PATTERN] [key=value ...]\n"
         "       soft-dist experiment report DIR [--out FILE.md]\n"
         "       soft-dist experiment compare DIR DIR [...] [--out FILE.md]",
     )
     p.add_argument("--grid", type=Path, help="grid YAML file (see configs/experiments/)")
     p.add_argument("--run-dir", type=Path, help="experiment folder (cells/, tables, plots, report.md)")
     p.add_argument("--summary-only", action="store_true", help="train nothing; rewrite tables, plots and report")
+    p.add_argument("--cells", action="append", metavar="PATTERN",
+                   help="train only the cells whose names match this shell pattern (repeatable), e.g. "
+                   "'*-fold3' to run a grid fold by fold; the tables cover every finished cell")
     p.add_argument("--out", type=Path, help="report / compare: the Markdown file to write (report: default "
                    "DIR/report.md; compare: default the console)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -52,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         return _report(args, parser)
     if args.overrides and args.overrides[0] == COMPARE_ACTION:
         return _compare(args, parser)
+    if args.cells and args.summary_only:
+        parser.error("--cells selects cells to train; --summary-only trains none")
     if args.out is not None:
         parser.error("--out belongs to `soft-dist experiment report DIR --out FILE.md` (or compare)")
     if args.grid is None or args.run_dir is None:
@@ -61,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from soft_dist.experiment.summary import format_table
 
     command = shlex.join(["soft-dist", "experiment", "--grid", str(args.grid), "--run-dir", str(args.run_dir),
-                          *(["--summary-only"] if args.summary_only else []), *args.overrides])
+                          *(["--summary-only"] if args.summary_only else []),
+                          *[arg for pattern in args.cells or [] for arg in ("--cells", pattern)], *args.overrides])
     try:
         grid = load_grid(args.grid)
         if args.summary_only:
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             from soft_dist.experiment.runner import run_grid
 
-            outcome = run_grid(grid, args.run_dir, args.overrides, command=command)
+            outcome = run_grid(grid, args.run_dir, args.overrides, command=command, only=args.cells)
     except GridError as err:
         print(f"soft-dist experiment: error: {err}", file=sys.stderr)
         return 2

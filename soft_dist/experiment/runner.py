@@ -19,6 +19,7 @@ Layout of the experiment folder DIR (paths: soft_dist.experiment.layout)::
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from soft_dist.config import load_config
-from soft_dist.experiment.grid import AXIS_KEYS, Cell, Grid, check_overrides
+from soft_dist.experiment.grid import AXIS_KEYS, Cell, Grid, GridError, check_overrides
 # cell_dir, is_finished and RESULTS were defined here; importers of runner keep finding them.
 from soft_dist.experiment.layout import (  # noqa: F401
     GRID_COPY,
@@ -113,6 +114,16 @@ def write_tables_plots_report(grid: Grid, run_dir: Path, outcome: "GridOutcome",
         record()
 
 
+def select_cells(cells: list[Cell], patterns: list[str]) -> list[Cell]:
+    """The cells whose names match one of the shell ``patterns``, in grid order; a pattern that matches
+    nothing is an error (a typo must not train nothing and report success)."""
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(c.name, pattern) for c in cells):
+            names = ", ".join(c.name for c in cells[:4]) + (", ..." if len(cells) > 4 else "")
+            raise GridError("--cells", f"{pattern!r} matches no cell of this grid (cells are named like {names})")
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+
+
 def cell_config(grid: Grid, cell: Cell, common: list[str], asym_overrides: list[str] | None):
     """The training config of one cell: base file, common overrides, the derived class map for
     asymmetric cells, then the cell's own axes (applied last)."""
@@ -126,12 +137,16 @@ def run_grid(
     overrides: list[str] | None = None,
     log: Callable[[str], None] = print,
     command: str | None = None,
+    only: list[str] | None = None,
 ) -> GridOutcome:
     """Train every unfinished cell of ``grid`` into ``run_dir``, then write the summary and plots.
 
     ``overrides`` (dotted key=value) apply to every cell after the grid file's own; they may not name a
     grid axis. A cell that raises is recorded in the outcome (and failed.csv) and the grid continues.
-    ``command`` (the command line, for the report's header) is recorded in outcome.json."""
+    ``command`` (the command line, for the report's header) is recorded in outcome.json. ``only`` (shell
+    patterns such as ``*-fold3``) trains just the cells whose names match one of them, e.g. to run a grid
+    fold by fold or to split it over machines sharing ``run_dir``; the tables still cover every finished
+    cell."""
     from soft_dist.train.ray_trainer import run_training
 
     run_dir = Path(run_dir).resolve()
@@ -141,7 +156,7 @@ def run_grid(
     run_dir.mkdir(parents=True, exist_ok=True)
     copy_grid(grid, run_dir)  # first: a report can be made from a grid that is still running
     outcome = GridOutcome()
-    cells = grid.cells()
+    cells = select_cells(grid.cells(), only) if only else grid.cells()
 
     asym_overrides: list[str] | None = []
     asym_error = None

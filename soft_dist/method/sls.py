@@ -62,3 +62,17 @@ def label_smoothing(labels: torch.Tensor, num_classes: int, epsilon: float) -> t
 def label_smoothing_top1(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
     """LSR*: LSR of the arg-max class of ``logits`` [B, C] -> [B, C] (not instance-aware)."""
     return label_smoothing(logits.argmax(dim=-1), logits.shape[-1], epsilon)
+
+
+def tau_above_uniform_note(tau: float, num_classes: int) -> str | None:
+    """A warning when ``tau`` is above the uniform confidence 1/C, else None.
+
+    With tau > 1/C a sample gets k > 1 only when two classes beat uniform by a margin, so most SLS
+    targets put 1 - eps on the top-1 class: a hard pseudo-label, which on noisy digits (10 classes,
+    tau 1/8) locked the teacher into its early mistakes (docs/experiments.md). The paper's 1/8 is 7/8
+    of uniform for its 7 classes; the same ratio for C classes is 0.875 / C."""
+    if tau * num_classes <= 1.0 + 1e-9:
+        return None
+    return (f"method.tau={tau:g} is above uniform (1/{num_classes} = {1 / num_classes:.4f}) for {num_classes} "
+            f"classes: few SLS targets will have k > 1. The paper's 1/8 is 7/8 of uniform for 7 classes; "
+            f"the same ratio here is {0.875 / num_classes:.4f} (docs/experiments.md, 'SOFT against MT').")

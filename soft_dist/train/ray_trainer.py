@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from soft_dist.config import Config, ConfigError, config_from_yaml, from_dict, to_dict
+from soft_dist.config import METHOD_PRESETS, Config, ConfigError, config_from_yaml, from_dict, to_dict
+from soft_dist.method.sls import tau_above_uniform_note
 from soft_dist.noise import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoint as ckpt
@@ -294,7 +295,10 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
         if store.exists("config.yaml"):
             raise ConfigError("--run-dir", f"{store.location} already holds a run; "
                               f"use `soft-dist train --resume {store.location}`")
-        table, _ = make_noise_table(cfg)
+        table, num_classes = make_noise_table(cfg)
+        note = tau_above_uniform_note(cfg.method.tau, num_classes)
+        if echo and note and METHOD_PRESETS[cfg.method.name]["target"] == "sls":
+            echo(f"note: {note}")
         if echo and table.info.get("format"):
             from soft_dist.noise_lists import describe
 
