@@ -106,6 +106,11 @@ def test_t_interval_matches_the_t_table():
     assert s4["ci_high"] - s4["mean"] == pytest.approx(T_975_DF3 * np.std(four, ddof=1) / 2)
     one = t_interval([0.5, float("nan"), None])
     assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["std"]) and math.isnan(one["ci_low"])
+    # Clipped to the possible range: a wide accuracy interval near 100% stops at 100%.
+    near_top = t_interval([0.99, 0.90, 0.98], bounds=(0.0, 1.0))
+    unclipped = t_interval([0.99, 0.90, 0.98])
+    assert unclipped["ci_high"] > 1.0 and near_top["ci_high"] == 1.0
+    assert near_top["ci_low"] == pytest.approx(unclipped["ci_low"])
 
 
 def test_pairs_need_the_same_units_and_count_wins_ties_losses():
@@ -225,8 +230,9 @@ def test_summary_and_paired_tables(experiment):
             std = values.std(ddof=1)
             assert row[f"{p}_accuracy_mean"] == pytest.approx(values.mean(), abs=1e-4)  # csv keeps 4 decimals
             assert row[f"{p}_accuracy_std"] == pytest.approx(std, abs=1e-4)
-            width = row[f"{p}_accuracy_ci_high"] - row[f"{p}_accuracy_ci_low"]
-            assert width == pytest.approx(2 * T_975_DF1 * std / math.sqrt(2), abs=2e-4)
+            half = T_975_DF1 * std / math.sqrt(2)  # clipped to the range an accuracy can take
+            assert row[f"{p}_accuracy_ci_low"] == pytest.approx(max(values.mean() - half, 0.0), abs=2e-4)
+            assert row[f"{p}_accuracy_ci_high"] == pytest.approx(min(values.mean() + half, 1.0), abs=2e-4)
         assert row["accuracy_mean"] == pytest.approx(mine["accuracy"].mean(), abs=1e-4)
 
     pairs = pd.read_csv(experiment["dir"] / "paired.csv")

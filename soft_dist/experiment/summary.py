@@ -111,9 +111,11 @@ def collect(cells: list[Cell], run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def t_interval(values) -> dict:
+def t_interval(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict:
     """{n, mean, std, ci_low, ci_high} of the finite values: std with ddof = 1 and the two-sided 95%
-    Student t interval; std and the interval are NaN with fewer than 2 values, everything with none."""
+    Student t interval, clipped to ``bounds`` (the values' possible range: an accuracy interval that
+    reached past 100% would claim the impossible); std and the interval are NaN with fewer than 2
+    values, everything with none."""
     from scipy import stats
 
     x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
@@ -123,7 +125,7 @@ def t_interval(values) -> dict:
     if n >= 2:
         std = float(x.std(ddof=1))
         half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
-        out.update(std=std, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+        out.update(std=std, ci_low=max(out["mean"] - half, bounds[0]), ci_high=min(out["mean"] + half, bounds[1]))
     return out
 
 
@@ -161,7 +163,7 @@ def summarise(table: pd.DataFrame, extra_keys: list[str], methods: list[str] | N
         row["seeds"] = row["n"] = len(part)
         for protocol, metric in itertools.product(PROTOCOLS, METRICS):
             column = f"{protocol}_{metric}"
-            stats = t_interval(part[column].tolist() if column in part else [])
+            stats = t_interval(part[column].tolist() if column in part else [], bounds=(0.0, 1.0))
             for stat in ("mean", "std", "ci_low", "ci_high"):
                 row[f"{column}_{stat}"] = stats[stat]
         rows.append(row)
@@ -193,7 +195,7 @@ def paired(table: pd.DataFrame, extra_keys: list[str], unit_keys: list[str],
                 a = pd.to_numeric(both[f"{protocol}_accuracy"], errors="coerce")
                 b = pd.to_numeric(both[f"{protocol}_accuracy_base"], errors="coerce")
                 diff = (a - b)[a.notna() & b.notna()].to_numpy(dtype=float)
-                stats = t_interval(diff)
+                stats = t_interval(diff, bounds=(-1.0, 1.0))
                 rows.append({"method": method, "baseline": baseline, **dict(zip(keys, group)), "protocol": protocol,
                              "n_pairs": stats["n"], "accuracy_diff_mean": stats["mean"],
                              "accuracy_diff_std": stats["std"], "accuracy_diff_ci_low": stats["ci_low"],
