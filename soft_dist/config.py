@@ -189,7 +189,6 @@ class TrainConfig:
     teacher_buffer_sync_every: int = field(default=1, metadata=_range(0, None))
     sync_check_every: int = field(default=50, metadata=_range(0, None))
     sync_batchnorm: bool = False
-    log_every: int = field(default=20, metadata=_range(1, None))
     # The branch used for inference is chosen on the validation split by this metric.
     select_metric: str = field(default="accuracy", metadata=_choice("accuracy", "mean_class_accuracy"))
     # Test hook: rank 0's process exits at this global step (once per run directory), to exercise recovery.
@@ -279,12 +278,17 @@ def _check_range(value: Any, meta: dict, path: str, source: str | None) -> None:
             raise ConfigError(path, f"must be in {left}{lo_s}, {hi_s}{right}, got {value!r}", source)
 
 
+# Fields that did nothing and were removed: the config.yaml of a run made before still loads (for
+# --resume), the key is ignored.
+REMOVED_KEYS = frozenset({"train.log_every"})
+
+
 def _build(cls: type, data: dict, prefix: str, sources: dict[str, str]) -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise ConfigError."""
     hints = get_type_hints(cls)
     by_key = {_yaml_key(f): f for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in by_key:
+        if key not in by_key and f"{prefix}{key}" not in REMOVED_KEYS:
             path = f"{prefix}{key}"
             raise ConfigError(path, f"unknown key; known keys here: {sorted(by_key)}", sources.get(path))
     kwargs = {}

@@ -76,6 +76,12 @@ def test_include_and_saved_config_roundtrip(tmp_path):
     assert load_config(saved) == cfg
 
 
+def test_removed_field_of_an_older_saved_config_is_ignored(tmp_path):
+    # train.log_every did nothing and is gone; a run saved before must still resume.
+    old = write(tmp_path, "train:\n  epochs: 3\n  log_every: 20\n", "config.yaml")
+    assert load_config(old).train.epochs == 3 and "log_every" not in to_dict(load_config(old))["train"]
+
+
 def test_shipped_configs_load():
     files = sorted(CONFIGS.glob("*.yaml"))
     assert files
