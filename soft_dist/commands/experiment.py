@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--summary-only", action="store_true", help="train nothing; rewrite tables, plots and report")
     p.add_argument("--cells", action="append", metavar="PATTERN",
                    help="train only the cells whose names match this shell pattern (repeatable), e.g. "
-                   "'*-fold3' to run a grid fold by fold; the tables cover every finished cell")
+                   "'*-fold3*' to run a grid fold by fold; the tables cover every finished cell")
     p.add_argument("--out", type=Path, help="report / compare: the Markdown file to write (report: default "
                    "DIR/report.md; compare: default the console)")
     p.add_argument("overrides", nargs="*", metavar="key=value",

@@ -120,7 +120,8 @@ def select_cells(cells: list[Cell], patterns: list[str]) -> list[Cell]:
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(c.name, pattern) for c in cells):
             names = ", ".join(c.name for c in cells[:4]) + (", ..." if len(cells) > 4 else "")
-            raise GridError("--cells", f"{pattern!r} matches no cell of this grid (cells are named like {names})")
+            raise GridError("--cells", f"{pattern!r} matches no cell of this grid (a pattern matches whole names, "
+                            f"like {names})")
     return [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
 
 
@@ -144,7 +145,7 @@ def run_grid(
     ``overrides`` (dotted key=value) apply to every cell after the grid file's own; they may not name a
     grid axis. A cell that raises is recorded in the outcome (and failed.csv) and the grid continues.
     ``command`` (the command line, for the report's header) is recorded in outcome.json. ``only`` (shell
-    patterns such as ``*-fold3``) trains just the cells whose names match one of them, e.g. to run a grid
+    patterns on whole cell names, such as ``*-fold3*``) trains just the cells whose names match one of them, e.g. to run a grid
     fold by fold or to split it over machines sharing ``run_dir``; the tables still cover every finished
     cell."""
     from soft_dist.train.ray_trainer import run_training
