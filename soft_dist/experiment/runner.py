@@ -145,9 +145,9 @@ def run_grid(
     ``overrides`` (dotted key=value) apply to every cell after the grid file's own; they may not name a
     grid axis. A cell that raises is recorded in the outcome (and failed.csv) and the grid continues.
     ``command`` (the command line, for the report's header) is recorded in outcome.json. ``only`` (shell
-    patterns on whole cell names, such as ``*-fold3*``) trains just the cells whose names match one of them, e.g. to run a grid
-    fold by fold or to split it over machines sharing ``run_dir``; the tables still cover every finished
-    cell."""
+    patterns on whole cell names, such as ``*-fold3*``) trains just the cells that match one of them,
+    e.g. to run a grid fold by fold or to split it over machines sharing ``run_dir``; the tables still
+    cover every finished cell."""
     from soft_dist.train.ray_trainer import run_training
 
     run_dir = Path(run_dir).resolve()
