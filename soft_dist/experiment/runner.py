@@ -154,10 +154,10 @@ def run_grid(
     overrides = list(overrides or [])
     check_overrides(overrides, "command line", None, AXIS_KEYS + tuple(grid.extra))
     common = [*grid.overrides, *overrides]
+    cells = select_cells(grid.cells(), only) if only else grid.cells()  # a typo fails before any write
     run_dir.mkdir(parents=True, exist_ok=True)
     copy_grid(grid, run_dir)  # first: a report can be made from a grid that is still running
     outcome = GridOutcome()
-    cells = select_cells(grid.cells(), only) if only else grid.cells()
 
     asym_overrides: list[str] | None = []
     asym_error = None
