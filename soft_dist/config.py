@@ -16,32 +16,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Callable, get_args, get_origin, get_type_hints
 
 import yaml
 
-# Method presets (paper Table 1 and Table 3). Each names how the student is supervised:
-#   teacher  - an EMA teacher exists and feeds the consistency loss
-#   target   - how the consistency target is made from logits: none | softmax | sls | lsr_star
-#   sls_on   - which branch's logits are smoothed when target == "sls": teacher | student | both
-#   head     - the uncertainty head (weighted CE) is used after the first stage
-#   ce_target- the classification target: onehot | lsr (Eq. 1-2 on the given label)
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "ce": dict(teacher=False, target="none", sls_on="teacher", head=False, ce_target="onehot"),
-    "mt": dict(teacher=True, target="softmax", sls_on="teacher", head=False, ce_target="onehot"),
-    "mt_sls": dict(teacher=True, target="sls", sls_on="teacher", head=False, ce_target="onehot"),
-    "soft": dict(teacher=True, target="sls", sls_on="teacher", head=True, ce_target="onehot"),
-    # Table 3 (all with the uncertainty module): first row, smoothing variants and SLS targets.
-    "mt_unc": dict(teacher=True, target="softmax", sls_on="teacher", head=True, ce_target="onehot"),
-    "lsr": dict(teacher=True, target="softmax", sls_on="teacher", head=True, ce_target="lsr"),
-    "lsr_star": dict(teacher=True, target="lsr_star", sls_on="teacher", head=True, ce_target="onehot"),
-    "sls0": dict(teacher=True, target="sls", sls_on="teacher", head=True, ce_target="onehot", epsilon=0.0),
-    "sls_student": dict(teacher=True, target="sls", sls_on="student", head=True, ce_target="onehot"),
-    "sls_both": dict(teacher=True, target="sls", sls_on="both", head=True, ce_target="onehot"),
-    # Table 1 row "SLS" on a vanilla network: the student's own detached logits, smoothed, as target.
-    "sls_self": dict(teacher=False, target="sls", sls_on="student", head=False, ce_target="onehot"),
-}
-
+from soft_dist.method.presets import METHOD_PRESETS, MethodPreset
 
 class ConfigError(ValueError):
     """A configuration problem, naming the dotted field and (when known) the file."""
@@ -53,160 +32,195 @@ class ConfigError(ValueError):
         self.source = source
 
 
-def _choice(*options: str) -> dict:
-    return {"choices": options}
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple | None = None,
+            lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+            key: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """Declare one config field: its default, a one-line meaning (``doc``, shown by `soft-dist config docs`),
+    the allowed values (``choices``) or range (``lo``/``hi``, open ends with ``lo_open``/``hi_open``), and
+    the YAML key when it differs from the attribute (``lambda``). Validation, overrides, sweeps, grids and
+    the docs all read this one declaration."""
+    if not doc:
+        raise TypeError("every config field needs a doc")
+    meta: dict[str, Any] = {"doc": doc}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if lo is not None or hi is not None:
+        meta["range"] = (lo, hi, lo_open, hi_open)
+    if key is not None:
+        meta["key"] = key
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-def _range(lo: float | None = None, hi: float | None = None, lo_open=False, hi_open=False) -> dict:
-    return {"range": (lo, hi, lo_open, hi_open)}
+def section(cls: type, doc: str) -> Any:
+    """A nested config section (a dataclass) with its one-line meaning."""
+    return field(default_factory=cls, metadata={"doc": doc})
 
 
 @dataclass
 class AugmentConfig:
     """Training-view augmentation (both views draw their own random parameters)."""
 
-    scale_min: float = field(default=0.8, metadata=_range(0.0, 1.0, lo_open=True))
-    scale_max: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
-    ratio_min: float = field(default=0.9, metadata=_range(0.0, None, lo_open=True))
-    ratio_max: float = field(default=1.1, metadata=_range(0.0, None, lo_open=True))
-    flip: bool = True
-    rotate_degrees: float = field(default=10.0, metadata=_range(0.0, 180.0))
+    scale_min: float = setting(0.8, "smallest crop area, as a share of the image (random resized crop)",
+                               lo=0.0, hi=1.0, lo_open=True)
+    scale_max: float = setting(1.0, "largest crop area, as a share of the image", lo=0.0, hi=1.0, lo_open=True)
+    ratio_min: float = setting(0.9, "smallest crop aspect ratio (width / height)", lo=0.0, lo_open=True)
+    ratio_max: float = setting(1.1, "largest crop aspect ratio (width / height)", lo=0.0, lo_open=True)
+    flip: bool = setting(True, "random horizontal flip")
+    rotate_degrees: float = setting(10.0, "random rotation in [-d, d] degrees", lo=0.0, hi=180.0)
     # nearest is torchvision RandomRotation's default; linear is smoother but DALI's CPU warp costs about
     # 4x more with it (docs/pipelines.md). Both loaders follow this key.
-    rotate_interpolation: str = field(default="nearest", metadata=_choice("nearest", "linear"))
-    color_jitter: float = field(default=0.0, metadata=_range(0.0, 1.0))  # the paper uses none
-    erasing_prob: float = field(default=0.25, metadata=_range(0.0, 1.0))
-    erasing_scale_min: float = field(default=0.02, metadata=_range(0.0, 1.0))
-    erasing_scale_max: float = field(default=0.25, metadata=_range(0.0, 1.0))
+    rotate_interpolation: str = setting("nearest", "interpolation of the rotation (linear costs ~4x on DALI CPU)",
+                                        choices=("nearest", "linear"))
+    color_jitter: float = setting(0.0, "brightness/contrast/saturation jitter strength (the paper uses none)",
+                                  lo=0.0, hi=1.0)
+    erasing_prob: float = setting(0.25, "probability of random erasing per view", lo=0.0, hi=1.0)
+    erasing_scale_min: float = setting(0.02, "smallest erased area, as a share of the image", lo=0.0, hi=1.0)
+    erasing_scale_max: float = setting(0.25, "largest erased area, as a share of the image", lo=0.0, hi=1.0)
 
 
 @dataclass
 class DataConfig:
     """Where the images come from and how they are fed."""
 
-    shards: str | None = None  # folder with manifest.json written by `soft-dist shard`
-    # Node-local cache for shards given as a URL (s3://...); None: $SOFT_DIST_CACHE, else
-    # ~/.cache/soft-dist/shards.
-    cache_dir: str | None = None
-    # Bound of that cache in GB; least recently used other shard sets are evicted to stay under it.
-    cache_max_gb: float = field(default=50.0, metadata=_range(0.0, None, lo_open=True))
-    image_size: int = field(default=224, metadata=_range(8, 1024))
-    loader: str = field(default="dali", metadata=_choice("dali", "torch"))
-    num_threads: int = field(default=2, metadata=_range(1, 256))
-    val_labels: str = field(default="noisy", metadata=_choice("noisy", "clean"))
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str | None = "test"
-    # Splits carved by the run from the shards' samples (soft_dist.data.splits): folds = K >= 2 pools
-    # train, val and test and makes fold ``fold`` of K stratified folds the test split; 0 keeps the
-    # shards' test split.
-    folds: int = field(default=0, metadata=_range(0, 1000))
-    fold: int = field(default=0, metadata=_range(0, None))
-    # Share of every class's non-test samples carved as the validation split; None keeps the shards'
-    # validation split (with folds: 0.1).
-    val_fraction: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True, hi_open=True))
-    split_seed: int = 0  # seed of the carve (folds and validation)
-    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    # Evaluation view: resize the shorter side to image_size / eval_crop_fraction, then centre crop
-    # image_size. 1.0 keeps the whole (already aligned) face; 0.875 is the ImageNet 256 -> 224 habit.
-    eval_crop_fraction: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    shards: str | None = setting(None, "shard folder (or s3:// URL) with manifest.json, written by `soft-dist shard`")
+    cache_dir: str | None = setting(None, "node-local cache for shards given as a URL; null: $SOFT_DIST_CACHE, "
+                                          "else ~/.cache/soft-dist/shards")
+    cache_max_gb: float = setting(50.0, "bound of that cache in GB; least recently used shard sets are evicted",
+                                  lo=0.0, lo_open=True)
+    image_size: int = setting(224, "side of the square network input in pixels", lo=8, hi=1024)
+    loader: str = setting("dali", "input pipeline: DALI (CPU or GPU decoding) or the torch fallback",
+                          choices=("dali", "torch"))
+    num_threads: int = setting(2, "decoding/augmentation threads per loader", lo=1, hi=256)
+    val_labels: str = setting("noisy", "labels validation is scored against: the noisy ones (realistic) or clean",
+                              choices=("noisy", "clean"))
+    train_split: str = setting("train", "shard split used for training")
+    val_split: str = setting("val", "shard split used for validation (model selection)")
+    test_split: str | None = setting("test", "shard split used for the test report; null: no test split")
+    folds: int = setting(0, "K >= 2 pools the splits and makes fold `data.fold` of K stratified folds the test "
+                            "split; 0 keeps the shards' test split", lo=0, hi=1000)
+    fold: int = setting(0, "which of the `data.folds` folds is the test split", lo=0)
+    val_fraction: float | None = setting(None, "share of every class's non-test samples carved as validation; "
+                                               "null keeps the shards' val split (with folds: 0.1)",
+                                         lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    split_seed: int = setting(0, "seed of the carve (folds and validation)")
+    mean: list = setting(doc="per-channel (RGB) mean for normalisation", factory=lambda: [0.485, 0.456, 0.406])
+    std: list = setting(doc="per-channel (RGB) standard deviation for normalisation",
+                        factory=lambda: [0.229, 0.224, 0.225])
+    eval_crop_fraction: float = setting(1.0, "evaluation view: resize to image_size / f, centre-crop image_size "
+                                             "(1.0 keeps the whole aligned face)", lo=0.0, hi=1.0, lo_open=True)
+    augment: AugmentConfig = section(AugmentConfig, "training-view augmentation")
 
 
 @dataclass
 class ModelConfig:
-    name: str = field(default="resnet18", metadata=_choice("resnet18", "resnet34", "resnet50"))
-    # Small-input stem (3x3 conv, stride 1, no max-pool). None: on when data.image_size <= 64.
-    small_stem: bool | None = None
-    # None, a local state_dict file, or "imagenet" (torchvision weights; needs network access).
-    pretrained: str | None = None
-    channels_last: bool = True  # applied on GPU only
+    """The network."""
+
+    name: str = setting("resnet18", "backbone (torchvision ResNet)", choices=("resnet18", "resnet34", "resnet50"))
+    small_stem: bool | None = setting(None, "3x3 stride-1 stem without max-pool for small inputs; "
+                                            "null: on when data.image_size <= 64")
+    pretrained: str | None = setting(None, "null, a local weight file (a state_dict or {'state_dict': ...}; "
+                                           "'module.' stripped; loaded strictly), or \"imagenet\" (needs network)")
+    channels_last: bool = setting(True, "channels-last memory format (applied on GPU only)")
 
 
 @dataclass
 class MethodConfig:
     """The SOFT method and its ablations (paper Sec. 3, Tables 1 and 3)."""
 
-    name: str = field(default="soft", metadata=_choice(*METHOD_PRESETS))
-    tau: float = field(default=0.125, metadata=_range(0.0, 1.0, lo_open=True, hi_open=True))
-    epsilon: float = field(default=0.3, metadata=_range(0.0, 1.0, hi_open=True))
-    lambda_: float = field(default=10.0, metadata={**_range(0.0, None), "key": "lambda"})
-    rampup_epochs: float = field(default=5.0, metadata=_range(0.0, None))
-    ema_decay: float = field(default=0.999, metadata=_range(0.0, 1.0))
-    ema_warmup: bool = True  # w_t = min(1 - 1/(t+1), w)
-    teacher_buffers: str = field(default="own", metadata=_choice("own", "copy", "ema"))
-    # Stage 1 (paper 4.2): epochs trained without the uncertainty head before it is switched on.
-    stage1_epochs: int = field(default=6, metadata=_range(0, None))
-    # Epochs an SLS method trains as a plain mean teacher (the teacher's softmax as the consistency
-    # target) before SLS targets start: the paper applies SLS to an already trained teacher.
-    sls_start_epoch: int = field(default=0, metadata=_range(0, None))
+    name: str = setting("soft", "method preset (soft_dist/method/presets.py, table below)",
+                        choices=tuple(METHOD_PRESETS))
+    tau: float = setting(0.125, "SLS confidence threshold: classes above it keep their relative confidence "
+                                "(keep it below 1/C)", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    epsilon: float = setting(0.3, "smoothing mass given to the low-confidence classes (SLS, LSR, LSR*); "
+                                  "sls0 pins it at 0", lo=0.0, hi=1.0, hi_open=True)
+    lambda_: float = setting(10.0, "weight of the consistency loss after the ramp-up", lo=0.0, key="lambda")
+    rampup_epochs: float = setting(5.0, "epochs of the sigmoid ramp-up of the consistency weight", lo=0.0)
+    ema_decay: float = setting(0.999, "EMA decay w of the teacher", lo=0.0, hi=1.0)
+    ema_warmup: bool = setting(True, "use w_t = min(1 - 1/(t+1), w) so early teachers follow the student faster")
+    teacher_buffers: str = setting("own", "teacher BatchNorm buffers: its own batch statistics, a copy of the "
+                                          "student's, or their EMA", choices=("own", "copy", "ema"))
+    stage1_epochs: int = setting(6, "epochs trained without the uncertainty head before it is switched on "
+                                    "(paper 4.2)", lo=0)
+    sls_start_epoch: int = setting(0, "epochs an SLS method trains as a plain mean teacher before SLS targets "
+                                      "start", lo=0)
 
 
 @dataclass
 class NoiseConfig:
-    kind: str = field(default="none", metadata=_choice("none", "symmetric", "asymmetric", "file"))
-    rate: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
-    seed: int = 0
-    # Asymmetric noise: {source class name or index: target class name or index}; None uses the
-    # dataset's default map from its manifest, or a confusion matrix given in confusion_file.
-    class_map: dict | None = None
-    confusion_file: str | None = None
-    file: str | None = None  # kind=file: a noise table (.csv) or a published noise list (see file_format)
-    # How noise.file is read: table (soft-dist's noise_table.csv) or a list, rafdb | soft | paths (docs/experiments.md).
-    file_format: str = field(default="table", metadata=_choice("table", "rafdb", "soft", "paths"))
+    """The label noise the run trains with (injected into a noise table; shards keep clean labels)."""
+
+    kind: str = setting("none", "noise injected into the training and validation labels",
+                        choices=("none", "symmetric", "asymmetric", "file"))
+    rate: float = setting(0.0, "share of labels changed", lo=0.0, hi=1.0, hi_open=True)
+    seed: int = setting(0, "seed of the noise draw")
+    class_map: dict | None = setting(None, "asymmetric noise: {source class: target class} by name or index; "
+                                           "null: the dataset's default map, or confusion_file")
+    confusion_file: str | None = setting(None, "asymmetric noise: a C x C confusion matrix (CSV) to derive the "
+                                               "class map from")
+    file: str | None = setting(None, "kind=file: a noise table (.csv) or a published noise list")
+    file_format: str = setting("table", "how noise.file is read: soft-dist's noise_table.csv, or a list "
+                                        "(rafdb | soft | paths, docs/experiments.md)",
+                               choices=("table", "rafdb", "soft", "paths"))
 
 
 @dataclass
 class OptimConfig:
-    name: str = field(default="adam", metadata=_choice("adam", "adamw", "sgd"))
-    lr: float = field(default=1e-4, metadata=_range(0.0, None, lo_open=True))
-    weight_decay: float = field(default=0.0, metadata=_range(0.0, None))
-    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    """The optimizer (constant learning rate, as in the paper)."""
+
+    name: str = setting("adam", "optimizer (the paper: Adam)", choices=("adam", "adamw", "sgd"))
+    lr: float = setting(1e-4, "learning rate (constant, no schedule)", lo=0.0, lo_open=True)
+    weight_decay: float = setting(0.0, "weight decay of the optimizer", lo=0.0)
+    momentum: float = setting(0.9, "momentum (sgd only)", lo=0.0, hi=1.0)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=86, metadata=_range(1, None))
-    batch_size: int = field(default=64, metadata=_range(1, None))
-    eval_batch_size: int = field(default=256, metadata=_range(1, None))
-    seed: int = 0
-    workers: int = field(default=2, metadata=_range(1, None))
-    use_gpu: bool = False
-    cpus_per_worker: int = field(default=1, metadata=_range(1, None))
-    torch_threads: int | None = None  # intra-op threads per worker; None leaves torch's default
-    bf16: bool = True  # autocast on GPU only
-    compile: bool = False
-    max_failures: int = field(default=2, metadata=_range(-1, None))
-    # Elastic training: with min_workers set, Ray Train runs with any count in [min_workers, workers]
-    # (fewer after a node is lost, more again when it returns); None keeps exactly ``workers``.
-    min_workers: int | None = field(default=None, metadata=_range(1, None))
-    # How often (s) Ray Train looks for room to grow an elastic run back towards ``workers``.
-    elastic_resize_interval_s: float = field(default=60.0, metadata=_range(0.0, None))
-    # Keep the resumable state (checkpoints/) after the last epoch; false leaves only model.pt and logs.
-    keep_state: bool = True
-    # Teacher synchronisation across ranks (see soft_dist.train.ray_trainer).
-    teacher_buffer_sync_every: int = field(default=1, metadata=_range(0, None))
-    sync_check_every: int = field(default=50, metadata=_range(0, None))
-    sync_batchnorm: bool = False
-    # The branch used for inference is chosen on the validation split by this metric.
-    select_metric: str = field(default="accuracy", metadata=_choice("accuracy", "mean_class_accuracy"))
-    # Test hook: rank 0's process exits at this global step (once per run directory), to exercise recovery.
-    fail_at_step: int | None = None
+    """The run: schedule, workers, recovery and teacher synchronisation."""
+
+    epochs: int = setting(86, "epochs to train (the paper: 6 + 80)", lo=1)
+    batch_size: int = setting(64, "training batch per worker", lo=1)
+    eval_batch_size: int = setting(256, "evaluation batch per worker", lo=1)
+    seed: int = setting(0, "seed of torch, numpy and Python on every rank, and of the data order")
+    workers: int = setting(2, "Ray Train workers (DDP ranks)", lo=1)
+    use_gpu: bool = setting(False, "one GPU per worker (DALI mixed decoding, NCCL)")
+    cpus_per_worker: int = setting(1, "CPUs reserved per worker", lo=1)
+    torch_threads: int | None = setting(None, "intra-op torch threads per worker; null: train.cpus_per_worker")
+    bf16: bool = setting(True, "bf16 autocast (GPU only)")
+    compile: bool = setting(False, "torch.compile the student")
+    max_failures: int = setting(2, "worker failures Ray Train recovers from (-1: unlimited)", lo=-1)
+    min_workers: int | None = setting(None, "elastic training: run with any count in [min_workers, workers]; "
+                                            "null keeps exactly `workers`", lo=1)
+    elastic_resize_interval_s: float = setting(60.0, "seconds between Ray Train's looks for room to grow an "
+                                                     "elastic run", lo=0.0)
+    keep_state: bool = setting(True, "keep the resumable checkpoints/ after the last epoch; false leaves model.pt "
+                                     "and logs")
+    teacher_buffer_sync_every: int = setting(1, "steps between broadcasts of the teacher's BatchNorm buffers "
+                                                "(0: never)", lo=0)
+    sync_check_every: int = setting(50, "steps between checks that every rank holds the same teacher (0: never)",
+                                    lo=0)
+    sync_batchnorm: bool = setting(False, "SyncBatchNorm in the student")
+    select_metric: str = setting("accuracy", "validation metric that chooses the epoch and branch of model.pt",
+                                 choices=("accuracy", "mean_class_accuracy"))
+    fail_at_step: int | None = setting(None, "test hook: rank 0 exits at this global step (once per run "
+                                             "directory) to exercise recovery")
 
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    """A training run."""
+
+    data: DataConfig = section(DataConfig, "input data and augmentation")
+    model: ModelConfig = section(ModelConfig, "the network")
+    method: MethodConfig = section(MethodConfig, "the method and its hyperparameters")
+    noise: NoiseConfig = section(NoiseConfig, "label noise")
+    optim: OptimConfig = section(OptimConfig, "the optimizer")
+    train: TrainConfig = section(TrainConfig, "schedule, workers, recovery")
 
     @property
-    def preset(self) -> dict[str, Any]:
-        """The behaviour switches of ``method.name`` (see METHOD_PRESETS)."""
+    def preset(self) -> MethodPreset:
+        """The behaviour switches of ``method.name`` (soft_dist.method.presets)."""
         return METHOD_PRESETS[self.method.name]
 
 
@@ -260,6 +274,12 @@ def _coerce(value: Any, hint: Any, path: str, source: str | None) -> Any:
     raise ConfigError(path, f"expected {name}, got {type(value).__name__} {value!r}", source)
 
 
+def _range_text(bounds: tuple) -> str:
+    """(lo, hi, lo_open, hi_open) -> "(0.0, 1.0]"; a missing bound is -inf / inf."""
+    lo, hi, lo_open, hi_open = bounds
+    return f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open else ']'}"
+
+
 def _check_range(value: Any, meta: dict, path: str, source: str | None) -> None:
     if value is None:
         return
@@ -271,11 +291,7 @@ def _check_range(value: Any, meta: dict, path: str, source: str | None) -> None:
             hi is not None and (value >= hi if hi_open else value > hi)
         )
         if bad:
-            left = "(" if lo_open else "["
-            right = ")" if hi_open else "]"
-            lo_s = "-inf" if lo is None else lo
-            hi_s = "inf" if hi is None else hi
-            raise ConfigError(path, f"must be in {left}{lo_s}, {hi_s}{right}, got {value!r}", source)
+            raise ConfigError(path, f"must be in {_range_text(meta['range'])}, got {value!r}", source)
 
 
 # Fields that did nothing and were removed: the config.yaml of a run made before still loads (for
@@ -352,6 +368,41 @@ def _record_sources(data: dict, source: str, sources: dict[str, str], prefix: st
             _record_sources(value, source, sources, f"{path}.")
 
 
+# The configs shipped with the package (soft_dist/configs links to the repository's configs/ folder).
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_names(folder: str = "") -> list[str]:
+    """Names of the bundled configs in ``folder`` ("" for run configs, "experiments", "sweeps")."""
+    root = BUNDLED_CONFIGS / folder
+    return sorted(p.stem for p in root.glob("*.yaml")) if root.is_dir() else []
+
+
+def find_bundled(name: str | Path, folder: str = "") -> Path | None:
+    """The bundled ``folder/NAME.yaml`` for a bare name (no folder part), or None."""
+    name = str(name)
+    if "/" in name or "\\" in name:
+        return None
+    stem = name[:-5] if name.endswith(".yaml") else name
+    candidate = BUNDLED_CONFIGS / folder / f"{stem}.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def resolve_config_path(name_or_path: str | Path, folder: str = "", what: str = "config") -> Path:
+    """A config file: ``name_or_path`` when that file exists, else the bundled ``folder/NAME.yaml``.
+
+    So ``--config digits_cpu`` works from any directory after an install; a missing file that is not a
+    bundled name is a ConfigError listing the bundled names."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    bundled = find_bundled(name_or_path, folder)
+    if bundled is not None:
+        return bundled
+    raise ConfigError(what, f"file not found: {name_or_path} (and no bundled {what} of that name; bundled: "
+                            f"{', '.join(bundled_names(folder)) or '(none)'})")
+
+
 def _read_yaml(path: Path, sources: dict[str, str], seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
@@ -401,17 +452,25 @@ def apply_overrides(data: dict, overrides: list[str], sources: dict[str, str]) -
     return out
 
 
+def _apply_pins(cfg: Config) -> None:
+    """Set the method fields the preset pins (e.g. sls0: epsilon 0), so the resolved config is what runs."""
+    for name, value in cfg.preset.pinned:
+        setattr(cfg.method, name, value)
+
+
 def from_dict(data: dict, sources: dict[str, str] | None = None) -> Config:
     sources = sources or {}
     cfg = _build(Config, data, "", sources)
+    _apply_pins(cfg)
     _cross_checks(cfg, sources)
     return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load ``path`` (or the defaults when None), apply dotted overrides, validate, return a Config."""
+    """Load ``path`` (a file, or the name of a bundled config; the defaults when None), apply dotted
+    overrides, validate, return a Config."""
     sources: dict[str, str] = {}
-    data = _read_yaml(Path(path), sources) if path else {}
+    data = _read_yaml(resolve_config_path(path), sources) if path else {}
     data = apply_overrides(data, list(overrides or []), sources)
     return from_dict(data, sources)
 
@@ -441,3 +500,65 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_yaml(cfg))
     return path
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in get_args(hint) if a is not type(None)]
+    base = args[0] if args else hint
+    name = getattr(get_origin(base) or base, "__name__", str(base))
+    return f"{name} or null" if type(None) in get_args(hint) else name
+
+
+def _allowed(meta: dict) -> str:
+    if "choices" in meta:
+        return " \\| ".join(str(c) for c in meta["choices"])
+    if "range" in meta:
+        return _range_text(meta["range"])
+    return ""
+
+
+def field_rows(cls: type = Config, prefix: str = "") -> list[dict[str, str]]:
+    """One row per leaf field: key (dotted), type, default, allowed values and meaning (the field's doc)."""
+    rows = []
+    hints = get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{_yaml_key(f)}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(field_rows(hint, f"{key}."))
+            continue
+        default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True)
+        rows.append({"key": key, "type": _type_name(hint), "default": default.strip().removesuffix("...").strip(),
+                     "allowed": _allowed(f.metadata), "meaning": f.metadata.get("doc", "")})
+    return rows
+
+
+def config_docs() -> str:
+    """Markdown reference of every config field and every method preset (docs/config.md is this text)."""
+    lines = ["# Configuration reference", "",
+             "Generated by `soft-dist config docs` from the field declarations in `soft_dist/config.py`; a test",
+             "keeps this file in sync. A run's config is a YAML file (or the name of a bundled one, e.g.",
+             "`--config digits_cpu`) plus `section.key=value` overrides; `soft-dist config show NAME|FILE",
+             "[key=value ...]` prints the resolved result, which is what a run saves as its config.yaml.", ""]
+    hints = get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        section_cls = hints[f.name]
+        lines += [f"## {f.name}: {f.metadata['doc']}", "", "| key | type | default | allowed | meaning |",
+                  "|---|---|---|---|---|"]
+        for row in field_rows(section_cls, f"{f.name}."):
+            lines.append(f"| `{row['key']}` | {row['type']} | `{row['default']}` | {row['allowed']} | {row['meaning']} |")
+        lines.append("")
+    lines += ["## Method presets (`method.name`)", "",
+              "Each preset is a `MethodPreset` in `soft_dist/method/presets.py`; the objective reads only these switches.",
+              "", "| name | teacher | consistency target | SLS on | uncertainty head | CE target | pins | what it is |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, p in METHOD_PRESETS.items():
+        pins = ", ".join(f"{k}={v}" for k, v in p.pinned)
+        sls_on = p.sls_on if p.target == "sls" else ""
+        lines.append(f"| `{name}` | {'yes' if p.teacher else 'no'} | {p.target} | {sls_on} | "
+                     f"{'yes' if p.head else 'no'} | {p.ce_target} | {pins} | {p.summary} |")
+    return "\n".join(lines) + "\n"

@@ -34,7 +34,7 @@ def _remove_temp_folders_after_a_clean_session(request, tmp_path_factory):
 def digit_shards(tmp_path_factory) -> Path:
     """scikit-learn digits at 32 px as real shards (train/val/test), written once per test session with
     the project's own sharder; 4 shards per split so that 2 ranks each get some."""
-    from soft_dist.data.build import ShardConfig, build_shards
+    from soft_dist.shard.build import ShardConfig, build_shards
 
     out = tmp_path_factory.mktemp("digits32")
     build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=4, workers=1, progress=False))

@@ -1,5 +1,5 @@
 """Tiny real shard sets for the loader tests: scikit-learn digits as RGB JPEGs, written with the
-project's own shard writer (soft_dist.data.shards) and manifest fields (soft_dist.data.format)."""
+project's own shard writer (soft_dist.shard.writer) and manifest fields (soft_dist.data.format)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from soft_dist.data.digits import DIGIT_CLASSES, load_digits_rgb
-from soft_dist.data.shards import Sample, write_manifest, write_split
+from soft_dist.shard.digits import DIGIT_CLASSES, load_digits_rgb
+from soft_dist.shard.writer import Sample, write_manifest, write_split
 
 
 def jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:

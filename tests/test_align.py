@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from soft_dist.data.align import FaceDetector, apply_matrix, centre_crop, similarity_matrix, template, warp
+from soft_dist.shard.align import FaceDetector, apply_matrix, centre_crop, similarity_matrix, template, warp
 
 
 @pytest.fixture(scope="module")

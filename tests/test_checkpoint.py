@@ -16,7 +16,7 @@ import torch
 from soft_dist.config import load_config
 from soft_dist.data.digits_memory import digits_memory_loaders
 from soft_dist.method.model import build_student
-from soft_dist.noise import build_noise_table
+from soft_dist.noise.table import build_noise_table
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoint as ckpt
 from soft_dist.train.single import fit_single
@@ -93,7 +93,7 @@ def test_state_and_model_load_with_weights_only(uninterrupted):
     net, _ = build_student(cfg.model.name, 10, 16, cfg.model.small_stem, uncertainty=False)
     net.load_state_dict(model.state_dict)
     from soft_dist.train.loop import predict, report_predictions
-    from soft_dist.noise import NoiseTable
+    from soft_dist.noise.table import NoiseTable
 
     table = NoiseTable.load(run_dir / "noise_table.csv")
     val = report_predictions(*predict(net, loaders.val.epoch(0)), 10, table.lookup())

@@ -87,3 +87,73 @@ def test_shipped_configs_load():
     assert files
     for path in files:
         load_config(path)
+
+
+# ----------------------------------------------------------------------------- one declaration per field
+
+
+def test_docs_config_md_is_the_generated_reference():
+    from soft_dist.config import config_docs
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert committed == config_docs(), "docs/config.md is stale: run `soft-dist config docs > docs/config.md`"
+
+
+def test_every_field_has_a_meaning_and_appears_in_the_docs():
+    from soft_dist.config import config_docs, field_rows
+
+    rows = field_rows()
+    assert len(rows) > 60
+    docs = config_docs()
+    for row in rows:
+        assert len(row["meaning"]) > 10, row["key"]
+        assert f"`{row['key']}`" in docs
+    # a declaration without a doc is refused when the dataclass is defined
+    from soft_dist.config import setting
+
+    with pytest.raises(TypeError, match="doc"):
+        setting(1)
+
+
+def test_a_preset_pin_is_in_the_resolved_and_saved_config(tmp_path):
+    # sls0 is SLS with epsilon 0: the config a run saves must say so, whatever the file's epsilon.
+    cfg = load_config(CONFIGS / "base.yaml", ["method.name=sls0"])
+    assert cfg.method.epsilon == 0.0
+    saved = yaml.safe_load((save_config(cfg, tmp_path / "config.yaml")).read_text())
+    assert saved["method"]["epsilon"] == 0.0
+    assert load_config(CONFIGS / "base.yaml", ["method.name=soft"]).method.epsilon == 0.3
+
+
+def test_bundled_configs_by_name_from_any_directory(tmp_path, monkeypatch):
+    from soft_dist.experiment.grid import load_grid
+    from soft_dist.tune.sweep_config import load_sweep
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("digits_cpu").data.image_size == load_config(CONFIGS / "digits_cpu.yaml").data.image_size
+    assert load_grid("digits_cpu").base.name == "digits_cpu.yaml"
+    assert load_sweep("digits_cpu").base.data.image_size == 32
+    with pytest.raises(ConfigError, match="file not found: nope.*bundled: .*digits_cpu"):
+        load_config("nope")
+    (tmp_path / "digits_cpu").write_text("train:\n  epochs: 3\n")  # a file of that name wins over the bundle
+    assert load_config("digits_cpu").train.epochs == 3
+
+
+def _imported_after(code: str) -> set[str]:
+    import subprocess
+    import sys
+
+    probe = (f"import sys\n{code}\n"
+             "print('loaded:', *(m for m in ('torch', 'ray', 'nvidia.dali', 'webdataset') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(out.stdout.strip().splitlines()[-1].split()[1:])
+
+
+def test_help_and_config_show_import_neither_torch_nor_ray():
+    # The CLI's parser and `config show` must stay light: no torch, Ray, DALI or webdataset import.
+    assert _imported_after("from soft_dist.cli import build_parser; build_parser().format_help()") == set()
+    assert _imported_after("from soft_dist.cli import main; main(['config', 'show', 'digits_cpu'])") == set()
+
+
+def test_the_method_package_imports_no_ray_dali_or_webdataset():
+    modules = "presets, objective, losses, sls, teacher, model"
+    assert _imported_after(f"from soft_dist.method import {modules}") == {"torch"}

@@ -15,7 +15,7 @@ import torch
 
 from shard_fixtures import jpeg_bytes, write_digit_shards
 from soft_dist.config import AugmentConfig, ConfigError, DataConfig, from_dict
-from soft_dist.data.digits import load_digits_rgb
+from soft_dist.shard.digits import load_digits_rgb
 from soft_dist.data.loader import EpochLoader, EvalBatch, TwoViewBatch, build_eval_loader, build_train_loader
 from soft_dist.data.tarindex import load_sample_table
 from soft_dist.data.view_params import draw_view_params, used_fields

@@ -154,7 +154,7 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
 def test_class_map_from_a_plain_models_confusion(tmp_path, digit_shards, ray_cluster):
     from soft_dist.config import load_config
     from soft_dist.experiment.confusion import class_map_override, derive_class_map
-    from soft_dist.train.ray_trainer import make_noise_table
+    from soft_dist.noise.setup import make_noise_table
 
     overrides = [f"data.shards={digit_shards}", *TINY]
     out = tmp_path / "confusion"

@@ -160,7 +160,7 @@ def experiment(tmp_path_factory):
     lives outside DIR, as it does for users."""
     from soft_dist.data.digits_memory import digits_memory_loaders
     from soft_dist.experiment.runner import GridOutcome, cell_config, cell_dir, write_tables_plots_report
-    from soft_dist.noise import build_noise_table
+    from soft_dist.noise.table import build_noise_table
     from soft_dist.train.single import fit_single
 
     root = tmp_path_factory.mktemp("report")

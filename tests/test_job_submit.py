@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from soft_dist.data.build import ShardConfig, build_shards
+from soft_dist.shard.build import ShardConfig, build_shards
 
 pytestmark = pytest.mark.ray
 

@@ -9,9 +9,9 @@ import torch
 
 from soft_dist.config import load_config
 from soft_dist.data.digits_memory import digits_memory_loaders
-from soft_dist.data.loader import TwoViewBatch
+from soft_dist.data.batches import TwoViewBatch
 from soft_dist.method.model import build_student
-from soft_dist.noise import build_noise_table
+from soft_dist.noise.table import build_noise_table
 from soft_dist.train.loop import SoftLearner, choose_branch
 from soft_dist.train.single import fit_single
 
@@ -44,7 +44,7 @@ def test_every_method_steps_and_learns_a_batch(method):
     cfg = load_config(None, [f"method.name={method}", "method.stage1_epochs=0", "data.image_size=16",
                              "optim.lr=0.01", "method.rampup_epochs=0"])
     torch.manual_seed(0)
-    student, _ = build_student("resnet18", 4, 16, small_stem=False, uncertainty=cfg.preset["head"])
+    student, _ = build_student("resnet18", 4, 16, small_stem=False, uncertainty=cfg.preset.head)
     learner = SoftLearner(cfg, student)
     learner.start_epoch(0)
     gen = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from soft_dist.noise import (
+from soft_dist.noise.table import (
     NoiseTable,
     build_noise_table,
     class_map_from_confusion,
@@ -65,7 +65,7 @@ def test_bad_arguments_are_clear_errors(kwargs, match):
 
 def test_same_seed_same_labels_in_two_processes():
     code = (
-        "import numpy as np; from soft_dist.noise import inject_noise;"
+        "import numpy as np; from soft_dist.noise.table import inject_noise;"
         "l = np.repeat(np.arange(7), [100, 35, 50, 61, 9, 40, 200]);"
         "n, _ = inject_noise(l, 7, 0.3, 'symmetric', seed=11); print(','.join(map(str, n)))"
     )
@@ -95,7 +95,7 @@ def test_noise_table_roundtrip_and_per_split(tmp_path):
 
 
 def test_noise_table_info_travels_in_the_header_line(tmp_path):
-    """Counts about a table's origin (a noise list's, soft_dist.noise_lists) survive save and load, and
+    """Counts about a table's origin (a noise list's, soft_dist.noise.lists) survive save and load, and
     do not change the digest that checkpoints compare."""
     idx = np.array([3, 5, 9])
     plain = NoiseTable(idx, np.array([0, 1, 2]), np.array([0, 2, 2]), kind="file", rate=0.333333)

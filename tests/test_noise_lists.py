@@ -1,4 +1,4 @@
-"""Published noise lists (soft_dist.noise_lists) on real shards: scikit-learn digits for the paths, soft
+"""Published noise lists (soft_dist.noise.lists) on real shards: scikit-learn digits for the paths, soft
 and table formats and the errors, a tiny RAF-DB set (written in RAF-DB's own layout and sharded by the
 project's sharder) for the rafdb format, and `soft-dist noise export` round trips."""
 
@@ -7,11 +7,11 @@ import pytest
 from shard_fixtures import write_rafdb_root
 
 from soft_dist.config import ConfigError, DataConfig, load_config
-from soft_dist.data.datasets import RAFDB_LABELS
+from soft_dist.shard.layouts import RAFDB_LABELS
 from soft_dist.data.format import load_manifest
 from soft_dist.data.labels import read_split_labels
 from soft_dist.data.splits import run_splits
-from soft_dist.noise_lists import NoiseListError, read_noise_list, read_sample_index
+from soft_dist.noise.lists import NoiseListError, read_noise_list, read_sample_index
 
 RAF_ROWS = [(f"train_{i:05d}.jpg", i % 7 + 1) for i in range(1, 21)] + \
            [(f"test_{i:04d}.jpg", (i + 3) % 7 + 1) for i in range(1, 6)]
@@ -22,7 +22,7 @@ RAF_NUMBER = {name: number for number, name in RAFDB_LABELS.items()}  # class na
 def raf_shards(tmp_path_factory):
     """20 training and 5 test images in RAF-DB's layout, sharded without alignment; 25% of train carved
     as val (stratified: 14 train, 6 val, 5 test)."""
-    from soft_dist.data.build import ShardConfig, build_shards
+    from soft_dist.shard.build import ShardConfig, build_shards
 
     tmp = tmp_path_factory.mktemp("rafdb")
     root = write_rafdb_root(tmp / "raf", RAF_ROWS)
@@ -167,7 +167,7 @@ def test_rafdb_format_needs_rafdb_shards(digit_shards, tmp_path):
         _read(tmp_path, digit_shards, "rafdb", ["train_00001.jpg 1"])
     assert err.value.field == "noise.file_format"
     # through the run's config, the error names the config field
-    from soft_dist.train.ray_trainer import make_noise_table
+    from soft_dist.noise.setup import make_noise_table
 
     cfg = load_config(None, [f"data.shards={digit_shards}", "noise.kind=file",
                              f"noise.file={tmp_path / 'list.txt'}", "noise.file_format=rafdb"])
@@ -230,7 +230,7 @@ def test_paths_list_suffix_matches_both_ways_on_rafdb(raf_shards, tmp_path):
 
 
 def test_make_noise_table_reads_a_rafdb_list(raf_shards, tmp_path):
-    from soft_dist.train.ray_trainer import make_noise_table
+    from soft_dist.noise.setup import make_noise_table
 
     path = tmp_path / "noise.txt"
     path.write_text("train_00001.jpg 7\ntrain_00002_aligned.jpg 2\ntest_0001.jpg 1\n")
@@ -255,7 +255,7 @@ def _run_dir(tmp_path, shards, overrides):
     """A run directory as `soft-dist train` leaves it before the first epoch: config.yaml + noise_table.csv."""
     from soft_dist.storage import RunStore
     from soft_dist.train.engine import write_run_inputs
-    from soft_dist.train.ray_trainer import make_noise_table
+    from soft_dist.noise.setup import make_noise_table
 
     cfg = load_config(None, [f"data.shards={shards}", *overrides])
     table, _ = make_noise_table(cfg)
@@ -265,7 +265,7 @@ def _run_dir(tmp_path, shards, overrides):
 
 
 def _read_back(shards, path, fmt, data_overrides):
-    from soft_dist.train.ray_trainer import make_noise_table
+    from soft_dist.noise.setup import make_noise_table
 
     cfg = load_config(None, [f"data.shards={shards}", "noise.kind=file", f"noise.file={path}",
                              f"noise.file_format={fmt}", *data_overrides])
@@ -322,9 +322,9 @@ def test_export_then_read_back_gives_the_same_noise_rafdb(raf_shards, tmp_path):
 def test_command_formats_match_the_config_choices():
     import dataclasses
 
-    from soft_dist.commands.noise import FORMATS
+    from soft_dist.cli.noise import FORMATS
     from soft_dist.config import NoiseConfig
-    from soft_dist.noise_lists import FILE_FORMATS
+    from soft_dist.noise.lists import FILE_FORMATS
 
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(NoiseConfig)}["file_format"]
     assert FORMATS == FILE_FORMATS == tuple(choices)

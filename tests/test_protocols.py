@@ -193,7 +193,7 @@ def one_thread():
 def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_path, one_thread):
     from soft_dist.config import load_config
     from soft_dist.data.digits_memory import digits_memory_loaders
-    from soft_dist.noise import build_noise_table
+    from soft_dist.noise.table import build_noise_table
     from soft_dist.train import checkpoint as ckpt
     from soft_dist.train.single import fit_single
 
@@ -225,7 +225,7 @@ def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_
 
 
 def test_demo_prints_every_protocol_branch_and_the_evidence_for_each_choice():
-    from soft_dist.commands.demo import protocol_table
+    from soft_dist.cli.demo import protocol_table
 
     ce_records = [record(e, {"student": v}, {"student": t}) for e, (v, t) in enumerate([(100, 250), (120, 300),
                                                                                         (110, 280)])]

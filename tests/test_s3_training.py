@@ -208,7 +208,7 @@ def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted
 def test_single_process_engine_with_a_bucket_run_dir(s3, shards_url, cache_dir, workdir):
     from soft_dist.train.checkpoint import load_model
     from soft_dist.train.data import shard_loaders
-    from soft_dist.train.ray_trainer import make_noise_table
+    from soft_dist.noise.setup import make_noise_table
     from soft_dist.train.single import fit_single
 
     url = run_url("single")

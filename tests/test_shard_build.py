@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 import soft_dist
-from soft_dist.data import build as build_mod
-from soft_dist.data.build import ShardConfig, build_shards
+from soft_dist.shard import build as build_mod
+from soft_dist.shard.build import ShardConfig, build_shards
 from soft_dist.data.format import decode_int64, load_manifest, sample_key
-from soft_dist.data.verify import verify_shards
+from soft_dist.shard.verify import verify_shards
 
 DIGITS = dict(layout="digits", size=16, shard_size=300, min_shards=3, workers=1, progress=False)
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from shard_fixtures import write_rafdb_root
 
-from soft_dist.data.datasets import (FER_CLASSES, LayoutError, carve_val, ferplus_majority, read_layout)
+from soft_dist.shard.layouts import (FER_CLASSES, LayoutError, carve_val, ferplus_majority, read_layout)
 
 
 def _jpeg(path, seed=0, size=(20, 24)):
@@ -225,7 +225,7 @@ def test_affectnet_build_uses_the_face_box(tmp_path):
     import json
     import tarfile
 
-    from soft_dist.data.build import ShardConfig, build_shards
+    from soft_dist.shard.build import ShardConfig, build_shards
 
     _affectnet(tmp_path / "an")
     m = build_shards(ShardConfig(layout="affectnet", root=str(tmp_path / "an"), out=str(tmp_path / "out"),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from soft_dist.data.build import ShardConfig, build_shards
-from soft_dist.data.verify import verify_shards
+from soft_dist.shard.build import ShardConfig, build_shards
+from soft_dist.shard.verify import verify_shards
 
 
 @pytest.mark.ray

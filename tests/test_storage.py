@@ -278,7 +278,7 @@ def test_two_processes_download_each_shard_once(s3, digit_shards, s3_server, tmp
 
 def test_noise_table_from_an_s3_url(s3_shards, digit_shards, tmp_path):
     from soft_dist.config import ConfigError, load_config
-    from soft_dist.train.ray_trainer import make_noise_table
+    from soft_dist.noise.setup import make_noise_table
 
     cfg = load_config(None, [f"data.shards={s3_shards}", f"data.cache_dir={tmp_path / 'cache'}",
                              "noise.kind=symmetric", "noise.rate=0.2"])

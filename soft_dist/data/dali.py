@@ -38,7 +38,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from soft_dist.config import DataConfig
 from soft_dist.data.dali_augment import eval_view, train_view
-from soft_dist.data.loader import EvalBatch, TwoViewBatch
+from soft_dist.data.batches import EvalBatch, TwoViewBatch
 from soft_dist.data.format import SplitSelection
 from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.tarindex import SampleTable, load_sample_table

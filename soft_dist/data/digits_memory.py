@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from soft_dist.config import Config
-from soft_dist.data.digits import DIGIT_CLASSES, load_digits_rgb, split_indices
+from soft_dist.shard.digits import DIGIT_CLASSES, load_digits_rgb, split_indices
 from soft_dist.data.memory import MemoryLoader, to_normalised_tensor
 from soft_dist.train.fit import Loaders
 

@@ -11,34 +11,13 @@ use ``data.loader: torch``. Semantics shared by both implementations (docs/pipel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
-import torch
-
 from soft_dist.config import DataConfig
-
-
-@dataclass
-class TwoViewBatch:
-    """A training batch of B rows; images are [B, 3, H, W] float32, normalised, RGB."""
-
-    view_s: torch.Tensor  # [B, 3, H, W] student view
-    view_t: torch.Tensor  # [B, 3, H, W] teacher view, augmented independently of view_s
-    label: torch.Tensor  # [B] int64 clean canonical label from the shard
-    idx: torch.Tensor  # [B] int64 global sample index
-    valid: torch.Tensor  # [B] bool; False marks padding rows
-
-
-@dataclass
-class EvalBatch:
-    """An evaluation batch: one deterministic view (resize + centre crop)."""
-
-    image: torch.Tensor  # [B, 3, H, W]
-    label: torch.Tensor  # [B] int64
-    idx: torch.Tensor  # [B] int64
-    valid: torch.Tensor  # [B] bool
+# The batch types live in their own module so that both implementations can use them without importing
+# this dispatcher (which imports them).
+from soft_dist.data.batches import EvalBatch, TwoViewBatch
 
 
 @runtime_checkable

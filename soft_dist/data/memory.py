@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from soft_dist.data.loader import EvalBatch, TwoViewBatch
+from soft_dist.data.batches import EvalBatch, TwoViewBatch
 
 
 def to_normalised_tensor(images: np.ndarray, mean, std) -> torch.Tensor:

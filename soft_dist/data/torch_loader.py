@@ -23,7 +23,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from soft_dist.config import DataConfig
-from soft_dist.data.loader import EvalBatch, TwoViewBatch
+from soft_dist.data.batches import EvalBatch, TwoViewBatch
 from soft_dist.data.format import SplitSelection
 from soft_dist.data.sampler import EpochPlan, batches_per_epoch, derive_seed, epoch_plan
 from soft_dist.data.tarindex import SampleTable, load_sample_table

@@ -33,7 +33,7 @@ def load_branch(run_dir: Path, cfg: Config, branch: str, num_classes: int) -> to
             raise ValueError(f"{run_dir}: method {cfg.method.name!r} has no teacher")
         state, head = learner["teacher"]["teacher"], False  # the teacher never has the head
     else:
-        state, head = learner["student"], cfg.preset["head"]
+        state, head = learner["student"], cfg.preset.head
     net, _ = build_student(cfg.model.name, num_classes, cfg.data.image_size, cfg.model.small_stem, None,
                            uncertainty=head)
     net.load_state_dict(state)
@@ -65,7 +65,7 @@ def derive_class_map(
     from soft_dist.data.splits import run_splits
     from soft_dist.data.stage import local_shards
     from soft_dist.metrics import confusion_matrix
-    from soft_dist.noise import class_map_from_confusion
+    from soft_dist.noise.table import class_map_from_confusion
     from soft_dist.train.ray_trainer import run_training
 
     map_path = out / "class_map.json"

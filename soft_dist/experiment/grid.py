@@ -30,7 +30,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from soft_dist.config import METHOD_PRESETS, Config, ConfigError, load_config
+from soft_dist.config import METHOD_PRESETS, Config, ConfigError, bundled_names, find_bundled, load_config
 
 NOISE_KINDS = ("symmetric", "asymmetric")
 # Config keys a cell sets itself: the grid's axes. Overrides may not name them (they would silently
@@ -199,10 +199,12 @@ def load_grid(path: str | Path, check_base: bool = True) -> Grid:
 
     ``check_base=False`` skips what needs the base config on disk (the file, and whether it carves
     splits for ``split_seeds``): for reading the copy DIR/grid.yaml of a finished experiment elsewhere."""
+    if not Path(path).is_file():  # a bare name: the bundled grid of that name (configs/experiments/)
+        path = find_bundled(path, "experiments") or path
     path = Path(path).resolve()
     source = str(path)
     if not path.is_file():
-        raise GridError("(file)", "file not found", source)
+        raise GridError("(file)", f"file not found (bundled grids: {', '.join(bundled_names('experiments'))})", source)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -270,7 +272,7 @@ def load_grid(path: str | Path, check_base: bool = True) -> Grid:
         if not isinstance(bars, dict) or set(bars) - {"method", "images"}:
             raise GridError("sls_bars", "expected {method: NAME, images: N} or false", source)
         sls_bars = SlsBars(**bars)
-        if sls_bars.method not in METHOD_PRESETS or not METHOD_PRESETS[sls_bars.method]["teacher"]:
+        if sls_bars.method not in METHOD_PRESETS or not METHOD_PRESETS[sls_bars.method].teacher:
             raise GridError("sls_bars.method", f"{sls_bars.method!r} is not a method with a teacher", source)
         if not isinstance(sls_bars.images, int) or not 1 <= sls_bars.images <= 32:
             raise GridError("sls_bars.images", f"must be an integer in [1, 32], got {sls_bars.images!r}", source)

@@ -52,7 +52,7 @@ def plot_sls_targets(run_dir: Path, count: int, path: Path) -> Path:
     from soft_dist.data.stage import local_shards
     from soft_dist.experiment.confusion import load_branch
     from soft_dist.method.sls import soft_label_smoothing
-    from soft_dist.noise import NoiseTable
+    from soft_dist.noise.table import NoiseTable
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")

@@ -34,7 +34,7 @@ from torch import nn
 from soft_dist.config import Config, config_yaml, to_dict
 from soft_dist.method.model import build_student, resolve_small_stem
 from soft_dist.method.teacher import module_digest
-from soft_dist.noise import NoiseTable
+from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoint as ckpt
 from soft_dist.train.distributed import TeacherSync, all_gather_objects, broadcast_from_rank0
@@ -130,7 +130,7 @@ class Trainer:
         cfg, device = self.cfg, self.place.device
         ckpt.seed_everything(cfg.train.seed)  # identical initial weights on every rank
         student, weights = build_student(cfg.model.name, self.num_classes, cfg.data.image_size,
-                                         cfg.model.small_stem, cfg.model.pretrained, uncertainty=cfg.preset["head"])
+                                         cfg.model.small_stem, cfg.model.pretrained, uncertainty=cfg.preset.head)
         if cfg.train.sync_batchnorm and self.place.world_size > 1:
             student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
         student = student.to(device)

@@ -14,7 +14,7 @@ import torch
 
 from soft_dist.config import Config
 from soft_dist.metrics import noisy_part_diagnostics
-from soft_dist.noise import NoiseTable
+from soft_dist.noise.table import NoiseTable
 from soft_dist.train.loop import RunningMeans, SoftLearner, choose_branch, predict, report_predictions
 
 

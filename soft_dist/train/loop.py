@@ -1,12 +1,12 @@
-"""The SOFT training step and evaluation, with no Ray and no DALI imports.
+"""The SOFT training step (forward passes, optimizer, EMA update) and evaluation; no Ray, no DALI.
 
 :class:`SoftLearner` owns the student, the EMA teacher and the optimizer and performs one step on a
 batch with attributes ``view_s``, ``view_t`` [B, 3, H, W], ``label``, ``idx`` [B] int64 and ``valid`` [B]
-bool (see soft_dist.data.loader). Any iterable of such batches works, so the DALI, torch and in-memory
+bool (see soft_dist.data.batches). Any iterable of such batches works, so the DALI, torch and in-memory
 sources and the Ray trainer all plug in here.
 
-Total loss (paper Eq. 9): L_WCE(alpha * p_s, y) + lambda * ramp(t) * KL(target || p_s), where the target
-and the use of alpha follow ``method.name`` (see config.METHOD_PRESETS).
+The loss itself (paper Eq. 9) is soft_dist.method.objective; which terms it has follows ``method.name``
+(soft_dist.method.presets).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from soft_dist.config import Config, OptimConfig
-from soft_dist.method.losses import consistency_kl, masked_mean, sigmoid_rampup, weighted_cross_entropy
+from soft_dist.method.losses import masked_mean
 from soft_dist.method.model import ExpressionNet
-from soft_dist.method.sls import label_smoothing, label_smoothing_top1, soft_label_smoothing_with_k
+from soft_dist.method.objective import soft_objective
 from soft_dist.method.teacher import EmaTeacher
 from soft_dist.metrics import classification_report
 # choose_branch lives with the evaluation protocols (no torch there), which must choose exactly as training
@@ -42,7 +42,7 @@ def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.o
 
 def uses_head(cfg: Config, epoch: int) -> bool:
     """Paper 4.2: stage 1 (the first ``stage1_epochs``) trains without the uncertainty head."""
-    return bool(cfg.preset["head"]) and epoch >= cfg.method.stage1_epochs
+    return cfg.preset.head and epoch >= cfg.method.stage1_epochs
 
 
 class SoftLearner:
@@ -72,7 +72,7 @@ class SoftLearner:
         self.wrap = wrap or (lambda module: module)
         self.noisy_labels = None if noisy_labels is None else noisy_labels.to(self.device)
         self.teacher: EmaTeacher | None = None
-        if self.preset["teacher"]:
+        if self.preset.teacher:
             self.teacher = EmaTeacher.from_student(
                 self.student,
                 decay=cfg.method.ema_decay,
@@ -107,35 +107,14 @@ class SoftLearner:
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ the step
-    def _targets(self, logits_s: torch.Tensor, view_t: torch.Tensor):
-        """Consistency target [B, C] (no grad), student log-probs [B, C] (grad), k [B] or None."""
-        m = self.cfg.method
-        kind, sls_on = self.preset["target"], self.preset["sls_on"]
-        if kind == "sls" and self.epoch < m.sls_start_epoch:
-            kind = "softmax"  # the plain mean-teacher stage before SLS (method.sls_start_epoch)
-        eps = self.preset.get("epsilon", m.epsilon)
-        k = None
-        if self.teacher is not None:
-            with torch.inference_mode(), self._autocast():
-                teacher_logits = self.teacher.teacher(view_t)
-            teacher_logits = teacher_logits.float().clone()  # a normal tensor, usable by autograd
-        else:  # sls_self: the student's own detached logits are the source
-            teacher_logits = logits_s.detach().float()
-        if kind == "softmax":
-            target = torch.softmax(teacher_logits, dim=-1)
-        elif kind == "lsr_star":
-            target = label_smoothing_top1(teacher_logits, eps)
-        elif kind == "sls" and (sls_on in ("teacher", "both") or self.teacher is None):
-            target, k = soft_label_smoothing_with_k(teacher_logits, m.tau, eps)
-        else:  # sls on the student only: the teacher's plain softmax is the target
-            target = torch.softmax(teacher_logits, dim=-1)
-        if kind == "sls" and sls_on in ("student", "both") and self.teacher is not None:
-            smoothed, k_s = soft_label_smoothing_with_k(logits_s, m.tau, eps)
-            student_log_probs = torch.log(smoothed.clamp(min=1e-12))
-            k = k if k is not None else k_s
-        else:
-            student_log_probs = torch.log_softmax(logits_s.float(), dim=-1)
-        return target, student_log_probs, k
+    def _source_logits(self, logits_s: torch.Tensor, view_t: torch.Tensor) -> torch.Tensor:
+        """[B, C] float32 logits the consistency target is made from, without gradient: the teacher's on its
+        own view, or the student's own (detached) for a preset without a teacher."""
+        if self.teacher is None:
+            return logits_s.detach().float()
+        with torch.inference_mode(), self._autocast():
+            teacher_logits = self.teacher.teacher(view_t)
+        return teacher_logits.float().clone()  # a normal tensor, usable by autograd
 
     def train_step(self, batch, progress_epochs: float) -> dict[str, torch.Tensor]:
         """One optimisation step; returns detached per-step values (tensors; no host sync here)."""
@@ -152,25 +131,13 @@ class SoftLearner:
             else:
                 logits_s, alpha = self.forward_module(view_s), None
         logits_s = logits_s.float()
-        ce_target = (
-            label_smoothing(labels, self.num_classes, self.cfg.method.epsilon)
-            if self.preset["ce_target"] == "lsr"
-            else labels
+        source = None
+        if self.preset.target != "none":
+            source = self._source_logits(logits_s, batch.view_t.to(dev, non_blocking=True))
+        loss, out = soft_objective(
+            self.preset, self.cfg.method, student_logits=logits_s, alpha=alpha, labels=labels,
+            source_logits=source, valid=valid, epoch=self.epoch, progress_epochs=progress_epochs,
         )
-        loss_ce = masked_mean(weighted_cross_entropy(logits_s, alpha, ce_target), valid)
-        out = {"loss_ce": loss_ce.detach()}
-
-        if self.preset["target"] != "none":
-            target, student_log_probs, k = self._targets(logits_s, batch.view_t.to(dev, non_blocking=True))
-            loss_cons = masked_mean(consistency_kl(target, student_log_probs), valid)
-            weight = self.cfg.method.lambda_ * sigmoid_rampup(progress_epochs, self.cfg.method.rampup_epochs)
-            loss = loss_ce + weight * loss_cons
-            out["loss_cons"] = loss_cons.detach()
-            out["lambda"] = torch.tensor(weight)
-            if k is not None:
-                out["share_k_gt_1"] = masked_mean((k > 1).float(), valid).detach()
-        else:
-            loss = loss_ce
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -17,12 +17,12 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from soft_dist.config import METHOD_PRESETS, Config, ConfigError, config_from_yaml, from_dict, to_dict
+from soft_dist.config import Config, ConfigError, config_from_yaml, from_dict, to_dict
 from soft_dist.method.sls import tau_above_uniform_note
-from soft_dist.noise import NoiseTable
+from soft_dist.noise.setup import make_noise_table
+from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoint as ckpt
 from soft_dist.train.engine import RESULTS_FILE, DatasetInfo, Placement, Trainer, write_run_inputs
@@ -112,58 +112,6 @@ def worker_loop(config: dict) -> None:
 
 
 # ============================================================================ driver side
-
-
-def make_noise_table(cfg: Config) -> tuple[NoiseTable, int]:
-    """The run's noise table (made once from the shards' clean labels, or read from noise.file: a noise
-    table, or a published list in noise.file_format mapped onto the shards' samples)."""
-    from soft_dist.data.format import load_manifest
-    from soft_dist.data.labels import read_split_labels
-    from soft_dist.data.splits import run_splits
-    from soft_dist.data.stage import local_shards
-    from soft_dist.noise import build_noise_table as build
-    from soft_dist.noise_lists import NoiseListError, read_noise_list
-
-    if not cfg.data.shards:
-        raise ConfigError("data.shards", "set it to a folder written by `soft-dist shard` (with manifest.json)")
-    manifest = load_manifest(local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
-    if cfg.noise.kind == "file" and cfg.noise.file_format == "table":
-        return NoiseTable.load(cfg.noise.file), manifest.num_classes
-    roles = run_splits(manifest, cfg.data)
-    if cfg.noise.kind == "file":
-        try:
-            table = read_noise_list(cfg.noise.file, cfg.noise.file_format, manifest, roles)
-        except NoiseListError as err:
-            raise ConfigError(err.field, str(err)) from err
-        return table, manifest.num_classes
-    splits = {role: read_split_labels(manifest, roles[role]) for role in ("train", "val")}
-    class_map = _resolve_class_map(cfg, manifest.classes)
-    table = build(splits, manifest.num_classes, cfg.noise.kind, cfg.noise.rate, cfg.noise.seed, class_map)
-    return table, manifest.num_classes
-
-
-def _resolve_class_map(cfg: Config, classes: tuple[str, ...]) -> dict[int, int] | None:
-    """noise.class_map by class name or index, or from noise.confusion_file; None for symmetric."""
-    if cfg.noise.kind != "asymmetric":
-        return None
-    if cfg.noise.confusion_file:
-        from soft_dist.noise import class_map_from_confusion
-
-        return class_map_from_confusion(np.loadtxt(cfg.noise.confusion_file, delimiter=","))
-    if not cfg.noise.class_map:
-        raise ConfigError("noise.class_map", "asymmetric noise needs noise.class_map or noise.confusion_file")
-    index = {name: i for i, name in enumerate(classes)}
-
-    def resolve(key) -> int:
-        if isinstance(key, int) or str(key).isdigit():
-            value = int(key)
-            if 0 <= value < len(classes):
-                return value
-        elif str(key) in index:
-            return index[str(key)]
-        raise ConfigError("noise.class_map", f"unknown class {key!r}; classes are {list(classes)}")
-
-    return {resolve(k): resolve(v) for k, v in cfg.noise.class_map.items()}
 
 
 def build_trainer(cfg: Config, run_dir: str | Path, table: NoiseTable, callbacks: list | None = None):
@@ -297,10 +245,10 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
                               f"use `soft-dist train --resume {store.location}`")
         table, num_classes = make_noise_table(cfg)
         note = tau_above_uniform_note(cfg.method.tau, num_classes)
-        if echo and note and METHOD_PRESETS[cfg.method.name]["target"] == "sls":
+        if echo and note and cfg.preset.target == "sls":
             echo(f"note: {note}")
         if echo and table.info.get("format"):
-            from soft_dist.noise_lists import describe
+            from soft_dist.noise.lists import describe
 
             echo(f"{cfg.noise.file}: {describe(table)}")
         write_run_inputs(store, cfg, table)

@@ -10,6 +10,8 @@ import pandas as pd
 import yaml
 
 from soft_dist.config import to_dict
+from soft_dist.tune.layout import STARTS_FILE, TRIALS_DIR, TUNE_RUN_NAME
+from soft_dist.tune.search import optuna_distributions
 from soft_dist.tune.sweep_config import REPORTED_METRICS, Sweep, apply_params
 
 FINISHED = ("TERMINATED", "ERROR")
@@ -23,7 +25,6 @@ def trials_table(sweep: Sweep, run_dir: Path) -> pd.DataFrame:
     train.epochs), starts (how often the trial's driver started: 1 unless it was resumed), trial_dir."""
     from ray.tune import ExperimentAnalysis
 
-    from soft_dist.tune.sweep import STARTS_FILE, TRIALS_DIR, TUNE_RUN_NAME
 
     analysis = ExperimentAnalysis(str(run_dir / TUNE_RUN_NAME))
     rows = []
@@ -84,7 +85,6 @@ def param_importances(sweep: Sweep, table: pd.DataFrame) -> dict[str, float]:
     or without optuna_storage. Empty when there are fewer than two such trials or nothing varies."""
     import optuna
 
-    from soft_dist.tune.sweep import optuna_distributions
 
     scored = table[table[sweep.metric].notna()]
     if len(scored) < 2:

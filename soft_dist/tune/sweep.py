@@ -1,14 +1,6 @@
 """Ray Tune + Optuna sweep around Ray Train: one driver function per trial builds the trial's TorchTrainer.
 
-Sweep directory layout (DIR must be on shared storage for multi-node clusters):
-
-    sweep.yaml          the validated sweep (base: base_config.yaml) - what `--resume DIR` reads
-    base_config.yaml    the resolved base training config (overrides applied)
-    noise_table.csv     made ONCE here and used by every trial, so trials differ only in their parameters
-    trials/<trial_id>/  each trial's training run dir (config.yaml, metrics.jsonl, checkpoints/, model.pt,
-                        results.json when it trained every epoch, starts.log: one line per (re)start)
-    tune/               Ray Tune's experiment state (resumable); asha_state.pkl: ASHA's rungs (Tune does not keep them)
-    trials.csv, best.yaml, metric_vs_<param>.png, param_importances.png   written when the sweep ends
+The sweep directory's layout is in soft_dist.tune.layout.
 """
 
 from __future__ import annotations
@@ -19,17 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from soft_dist.config import Config, ConfigError, save_config, to_dict
-from soft_dist.noise import NoiseTable
+from soft_dist.noise.table import NoiseTable
+from soft_dist.tune.layout import (ASHA_STATE_FILE, BASE_FILE, LAST_REPORT_FILE, STARTS_FILE, SWEEP_FILE, TABLE_FILE,
+                                   TRIALS_DIR, TUNE_RUN_NAME)
+from soft_dist.tune.search import optuna_search
 from soft_dist.tune.sweep_config import Sweep, apply_params, load_sweep
 
-TUNE_RUN_NAME = "tune"
-SWEEP_FILE = "sweep.yaml"
-BASE_FILE = "base_config.yaml"
-TABLE_FILE = "noise_table.csv"
-ASHA_STATE_FILE = "asha_state.pkl"
-TRIALS_DIR = "trials"
-STARTS_FILE = "starts.log"
-LAST_REPORT_FILE = "last_report.json"
 # Reported by our callback next to the worker's 0-based `epoch`: epochs trained so far. ASHA counts
 # this, not Tune's training_iteration, because a trial restarted on --resume continues from its own
 # checkpoint (Ray Train restores it from the trial's run dir) while Tune's iteration counter restarts.
@@ -194,49 +181,6 @@ def _absolute_paths(cfg: Config) -> Config:
     return from_dict(data)
 
 
-def optuna_distributions(sweep: Sweep) -> dict:
-    """Short parameter name -> Optuna distribution (Optuna samples, the trial gets ``{name: value}``)."""
-    import optuna
-
-    space = {}
-    for d in sweep.space:
-        if d.type == "choice":
-            space[d.name] = optuna.distributions.CategoricalDistribution(list(d.values))
-        elif d.type == "int":
-            space[d.name] = optuna.distributions.IntDistribution(int(d.low), int(d.high))
-        else:
-            space[d.name] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.type == "loguniform")
-    return space
-
-
-def _optuna_search(sweep: Sweep, run_dir: Path):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    names = {d.key: d.name for d in sweep.space}
-    points = [{names[k]: v for k, v in p.items()} for p in sweep.points_to_evaluate]
-    storage = optuna_storage(sweep, run_dir)
-    return OptunaSearch(
-        space=optuna_distributions(sweep),
-        metric=sweep.metric, mode=sweep.mode,  # a searcher built with its space ignores TuneConfig's
-        points_to_evaluate=points or None,  # enqueued in the study: the first trial(s), before TPE samples
-        seed=sweep.seed,  # seeds the TPE sampler
-        storage=optuna.storages.RDBStorage(storage) if storage else None,
-        study_name=sweep.study_name or run_dir.name,
-    )
-
-
-def optuna_storage(sweep: Sweep, run_dir: Path) -> str | None:
-    """The Optuna storage URL: a database URL as given, or a SQLite file (relative to the run dir)."""
-    value = sweep.optuna_storage
-    if not value:
-        return None
-    if "://" in value:
-        return value
-    path = Path(value)
-    return f"sqlite:///{(path if path.is_absolute() else run_dir / path).resolve()}"
-
-
 def _scheduler(sweep: Sweep, run_dir: Path):
     if sweep.scheduler.type == "none":
         return None
@@ -266,7 +210,7 @@ def _tuner(sweep: Sweep, run_dir: Path, table: NoiseTable, num_classes: int):
         _trainable(sweep, run_dir, table, num_classes),
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-            max_concurrent_trials=sweep.max_concurrent, search_alg=_optuna_search(sweep, run_dir),
+            max_concurrent_trials=sweep.max_concurrent, search_alg=optuna_search(sweep, run_dir),
             scheduler=_scheduler(sweep, run_dir), trial_dirname_creator=trial_dirname, reuse_actors=False,
         ),
         # Training has its own worker fault tolerance (train.max_failures); a trial error is final.
@@ -278,7 +222,7 @@ def prepare_sweep(sweep: Sweep, run_dir: Path) -> tuple[Sweep, NoiseTable, int]:
     """Write sweep.yaml, base_config.yaml and the ONE noise table every trial uses."""
     import yaml
 
-    from soft_dist.train.ray_trainer import make_noise_table
+    from soft_dist.noise.setup import make_noise_table
 
     if (run_dir / TUNE_RUN_NAME).exists() or (run_dir / SWEEP_FILE).exists():
         raise ConfigError("--run-dir", f"{run_dir} already holds a sweep; use `soft-dist tune --resume {run_dir}`")

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from soft_dist.data.format import SAMPLE_EXTS, decode_int64, load_manifest, sample_key
-from soft_dist.data.shards import index_text, sha256_file
+from soft_dist.shard.writer import index_text, sha256_file
 
 
 def verify_shards(root: str | Path, decode: bool = False, max_errors: int = 50) -> dict:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-DEMO_CONFIG = REPO_CONFIGS / "digits_cpu.yaml"
+DEMO_CONFIG = "digits_cpu"  # the bundled configs/digits_cpu.yaml
 METHODS = ("ce", "soft")
 DEMO_OVERRIDES = ("data.val_fraction=0.2", "train.keep_state=false")
 PROTOCOL_COLUMNS = (("val_selected", "val_selected"), ("last", "last"), ("mean_last_5", "mean_last_5"),
@@ -35,24 +34,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def ensure_digit_shards(out: Path) -> Path:
-    from soft_dist.data.build import ShardConfig, build_shards
-    from soft_dist.data.format import MANIFEST_NAME
-
-    if not (out / MANIFEST_NAME).is_file():
-        print(f"writing digits shards to {out} ...", flush=True)
-        build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=8, progress=False))
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     import shutil
 
     from soft_dist.config import load_config
+    from soft_dist.shard.build import ensure_digit_shards
     from soft_dist.train.ray_trainer import run_training
 
-    if not DEMO_CONFIG.is_file():
-        raise SystemExit(f"soft-dist demo: {DEMO_CONFIG} not found (run from a checkout, installed with pip -e)")
     shards = ensure_digit_shards(args.shards)
     rows = []
     for method in METHODS:

@@ -11,13 +11,14 @@ import sys
 
 # sub-command name -> module with register(subparsers)
 COMMAND_MODULES = {
-    "demo": "soft_dist.commands.demo",
-    "train": "soft_dist.commands.train",
-    "bench": "soft_dist.bench",
-    "shard": "soft_dist.commands.shard",
-    "tune": "soft_dist.commands.tune",
-    "experiment": "soft_dist.commands.experiment",
-    "noise": "soft_dist.commands.noise",
+    "demo": "soft_dist.cli.demo",
+    "train": "soft_dist.cli.train",
+    "bench": "soft_dist.cli.bench",
+    "shard": "soft_dist.cli.shard",
+    "tune": "soft_dist.cli.tune",
+    "experiment": "soft_dist.cli.experiment",
+    "noise": "soft_dist.cli.noise",
+    "config": "soft_dist.cli.config",
 }
 
 

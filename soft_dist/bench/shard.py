@@ -40,8 +40,8 @@ def _make_inputs(root: Path, num_images: int, source_size: int) -> None:
 
 
 def run(args) -> dict:
-    from soft_dist.bench import median_time
-    from soft_dist.data.build import ShardConfig, build_shards
+    from soft_dist.bench.harness import median_time
+    from soft_dist.shard.build import ShardConfig, build_shards
 
     workers = [int(w) for w in args.workers.split(",")]
     aligns = [a.strip() for a in args.align.split(",")]

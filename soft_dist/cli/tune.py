@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         "Train on the same noise table; `--resume DIR` continues an interrupted sweep without rerunning "
         "finished trials.",
     )
-    p.add_argument("--config", type=Path, metavar="SWEEP_FILE", help="sweep YAML (configs/sweeps/...)")
+    p.add_argument("--config", type=Path, metavar="NAME|FILE",
+                   help="sweep YAML file, or the name of a bundled sweep (soft-dist config list)")
     p.add_argument("--run-dir", type=Path, help="output folder (default: runs/sweep-<sweep file name>)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the sweep in DIR")
     p.add_argument("overrides", nargs="*", metavar="key=value",

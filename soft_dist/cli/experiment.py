@@ -35,7 +35,8 @@ def register(subparsers) -> None:
         "       soft-dist experiment report DIR [--out FILE.md]\n"
         "       soft-dist experiment compare DIR DIR [...] [--out FILE.md]",
     )
-    p.add_argument("--grid", type=Path, help="grid YAML file (see configs/experiments/)")
+    p.add_argument("--grid", type=Path, metavar="NAME|FILE",
+                   help="grid YAML file, or the name of a bundled grid (soft-dist config list)")
     p.add_argument("--run-dir", type=Path, help="experiment folder (cells/, tables, plots, report.md)")
     p.add_argument("--summary-only", action="store_true", help="train nothing; rewrite tables, plots and report")
     p.add_argument("--cells", action="append", metavar="PATTERN",

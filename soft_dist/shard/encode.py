@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
-from soft_dist.data.datasets import Record
-from soft_dist.data.shards import Sample
+from soft_dist.shard.layouts import Record
+from soft_dist.shard.writer import Sample
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ _THREADS: int | None = None  # torch threads for this process (init_worker), Non
 
 
 def _detector(options: EncodeOptions):
-    from soft_dist.data.align import FaceDetector
+    from soft_dist.shard.align import FaceDetector
 
     key = (options.device, options.batch_size)
     if key not in _DETECTORS:
@@ -121,7 +121,7 @@ def encode_chunk(items: list[tuple[int, Record]], options: EncodeOptions) -> Chu
             **rec.extra,
         }
         if options.align == "mtcnn" and det is not None:
-            from soft_dist.data.align import warp
+            from soft_dist.shard.align import warp
 
             face = warp(region, det.landmarks, size, options.margin)
             result.faces_found += 1
@@ -132,7 +132,7 @@ def encode_chunk(items: list[tuple[int, Record]], options: EncodeOptions) -> Chu
             result.skipped_no_face.append(rec.source)
             continue
         else:
-            from soft_dist.data.align import centre_crop
+            from soft_dist.shard.align import centre_crop
 
             face = centre_crop(region, size)
             if options.align == "mtcnn":

@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from soft_dist.data.datasets import LayoutError
+    from soft_dist.shard.layouts import LayoutError
 
     try:
         if args.verify:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from soft_dist.data.build import ShardConfig, build_shards
+    from soft_dist.shard.build import ShardConfig, build_shards
 
     config = ShardConfig(
         layout=args.layout, root=args.root, out=args.out, size=args.size, align=args.align, margin=args.margin,
@@ -95,7 +95,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from soft_dist.data.verify import verify_shards
+    from soft_dist.shard.verify import verify_shards
 
     report = verify_shards(args.verify, decode=args.decode)
     if report["ok"]:

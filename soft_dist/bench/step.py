@@ -4,13 +4,12 @@ same model and the same batch (random tensors: the step, not the input pipeline,
 from __future__ import annotations
 
 import argparse
-
-import torch
+from typing import TYPE_CHECKING
 
 from soft_dist.config import load_config
-from soft_dist.data.loader import TwoViewBatch
-from soft_dist.method.model import build_student
-from soft_dist.train.loop import SoftLearner
+
+if TYPE_CHECKING:
+    from soft_dist.train.loop import SoftLearner
 
 METHODS = ("ce", "mt", "soft")
 
@@ -23,16 +22,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=False,
                         help="3x3 stem without max-pool (default: the standard stem)")
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed repeat")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
 
 
 def _learner(method: str, args, device: str) -> SoftLearner:
+    # torch and the model are imported here, not at the top, so that `soft-dist --help` stays light.
+    import torch
+
+    from soft_dist.method.model import build_student
+    from soft_dist.train.loop import SoftLearner
+
     # Stage 2 from the first step so SOFT pays for its uncertainty head, and the ramp is at full weight.
     cfg = load_config(None, [f"method.name={method}", "method.stage1_epochs=0", "method.rampup_epochs=0",
                              f"data.image_size={args.image_size}", f"model.name={args.model}"])
     torch.manual_seed(0)
     student, _ = build_student(args.model, args.num_classes, args.image_size, args.small_stem,
-                               uncertainty=cfg.preset["head"])
+                               uncertainty=cfg.preset.head)
     learner = SoftLearner(cfg, student, device)
     if device == "cuda" and cfg.model.channels_last:
         learner.student.to(memory_format=torch.channels_last)
@@ -43,9 +48,12 @@ def _learner(method: str, args, device: str) -> SoftLearner:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from soft_dist.bench import median_time
+    import torch
 
-    device = args.device
+    from soft_dist.bench.harness import median_time
+    from soft_dist.data.batches import TwoViewBatch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator().manual_seed(0)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
     batch = TwoViewBatch(

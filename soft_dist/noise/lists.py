@@ -15,7 +15,7 @@ of list besides its own noise table (``table``, soft_dist.noise.NoiseTable's CSV
   label in the shards' class order (``manifest.json`` ``classes``).
 
 Rows are mapped onto shard samples through the ``source`` each sample's ``.json`` member records (the
-image's path relative to the dataset root, soft_dist.data.encode): by basename for ``rafdb`` and
+image's path relative to the dataset root, soft_dist.shard.encode): by basename for ``rafdb`` and
 ``soft``, ignoring RAF-DB's ``_aligned`` suffix on both sides (``train_00001.jpg`` names the sample of
 ``Image/aligned/train_00001_aligned.jpg``), and by whole path components for ``paths`` (a row matches a
 sample whose source its path ends with, or the reverse: ``/data/raf/Image/aligned/x.jpg`` and
@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from soft_dist.data.datasets import RAFDB_LABELS
+from soft_dist.shard.layouts import RAFDB_LABELS
 from soft_dist.data.format import (INDEX_EXT, LABEL_EXT, META_EXT, Manifest, ManifestError, SplitSelection,
                                    decode_int64)
-from soft_dist.noise import NoiseTable
+from soft_dist.noise.table import NoiseTable
 
 LIST_FORMATS = ("rafdb", "soft", "paths")
 FILE_FORMATS = ("table", *LIST_FORMATS)  # the choices of noise.file_format and of `noise export --format`

@@ -1,16 +1,13 @@
-"""`soft-dist bench`: one harness for every benchmark.
+"""What every benchmark shares: timing (warm-up calls, then the median of repeats), the machine
+description recorded with each result, and the table printed on the console.
 
-Each benchmark is a function ``run(args) -> dict`` in its own module, registered in BENCHMARKS with a
-function adding its own options. The harness adds the machine description, writes the JSON (``--json``)
-and prints a table. Timings use :func:`median_time`: warm-up calls first, then the median of repeats.
-"""
+The benchmarks are the other modules of soft_dist.bench, one per ``soft-dist bench`` kind
+(registered in soft_dist.cli.bench)."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
-import json
 import os
 import platform
 import statistics
@@ -19,14 +16,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-# benchmark name -> (module, help). The module has add_arguments(parser) and run(args) -> dict.
-BENCHMARKS = {
-    "step": ("soft_dist.train.bench_step", "time per training step: CE vs mean teacher vs SOFT"),
-    "train": ("soft_dist.train.bench_train", "images/s: plain single-process loop vs Ray Train with 1 worker"),
-    "pipeline": ("soft_dist.data.bench_pipeline", "two-view input throughput: DALI CPU vs torch loader"),
-    "shard": ("soft_dist.data.bench_shard", "sharding throughput: images/s with and without MTCNN, 1 and 2 processes"),
-    "scaling": ("soft_dist.train.bench_scaling", "Ray Train images/s and scaling efficiency with 1..N workers"),
-}
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict:
@@ -113,29 +102,3 @@ def print_table(result: dict, out=sys.stdout) -> None:
         print(f"  {key:<{width}}  {text}", file=out)
     m = result.get("machine", {})
     print(f"  machine: {m.get('cpu')} x{m.get('cores')}, gpu={m.get('gpu')}, torch {m.get('torch')}", file=out)
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks (median of repeats, JSON + table)")
-    kinds = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    for name, (module, help_text) in BENCHMARKS.items():
-        bench_module = importlib.import_module(module)
-        sub = kinds.add_parser(name, help=help_text)
-        sub.add_argument("--json", type=Path, default=None, help="write the result to this JSON file")
-        sub.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported), >= 5")
-        bench_module.add_arguments(sub)
-        sub.set_defaults(func=_run, bench_module=module)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.repeats < 5:
-        raise SystemExit("soft-dist bench: --repeats must be >= 5 (medians of fewer are not reported)")
-    result = importlib.import_module(args.bench_module).run(args)
-    result = {"benchmark": args.benchmark, **result, "machine": machine_description()}
-    print(f"soft-dist bench {args.benchmark}:")
-    print_table(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"  written to {args.json}")
-    return 0

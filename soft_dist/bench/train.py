@@ -43,11 +43,12 @@ def run(args: argparse.Namespace) -> dict:
     import ray
     import torch
 
-    from soft_dist.commands.demo import DEMO_CONFIG, ensure_digit_shards
+    from soft_dist.shard.build import ensure_digit_shards
     from soft_dist.config import load_config
     from soft_dist.ray_cluster import init_ray
+    from soft_dist.noise.setup import make_noise_table
     from soft_dist.train.data import shard_loaders
-    from soft_dist.train.ray_trainer import make_noise_table, run_training
+    from soft_dist.train.ray_trainer import run_training
     from soft_dist.train.single import fit_single
 
     if args.pairs < 5 or args.epochs < 2:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> dict:
         overrides = [f"data.shards={shards}", f"method.name={args.method}", "train.workers=1",
                      f"train.epochs={args.epochs}", "method.stage1_epochs=0",  # every epoch costs the same
                      f"train.cpus_per_worker={torch.get_num_threads()}", *args.overrides]
-        cfg = load_config(args.config or DEMO_CONFIG, overrides)
+        cfg = load_config(args.config or "digits_cpu", overrides)
         threads = cfg.train.torch_threads or cfg.train.cpus_per_worker
 
         def plain(run_dir: Path) -> dict:

@@ -37,7 +37,7 @@ def efficiencies(images_per_s: dict[int, float]) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from soft_dist.commands.demo import DEMO_CONFIG, ensure_digit_shards
+    from soft_dist.shard.build import ensure_digit_shards
     from soft_dist.config import load_config
     from soft_dist.train.ray_trainer import run_training
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> dict:
                          f"train.epochs={args.repeats + 1}",
                          # the head on from the start: every epoch costs the same
                          "method.stage1_epochs=0", *args.overrides]
-            cfg = load_config(args.config or DEMO_CONFIG, overrides)
+            cfg = load_config(args.config or "digits_cpu", overrides)
             print(f"[bench scaling] {workers} worker(s) x {args.threads} thread(s), {cfg.train.epochs} epochs",
                   flush=True)
             results = run_training(cfg, tmp / f"w{workers}")

@@ -7,7 +7,7 @@ a uniformly chosen OTHER class; asymmetric noise moves it to the class it is mos
 
 A noise table records, per global sample index, the clean and the noisy label; it is saved in the
 run directory and is what every rank and every restart uses. Published noise lists (RAF-DB's, the SOFT
-authors', lists of image paths) are turned into noise tables, and back, by soft_dist.noise_lists.
+authors', lists of image paths) are turned into noise tables, and back, by soft_dist.noise.lists.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class NoiseTable:
     """Per-sample clean and noisy labels, keyed by global sample index.
 
     ``info`` holds counts about where the table came from (e.g. how many rows of a published noise list
-    named training samples, soft_dist.noise_lists); it is written into the CSV's first line as extra
+    named training samples, soft_dist.noise.lists); it is written into the CSV's first line as extra
     ``key=value`` tokens and read back, and does not enter :meth:`digest`."""
 
     idx: np.ndarray  # [N] int64

@@ -1,7 +1,7 @@
 """Layout readers: turn a dataset folder into a list of :class:`Record` (one per image) in one canonical
 class order, keeping the dataset's own label beside it.
 
-Readers never load pixels from disk (that happens in the workers, soft_dist.data.encode); they check
+Readers never load pixels from disk (that happens in the workers, soft_dist.shard.encode); they check
 that the root looks like the named layout (:class:`LayoutError` otherwise) and collect per-file
 problems (missing files, unknown labels, bad rows) into ``Dataset.problems`` instead of raising.
 Every reader returns splits named ``train``/``val``/``test``; a missing ``val`` is carved from
@@ -336,7 +336,7 @@ def read_digits(root=None, digits_fractions=(0.7, 0.1, 0.2), seed: int = 0, **_)
     seeded. Pixels (0..16) are stretched to 0..255; resizing to ``--size`` happens in the encoder."""
     from sklearn.datasets import load_digits
 
-    from soft_dist.data.digits import DIGIT_CLASSES, split_indices
+    from soft_dist.shard.digits import DIGIT_CLASSES, split_indices
 
     digits = load_digits()
     grey = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
@@ -378,7 +378,7 @@ def carve_val(records: list[Record], fraction: float, seed: int) -> list[Record]
     listing does not matter."""
     if any(r.split == "val" for r in records) or fraction <= 0:
         return records
-    from soft_dist.data.digits import split_indices
+    from soft_dist.shard.digits import split_indices
 
     train = sorted((r for r in records if r.split == "train"), key=lambda r: r.source)
     if not train:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from soft_dist.bench import median_times_interleaved
+from soft_dist.bench.harness import median_times_interleaved
 from soft_dist.config import AugmentConfig, DataConfig
 from soft_dist.data.format import load_manifest
 
@@ -58,7 +58,7 @@ def write_photo_shards(out: Path, num_samples: int, seed: int = 0, shard_size: i
     import skimage.data
     from PIL import Image
 
-    from soft_dist.data.shards import Sample, write_manifest, write_split
+    from soft_dist.shard.writer import Sample, write_manifest, write_split
 
     rng = np.random.default_rng(seed)
     photos = [getattr(skimage.data, name)() for name in PHOTOS]

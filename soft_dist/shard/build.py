@@ -25,10 +25,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from soft_dist.data.datasets import SPLITS, Dataset, Record, carve_val, read_layout
-from soft_dist.data.encode import ChunkResult, EncodeOptions, encode_chunk, init_worker
+from soft_dist.shard.layouts import SPLITS, Dataset, Record, carve_val, read_layout
+from soft_dist.shard.encode import ChunkResult, EncodeOptions, encode_chunk, init_worker
 from soft_dist.data.format import MANIFEST_NAME, shard_name
-from soft_dist.data.shards import sha256_file, write_index, write_manifest, write_shard
+from soft_dist.shard.writer import sha256_file, write_index, write_manifest, write_shard
 
 PROGRESS_NAME = ".shard-progress.json"
 SHARD_FILE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)(\.partial)?$")
@@ -197,9 +197,9 @@ def _run_processes(plans, options, workers):
     # each does not pay the torch import again (spawn would).
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("forkserver")
-    preload = ["soft_dist.data.encode"]
+    preload = ["soft_dist.shard.encode"]
     if options.align == "mtcnn":
-        preload += ["torch", "facenet_pytorch", "soft_dist.data.align"]
+        preload += ["torch", "facenet_pytorch", "soft_dist.shard.align"]
     ctx.set_forkserver_preload(preload)  # ignored when this process's server already runs
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(threads,)) as pool:
         pending, queue = {}, list(plans)
@@ -344,3 +344,11 @@ def _manifest(config, dataset, align, plans, done, fp, version, elapsed, kept) -
         "package": {"name": "soft-dist", "version": version},
         "build": {"seconds": round(elapsed, 3), "shards_kept": kept, "shards_written": len(plans) - kept},
     }
+
+
+def ensure_digit_shards(out: Path) -> Path:
+    """The 32 px digits shards of the demo, benchmarks and tests in ``out``, written first if missing."""
+    if not (out / MANIFEST_NAME).is_file():
+        print(f"writing digits shards to {out} ...", flush=True)
+        build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=8, progress=False))
+    return out

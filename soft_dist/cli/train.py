@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         description="Train SOFT (or an ablation) on shards. Without RAY_ADDRESS a local Ray cluster is "
         "started on this machine's cores; with it, the job runs on that cluster.",
     )
-    p.add_argument("--config", type=Path, help="YAML config (see configs/); defaults apply when omitted")
+    p.add_argument("--config", type=Path, metavar="NAME|FILE",
+                   help="YAML config file, or the name of a bundled one (soft-dist config list); "
+                   "defaults apply when omitted")
     # str, not Path: a run directory may be s3://bucket/prefix (pathlib would turn it into s3:/bucket).
     p.add_argument("--run-dir", help="output folder or s3://bucket/prefix (default: runs/<config name>-<method>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest complete checkpoint")

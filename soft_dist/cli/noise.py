@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-FORMATS = ("table", "rafdb", "soft", "paths")  # soft_dist.noise_lists.FILE_FORMATS, without importing it
+FORMATS = ("table", "rafdb", "soft", "paths")  # soft_dist.noise.lists.FILE_FORMATS, without importing it
 
 
 def register(subparsers) -> None:
@@ -37,8 +37,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from soft_dist.config import ConfigError, config_from_yaml
-    from soft_dist.noise import NoiseTable
-    from soft_dist.noise_lists import NoiseListError, list_text, read_sample_index
+    from soft_dist.noise.table import NoiseTable
+    from soft_dist.noise.lists import NoiseListError, list_text, read_sample_index
     from soft_dist.storage import RunStore
 
     store = RunStore(args.run_dir)

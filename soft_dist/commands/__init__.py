@@ -1,1 +1,0 @@
-"""Sub-command modules of the `soft-dist` CLI (see soft_dist.cli)."""

@@ -1,0 +1,99 @@
+"""The training objective of SOFT and its ablations (paper Eq. 9), given the logits of one batch.
+
+    loss = mean_valid L_WCE(alpha * z_s, y) + lambda * ramp(t) * mean_valid KL(target || p_s)
+
+z_s are the student's logits, alpha the uncertainty head's output (None before stage 2 or without a head),
+y the (noisy) label or its LSR, and ``target`` the consistency target made from the source logits (the EMA
+teacher's, or the student's own detached logits for sls_self) as the method's preset says. Forward passes,
+the optimizer and the EMA update are the learner's job (soft_dist.train.loop); this module only turns
+logits into a loss, so it can be read and tested on its own.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from soft_dist.method.losses import consistency_kl, masked_mean, sigmoid_rampup, weighted_cross_entropy
+from soft_dist.method.presets import MethodPreset
+from soft_dist.method.sls import label_smoothing, label_smoothing_top1, soft_label_smoothing_with_k
+
+
+def consistency_target(
+    preset: MethodPreset,
+    source_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    *,
+    tau: float,
+    epsilon: float,
+    sls_active: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The consistency target and the student's log-probabilities it is compared with.
+
+    source_logits: [B, C] float32 without gradient (teacher, or detached student for a teacherless preset);
+    student_logits: [B, C] float32 with gradient;
+    sls_active: False during the plain mean-teacher epochs before ``method.sls_start_epoch``.
+    Returns target [B, C] (rows sum to 1, no gradient), student log-probs [B, C] (with gradient) and k [B]
+    (high-confidence classes per sample) when SLS made the target, else None.
+    """
+    kind = preset.target
+    if kind == "sls" and not sls_active:
+        kind = "softmax"
+    smooth_source = preset.sls_on in ("teacher", "both") or not preset.teacher
+    smooth_student = kind == "sls" and preset.sls_on in ("student", "both") and preset.teacher
+    k = None
+    if kind == "lsr_star":
+        target = label_smoothing_top1(source_logits, epsilon)
+    elif kind == "sls" and smooth_source:
+        target, k = soft_label_smoothing_with_k(source_logits, tau, epsilon)
+    else:  # softmax, or SLS on the student only: the source's plain softmax is the target
+        target = torch.softmax(source_logits, dim=-1)
+    if smooth_student:
+        smoothed, k_student = soft_label_smoothing_with_k(student_logits, tau, epsilon)
+        student_log_probs = torch.log(smoothed.clamp(min=1e-12))
+        k = k if k is not None else k_student
+    else:
+        student_log_probs = torch.log_softmax(student_logits, dim=-1)
+    return target, student_log_probs, k
+
+
+def soft_objective(
+    preset: MethodPreset,
+    method,
+    *,
+    student_logits: torch.Tensor,
+    alpha: torch.Tensor | None,
+    labels: torch.Tensor,
+    source_logits: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    epoch: int,
+    progress_epochs: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one batch and its detached parts for logging.
+
+    preset: the method's switches; method: its numbers (soft_dist.config.MethodConfig: tau, epsilon,
+        lambda_, rampup_epochs, sls_start_epoch);
+    student_logits: [B, C] float32 with gradient; alpha: [B, 1] in (0, 1) or None;
+    labels: [B] int64 training labels (noisy); source_logits: [B, C] without gradient, or None when the
+        preset has no consistency term; valid: [B] bool (False marks padding rows) or None;
+    epoch: the 0-based epoch; progress_epochs: epochs done including the fraction of this one (the ramp).
+    Returns (loss scalar with gradient, {loss_ce, loss_cons, lambda, share_k_gt_1: detached scalars}).
+    """
+    num_classes = student_logits.shape[-1]
+    ce_target = label_smoothing(labels, num_classes, method.epsilon) if preset.ce_target == "lsr" else labels
+    loss_ce = masked_mean(weighted_cross_entropy(student_logits, alpha, ce_target), valid)
+    parts = {"loss_ce": loss_ce.detach()}
+    if preset.target == "none":
+        return loss_ce, parts
+    if source_logits is None:
+        raise ValueError(f"a preset with target {preset.target!r} needs source_logits")
+    target, student_log_probs, k = consistency_target(
+        preset, source_logits, student_logits, tau=method.tau, epsilon=method.epsilon,
+        sls_active=epoch >= method.sls_start_epoch,
+    )
+    loss_cons = masked_mean(consistency_kl(target, student_log_probs), valid)
+    weight = method.lambda_ * sigmoid_rampup(progress_epochs, method.rampup_epochs)
+    parts["loss_cons"] = loss_cons.detach()
+    parts["lambda"] = torch.tensor(weight)
+    if k is not None:
+        parts["share_k_gt_1"] = masked_mean((k > 1).float(), valid).detach()
+    return loss_ce + weight * loss_cons, parts

@@ -1,0 +1,73 @@
+"""The methods a run can train (``method.name``): SOFT and the rows of the paper's Tables 1 and 3.
+
+Each method is a :class:`MethodPreset`, a small typed record of how the student is supervised. The
+objective (soft_dist.method.objective) reads only these switches, so adding an ablation is one entry here.
+No torch here: the config system imports this module to validate ``method.name``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TARGETS = ("none", "softmax", "sls", "lsr_star")
+SLS_BRANCHES = ("teacher", "student", "both")
+CE_TARGETS = ("onehot", "lsr")
+
+
+@dataclass(frozen=True)
+class MethodPreset:
+    """How one method supervises the student.
+
+    teacher: an EMA teacher exists; its logits are the source of the consistency target.
+    target: how the consistency target is made from the source logits: none (no consistency loss),
+        softmax (plain mean teacher), sls (soft label smoothing, Eq. 3-5), lsr_star (label smoothing of the
+        source's top-1 class).
+    sls_on: with target sls, whose logits are smoothed: teacher, student or both.
+    head: the uncertainty head weights the cross-entropy after stage 1 (paper Sec. 3.3).
+    ce_target: the classification target: onehot, or lsr (label smoothing of the given label, Eq. 1-2).
+    pinned: method fields this preset fixes whatever the config says, as (field, value) pairs; the
+        resolved config (and the run's saved config.yaml) shows the pinned value.
+    summary: one line for the docs.
+    """
+
+    teacher: bool
+    target: str
+    summary: str
+    sls_on: str = "teacher"
+    head: bool = False
+    ce_target: str = "onehot"
+    pinned: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        for name, value, allowed in (("target", self.target, TARGETS), ("sls_on", self.sls_on, SLS_BRANCHES),
+                                     ("ce_target", self.ce_target, CE_TARGETS)):
+            if value not in allowed:
+                raise ValueError(f"MethodPreset.{name} must be one of {allowed}, got {value!r}")
+        if self.target == "none" and self.teacher:
+            raise ValueError("a preset with a teacher needs a consistency target")
+
+
+METHOD_PRESETS: dict[str, MethodPreset] = {
+    # Table 1
+    "ce": MethodPreset(teacher=False, target="none", summary="plain cross-entropy, no teacher"),
+    "mt": MethodPreset(teacher=True, target="softmax", summary="mean teacher: KL to the EMA teacher's softmax"),
+    "mt_sls": MethodPreset(teacher=True, target="sls", summary="mean teacher with SLS targets, no uncertainty head"),
+    "soft": MethodPreset(teacher=True, target="sls", head=True,
+                         summary="SOFT: SLS targets from the teacher plus the uncertainty-weighted CE"),
+    # Table 1 row "SLS" on a vanilla network: the student's own detached logits, smoothed, as target.
+    "sls_self": MethodPreset(teacher=False, target="sls", sls_on="student",
+                             summary="no teacher: the student's own detached logits, smoothed, as target"),
+    # Table 3 (all with the uncertainty head): its first row, the smoothing variants and the SLS targets.
+    "mt_unc": MethodPreset(teacher=True, target="softmax", head=True,
+                           summary="mean teacher plus the uncertainty head (Table 3, first row)"),
+    "lsr": MethodPreset(teacher=True, target="softmax", head=True, ce_target="lsr",
+                        summary="label smoothing (epsilon) of the given label in the CE"),
+    "lsr_star": MethodPreset(teacher=True, target="lsr_star", head=True,
+                             summary="label smoothing of the teacher's top-1 class as consistency target"),
+    "sls0": MethodPreset(teacher=True, target="sls", head=True, pinned=(("epsilon", 0.0),),
+                         summary="SLS with epsilon pinned at 0: the high classes renormalised, zero on the rest"),
+    "sls_student": MethodPreset(teacher=True, target="sls", sls_on="student", head=True,
+                                summary="SLS applied to the student's distribution instead of the teacher's"),
+    "sls_both": MethodPreset(teacher=True, target="sls", sls_on="both", head=True,
+                             summary="SLS applied to both the teacher's and the student's distributions"),
+}
