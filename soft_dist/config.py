@@ -27,17 +27,19 @@ class ConfigError(ValueError):
 
     def __init__(self, field_path: str, message: str, source: str | None = None):
         where = f" (in {source})" if source else ""
-        super().__init__(f"config field '{field_path}'{where}: {message}")
+        what = "option" if field_path.startswith("--") else "config field"  # a command-line flag, or a key
+        super().__init__(f"{what} '{field_path}'{where}: {message}")
         self.field_path = field_path
         self.source = source
 
 
 def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple | None = None,
             lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-            key: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+            key: str | None = None, factory: Callable[[], Any] | None = None, extra: dict | None = None) -> Any:
     """Declare one config field: its default, a one-line meaning (``doc``, shown by `soft-dist config docs`),
     the allowed values (``choices``) or range (``lo``/``hi``, open ends with ``lo_open``/``hi_open``), and
-    the YAML key when it differs from the attribute (``lambda``). Validation, overrides, sweeps, grids and
+    the YAML key when it differs from the attribute (``lambda``), and ``extra`` metadata for one user's
+    needs (the shard options' help groups). Validation, overrides, sweeps, grids and
     the docs all read this one declaration."""
     if not doc:
         raise TypeError("every config field needs a doc")
@@ -48,6 +50,7 @@ def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple
         meta["range"] = (lo, hi, lo_open, hi_open)
     if key is not None:
         meta["key"] = key
+    meta.update(extra or {})
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -294,6 +297,18 @@ def _check_range(value: Any, meta: dict, path: str, source: str | None) -> None:
             raise ConfigError(path, f"must be in {_range_text(meta['range'])}, got {value!r}", source)
 
 
+def check_fields(obj: Any, name_of: Callable[[str], str] = lambda key: key, source: str | None = None) -> None:
+    """Check every declared field of the dataclass instance ``obj`` against its type and allowed values
+    (for option sets that are built in code, like soft_dist.shard.build.ShardConfig). Errors name the
+    field as ``name_of(key)``, e.g. a --flag."""
+    hints = get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if "doc" not in f.metadata:
+            continue
+        value = _coerce(getattr(obj, f.name), hints[f.name], name_of(f.name), source)
+        _check_range(value, f.metadata, name_of(f.name), source)
+
+
 # Fields that did nothing and were removed: the config.yaml of a run made before still loads (for
 # --resume), the key is ignored.
 REMOVED_KEYS = frozenset({"train.log_every"})
@@ -520,13 +535,17 @@ def _allowed(meta: dict) -> str:
     return ""
 
 
-def field_rows(cls: type = Config, prefix: str = "") -> list[dict[str, str]]:
-    """One row per leaf field: key (dotted), type, default, allowed values and meaning (the field's doc)."""
+def field_rows(cls: type = Config, prefix: str = "", name_of: Callable[[str], str] | None = None,
+               defaults: Any = None) -> list[dict[str, str]]:
+    """One row per declared leaf field: key (dotted, or ``name_of(attribute)``), type, default, allowed values
+    and meaning (the field's doc). ``defaults``: an instance to read defaults from (else ``cls()``)."""
     rows = []
     hints = get_type_hints(cls)
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     for f in dataclasses.fields(cls):
-        key = f"{prefix}{_yaml_key(f)}"
+        if "doc" not in f.metadata:
+            continue
+        key = name_of(f.name) if name_of else f"{prefix}{_yaml_key(f)}"
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             rows.extend(field_rows(hint, f"{key}."))
@@ -535,6 +554,14 @@ def field_rows(cls: type = Config, prefix: str = "") -> list[dict[str, str]]:
         rows.append({"key": key, "type": _type_name(hint), "default": default.strip().removesuffix("...").strip(),
                      "allowed": _allowed(f.metadata), "meaning": f.metadata.get("doc", "")})
     return rows
+
+
+def fields_table(rows: list[dict[str, str]]) -> list[str]:
+    """Markdown lines of a table of :func:`field_rows`."""
+    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| `{row['key']}` | {row['type']} | `{row['default']}` | {row['allowed']} | {row['meaning']} |")
+    return lines
 
 
 def config_docs() -> str:
@@ -547,11 +574,7 @@ def config_docs() -> str:
     hints = get_type_hints(Config)
     for f in dataclasses.fields(Config):
         section_cls = hints[f.name]
-        lines += [f"## {f.name}: {f.metadata['doc']}", "", "| key | type | default | allowed | meaning |",
-                  "|---|---|---|---|---|"]
-        for row in field_rows(section_cls, f"{f.name}."):
-            lines.append(f"| `{row['key']}` | {row['type']} | `{row['default']}` | {row['allowed']} | {row['meaning']} |")
-        lines.append("")
+        lines += [f"## {f.name}: {f.metadata['doc']}", "", *fields_table(field_rows(section_cls, f"{f.name}.")), ""]
     lines += ["## Method presets (`method.name`)", "",
               "Each preset is a `MethodPreset` in `soft_dist/method/presets.py`; the objective reads only these switches.",
               "", "| name | teacher | consistency target | SLS on | uncertainty head | CE target | pins | what it is |",

@@ -93,10 +93,10 @@ def test_shipped_configs_load():
 
 
 def test_docs_config_md_is_the_generated_reference():
-    from soft_dist.config import config_docs
+    from soft_dist.cli.config import reference_text
 
     committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
-    assert committed == config_docs(), "docs/config.md is stale: run `soft-dist config docs > docs/config.md`"
+    assert committed == reference_text(), "docs/config.md is stale: run `soft-dist config docs > docs/config.md`"
 
 
 def test_every_field_has_a_meaning_and_appears_in_the_docs():
@@ -157,3 +157,16 @@ def test_help_and_config_show_import_neither_torch_nor_ray():
 def test_the_method_package_imports_no_ray_dali_or_webdataset():
     modules = "presets, objective, losses, sls, teacher, model"
     assert _imported_after(f"from soft_dist.method import {modules}") == {"torch"}
+
+
+def test_shard_options_come_from_one_declaration(capsys):
+    from soft_dist.cli import main
+    from soft_dist.shard.build import ShardConfig
+
+    with pytest.raises(ConfigError, match="option '--quality'.*\\[1, 100\\]"):
+        ShardConfig(layout="digits", quality=0).validate()
+    with pytest.raises(ConfigError, match="option '--layout'.*required"):
+        ShardConfig().validate()
+    # the command line gets its flags, defaults and checks from the same fields
+    assert main(["shard", "--layout", "digits", "--size", "4", "--out", "unused"]) == 2
+    assert "option '--size': must be in [8, inf], got 4" in capsys.readouterr().err

@@ -37,10 +37,21 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _docs(args: argparse.Namespace) -> int:
-    from soft_dist.config import config_docs
+def reference_text() -> str:
+    """docs/config.md: every run config field, the method presets, and the options of `soft-dist shard`."""
+    from soft_dist.config import config_docs, field_rows, fields_table
+    from soft_dist.shard.build import ShardConfig, option_flag
 
-    sys.stdout.write(config_docs())
+    shard_rows = field_rows(ShardConfig, name_of=option_flag, defaults=ShardConfig(layout=None))
+    lines = ["## soft-dist shard options", "",
+             "`soft-dist shard` takes these flags; they are the fields of `ShardConfig` in `soft_dist/shard/build.py`",
+             "(declared the same way, checked by the same code). Writing shards: [docs/sharding.md](sharding.md).", "",
+             *fields_table(shard_rows)]
+    return config_docs() + "\n" + "\n".join(lines) + "\n"
+
+
+def _docs(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference_text())
     return 0
 
 

@@ -7,50 +7,37 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-LAYOUTS = ("rafdb", "affectnet", "ferplus", "imagefolder", "csv", "digits")
-
-
 def register(subparsers) -> None:
+    from soft_dist.shard.build import ShardConfig, option_flag
+
     p = subparsers.add_parser("shard", help="turn a dataset into aligned WebDataset shards (or --verify them)",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--layout", choices=LAYOUTS, help="input layout (see docs/sharding.md)")
-    p.add_argument("--root", help="dataset folder (not needed for digits)")
-    p.add_argument("--out", help="output folder (default data_shards/<layout>)")
     p.add_argument("--verify", metavar="OUT", help="re-read every shard in OUT and check it against the manifest")
     p.add_argument("--decode", action="store_true", help="with --verify: fully decode every JPEG")
-    g = p.add_argument_group("images")
-    g.add_argument("--size", type=int, default=224, help="output side in pixels (default 224)")
-    g.add_argument("--align", default="auto", choices=("auto", "mtcnn", "none"),
-                   help="auto: mtcnn, except none for digits, ferplus and RAF-DB's Image/aligned")
-    g.add_argument("--margin", type=float, default=0.2,
-                   help="context around the face: the template shrinks by 1/(1+margin) (default 0.2)")
-    g.add_argument("--on-no-face", default="crop", choices=("crop", "skip"),
-                   help="no face found: centred crop (counted) or leave the image out (counted)")
-    g.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    g = p.add_argument_group("splits and shards")
-    g.add_argument("--shard-size", type=int, default=1000, help="most samples per shard (default 1000)")
-    g.add_argument("--min-shards", type=int, default=128,
-                   help="at least this many shards per split when there are enough samples (default 128 = "
-                        "32 ranks x 4 loader workers)")
-    g.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of train carved into val when the layout has no val split (default 0.1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the stratified val split (default 0)")
-    g = p.add_argument_group("layout options")
-    g.add_argument("--classes", help="comma-separated class order (imagefolder, csv)")
-    g.add_argument("--csv", dest="csv_file", help="csv layout: the CSV file (default ROOT/labels.csv)")
-    g.add_argument("--image-dir", default="auto", choices=("auto", "original", "aligned"),
-                   help="rafdb: which image folder (auto: original with mtcnn, aligned with none)")
-    g.add_argument("--affectnet-classes", type=int, default=8, choices=(7, 8), help="affectnet: 7 or 8 classes")
-    g = p.add_argument_group("execution")
-    g.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    g.add_argument("--backend", default="process", choices=("process", "ray"),
-                   help="process pool, or Ray tasks over chunks (RAY_ADDRESS joins a cluster)")
-    g.add_argument("--ray", dest="backend", action="store_const", const="ray", help="same as --backend ray")
-    g.add_argument("--device", default="cpu", help="MTCNN device, e.g. cpu or cuda:0")
-    g.add_argument("--batch-size", type=int, default=16, help="MTCNN batch size")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Every other flag comes from ShardConfig's declarations: one place for its default, allowed values
+    # and meaning. Values are checked by ShardConfig.validate, which names the flag.
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(ShardConfig):
+        if "doc" not in f.metadata:
+            continue
+        group = f.metadata["group"]
+        g = p if group == "input" else groups.setdefault(group, p.add_argument_group(group))
+        default = f.default
+        help_text = f.metadata["doc"] + ("" if default in (None, "") else f" (default {default})")
+        kwargs = {"dest": f.name, "default": None if f.name == "classes" else default, "help": help_text}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            kwargs["type"] = type(default)
+        elif f.name in ("workers",):
+            kwargs["type"] = int
+        g.add_argument(option_flag(f.name), **kwargs)
+    execution = groups["execution"]
+    execution.add_argument("--ray", dest="backend", action="store_const", const="ray", help="same as --backend ray")
+    execution.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -60,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.verify:
             return _verify(args)
-        if not args.layout:
-            raise LayoutError("--layout is required (or --verify OUT)")
         return _build(args)
     except (LayoutError, ValueError) as err:
         print(f"soft-dist shard: error: {err}", file=sys.stderr)
@@ -71,15 +56,10 @@ def run(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from soft_dist.shard.build import ShardConfig, build_shards
 
-    config = ShardConfig(
-        layout=args.layout, root=args.root, out=args.out, size=args.size, align=args.align, margin=args.margin,
-        quality=args.quality, on_no_face=args.on_no_face, shard_size=args.shard_size, min_shards=args.min_shards,
-        val_fraction=args.val_fraction, seed=args.seed,
-        classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
-        image_dir=args.image_dir, affectnet_classes=args.affectnet_classes, csv_file=args.csv_file,
-        workers=args.workers, backend=args.backend, device=args.device, batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ShardConfig) if hasattr(args, f.name)}
+    if options["classes"]:
+        options["classes"] = [c.strip() for c in options["classes"].split(",")]
+    config = ShardConfig(**options)
     m = build_shards(config)
     out = config.out or f"data_shards/{config.layout}"
     a = m["alignment"]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from soft_dist.shard.layouts import SPLITS, Dataset, Record, carve_val, read_layout
 from soft_dist.shard.encode import ChunkResult, EncodeOptions, encode_chunk, init_worker
+from soft_dist.config import ConfigError, check_fields, setting
 from soft_dist.data.format import MANIFEST_NAME, shard_name
 from soft_dist.shard.writer import sha256_file, write_index, write_manifest, write_shard
 
@@ -35,50 +36,63 @@ SHARD_FILE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)(\.partial)?$")
 FORMAT_VERSION = 1
 
 
+LAYOUTS = ("rafdb", "affectnet", "ferplus", "imagefolder", "csv", "digits")
+
+
+def _option(default, doc: str, group: str, **constraints):
+    """A shard option: declared once (soft_dist.config.setting), read by validation, the CLI and the docs.
+    ``group`` is its section in ``soft-dist shard --help``."""
+    return setting(default, doc, extra={"group": group}, **constraints)
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a ShardConfig field: csv_file -> --csv, on_no_face -> --on-no-face."""
+    return "--csv" if name == "csv_file" else "--" + name.replace("_", "-")
+
+
 @dataclass
 class ShardConfig:
-    layout: str
-    root: str | None = None
-    out: str | None = None  # default data_shards/<layout>
-    size: int = 224
-    align: str = "auto"  # auto | mtcnn | none
-    margin: float = 0.2
-    quality: int = 95
-    on_no_face: str = "crop"  # crop | skip
-    shard_size: int = 1000
-    min_shards: int = 128  # enough for 32 ranks x 4 loader workers (docs/sharding.md)
-    val_fraction: float = 0.1
-    seed: int = 0
-    classes: list[str] | None = None
-    image_dir: str = "auto"  # rafdb: auto | original | aligned
-    affectnet_classes: int = 8
-    csv_file: str | None = None
-    workers: int | None = None  # processes; default: all cores
-    backend: str = "process"  # process | ray
-    device: str = "cpu"
-    batch_size: int = 16
-    progress: bool = True
-    reader_options: dict = field(default_factory=dict)
+    """The options of `soft-dist shard` (each is also a --flag of that command)."""
+
+    layout: str | None = _option(None, "input layout (docs/sharding.md)", "input", choices=LAYOUTS)
+    root: str | None = _option(None, "dataset folder (not needed for digits)", "input")
+    out: str | None = _option(None, "output folder (default data_shards/<layout>)", "input")
+    size: int = _option(224, "output side in pixels", "images", lo=8)
+    align: str = _option("auto", "auto: mtcnn, except none for digits, ferplus and RAF-DB's Image/aligned", "images",
+                         choices=("auto", "mtcnn", "none"))
+    margin: float = _option(0.2, "context around the face: the template shrinks by 1/(1+margin)", "images", lo=0.0)
+    quality: int = _option(95, "JPEG quality", "images", lo=1, hi=100)
+    on_no_face: str = _option("crop", "no face found: centred crop (counted) or leave the image out (counted)",
+                              "images", choices=("crop", "skip"))
+    shard_size: int = _option(1000, "most samples per shard", "splits and shards", lo=1)
+    min_shards: int = _option(128, "at least this many shards per split when there are enough samples "
+                                   "(128 = 32 ranks x 4 loader workers)", "splits and shards", lo=1)
+    val_fraction: float = _option(0.1, "share of train carved into val when the layout has no val split",
+                                  "splits and shards", lo=0.0, hi=1.0, hi_open=True)
+    seed: int = _option(0, "seed of the stratified val split", "splits and shards")
+    classes: list | None = _option(None, "class order, comma-separated on the command line (imagefolder, csv)",
+                                   "layout options")
+    image_dir: str = _option("auto", "rafdb: which image folder (auto: original with mtcnn, aligned with none)",
+                             "layout options", choices=("auto", "original", "aligned"))
+    affectnet_classes: int = _option(8, "affectnet: 7 or 8 classes", "layout options", choices=(7, 8))
+    csv_file: str | None = _option(None, "csv layout: the CSV file (default ROOT/labels.csv)", "layout options")
+    workers: int | None = _option(None, "worker processes (default: all cores)", "execution", lo=1)
+    backend: str = _option("process", "process pool, or Ray tasks over chunks (RAY_ADDRESS joins a cluster)",
+                           "execution", choices=("process", "ray"))
+    device: str = _option("cpu", "MTCNN device, e.g. cpu or cuda:0", "execution")
+    batch_size: int = _option(16, "MTCNN batch size", "execution", lo=1)
+    progress: bool = True  # --no-progress turns the bar off
+    reader_options: dict = field(default_factory=dict)  # extra keyword arguments of the layout reader (tests)
 
     # Arguments that change shard contents; the others (parallelism, progress) do not.
     CONTENT_FIELDS = ("layout", "size", "align", "margin", "quality", "on_no_face", "shard_size", "min_shards",
                       "val_fraction", "seed", "classes", "image_dir", "affectnet_classes")
 
     def validate(self) -> None:
-        checks = [
-            (self.size >= 8, f"--size must be >= 8, got {self.size}"),
-            (self.align in ("auto", "mtcnn", "none"), f"--align must be auto, mtcnn or none, got {self.align!r}"),
-            (1 <= self.quality <= 100, f"--quality must be 1..100, got {self.quality}"),
-            (self.on_no_face in ("crop", "skip"), f"--on-no-face must be crop or skip, got {self.on_no_face!r}"),
-            (self.shard_size >= 1, f"--shard-size must be >= 1, got {self.shard_size}"),
-            (self.min_shards >= 1, f"--min-shards must be >= 1, got {self.min_shards}"),
-            (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
-            (self.backend in ("process", "ray"), f"--backend must be process or ray, got {self.backend!r}"),
-            (self.workers is None or self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        """Check every option against its declaration; a ConfigError names the --flag."""
+        if self.layout is None:
+            raise ConfigError("--layout", "is required (or --verify OUT)")
+        check_fields(self, name_of=option_flag)
 
 
 @dataclass
