@@ -31,6 +31,7 @@ class ConfigError(ValueError):
         super().__init__(f"{what} '{field_path}'{where}: {message}")
         self.field_path = field_path
         self.source = source
+        self.message = message  # without the field and file, for callers that name them their own way
 
 
 def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple | None = None,
@@ -307,6 +308,36 @@ def check_fields(obj: Any, name_of: Callable[[str], str] = lambda key: key, sour
             continue
         value = _coerce(getattr(obj, f.name), hints[f.name], name_of(f.name), source)
         _check_range(value, f.metadata, name_of(f.name), source)
+
+
+def field_declaration(dotted: str) -> tuple[dataclasses.Field, Any] | None:
+    """The declaration (dataclass field, type hint) of a leaf field by its dotted YAML key, e.g.
+    ``method.lambda``; None when no such leaf exists (unknown key, or a section)."""
+    cls: Any = Config
+    found = None
+    for part in dotted.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return None
+        by_key = {_yaml_key(f): f for f in dataclasses.fields(cls)}
+        if part not in by_key:
+            return None
+        found = (by_key[part], get_type_hints(cls)[by_key[part].name])
+        cls = found[1]
+    if found is None or dataclasses.is_dataclass(found[1]):
+        return None
+    return found
+
+
+def check_field_value(dotted: str, value: Any, source: str | None = None) -> Any:
+    """``value`` checked (and coerced, e.g. 1 -> 1.0) against the declaration of field ``dotted``: what a
+    grid axis or an override holds is validated exactly as in a config file. Errors name the field."""
+    declaration = field_declaration(dotted)
+    if declaration is None:
+        raise ConfigError(dotted, "not a config field (docs/config.md lists them)", source)
+    f, hint = declaration
+    value = _coerce(value, hint, dotted, source)
+    _check_range(value, f.metadata, dotted, source)
+    return value
 
 
 # Fields that did nothing and were removed: the config.yaml of a run made before still loads (for

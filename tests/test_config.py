@@ -170,3 +170,21 @@ def test_shard_options_come_from_one_declaration(capsys):
     # the command line gets its flags, defaults and checks from the same fields
     assert main(["shard", "--layout", "digits", "--size", "4", "--out", "unused"]) == 2
     assert "option '--size': must be in [8, inf], got 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("body, field, message", [
+    ("methods: [soft, dmue]", "methods", "method.name must be one of"),
+    ("noise_rates: [1.2]", "noise_rates", "noise.rate must be in [0.0, 1.0), got 1.2"),
+    ("extra: {method.tau: [0.1, 3]}", "extra.method.tau", "method.tau must be in (0.0, 1.0), got 3.0"),
+    ("overrides: [train.epochs=0]", "overrides", "train.epochs must be in [1, inf], got 0"),
+])
+def test_grid_axes_are_checked_by_the_fields_they_set(tmp_path, body, field, message):
+    from soft_dist.experiment.grid import GridError, load_grid
+
+    defaults = {"methods": "methods: [soft]", "noise_rates": "noise_rates: [0.2]"}
+    lines = [f"base: {CONFIGS / 'digits_cpu.yaml'}", "noise_kinds: [symmetric]", "seeds: [0]", body]
+    lines += [text for key, text in defaults.items() if not body.startswith(key)]
+    path = write(tmp_path, "\n".join(lines) + "\n", "grid.yaml")
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert f"'{field}'" in str(err.value) and message in str(err.value) and str(path) in str(err.value)

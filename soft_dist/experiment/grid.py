@@ -22,15 +22,15 @@ cell's config are checked when the cell is built, so one bad value fails that ce
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import yaml
 
-from soft_dist.config import METHOD_PRESETS, Config, ConfigError, bundled_names, find_bundled, load_config
+from soft_dist.config import (METHOD_PRESETS, ConfigError, bundled_names, check_field_value, field_declaration,
+                               find_bundled, load_config, parse_override)
 
 NOISE_KINDS = ("symmetric", "asymmetric")
 # Config keys a cell sets itself: the grid's axes. Overrides may not name them (they would silently
@@ -153,17 +153,16 @@ class Grid:
 
 
 def config_key_exists(dotted: str) -> bool:
-    """Whether ``dotted`` names a field of :class:`Config` (YAML names, e.g. ``method.lambda``)."""
-    cls: Any = Config
-    for part in dotted.split("."):
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            return False
-        hints = get_type_hints(cls)
-        by_key = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
-        if part not in by_key:
-            return False
-        cls = hints[by_key[part].name]
-    return True
+    """Whether ``dotted`` names a leaf field of :class:`Config` (YAML names, e.g. ``method.lambda``)."""
+    return field_declaration(dotted) is not None
+
+
+def _check_axis_values(values: list, dotted: str, where: str, source: str) -> list:
+    """Each value of a grid axis checked by the declaration of the config field it sets."""
+    try:
+        return [check_field_value(dotted, v) for v in values]
+    except ConfigError as err:
+        raise GridError(where, f"{dotted} {err.message}", source) from None
 
 
 def _list(data: dict, key: str, source: str, kind: type | tuple, required: bool = True) -> list:
@@ -192,6 +191,10 @@ def check_overrides(overrides: list[str], field_path: str, source: str | None, a
             raise GridError(field_path, f"'{key}' is a grid axis, set by each cell; change the grid instead", source)
         if not config_key_exists(key):
             raise GridError(field_path, f"'{key}' is not a config field", source)
+        try:
+            check_field_value(key, parse_override(text)[1])
+        except ConfigError as err:
+            raise GridError(field_path, f"{text!r}: {key} {err.message}", source) from None
 
 
 def load_grid(path: str | Path, check_base: bool = True) -> Grid:
@@ -222,18 +225,12 @@ def load_grid(path: str | Path, check_base: bool = True) -> Grid:
     if check_base and not base.is_file():
         raise GridError("base", f"file not found: {base}", source)
 
-    methods = _list(data, "methods", source, str)
-    for m in methods:
-        if m not in METHOD_PRESETS:
-            raise GridError("methods", f"unknown method {m!r}; known: {list(METHOD_PRESETS)}", source)
+    methods = _check_axis_values(_list(data, "methods", source, str), "method.name", "methods", source)
     kinds = _list(data, "noise_kinds", source, str)
-    for k in kinds:
+    for k in kinds:  # a grid injects noise itself: a subset of noise.kind's values
         if k not in NOISE_KINDS:
             raise GridError("noise_kinds", f"unknown noise kind {k!r}; known: {list(NOISE_KINDS)}", source)
-    rates = [float(r) for r in _list(data, "noise_rates", source, (int, float))]
-    for r in rates:
-        if not 0.0 <= r < 1.0:
-            raise GridError("noise_rates", f"rate {r!r} is not in [0, 1)", source)
+    rates = _check_axis_values(_list(data, "noise_rates", source, (int, float)), "noise.rate", "noise_rates", source)
     seeds = _list(data, "seeds", source, int)
     folds = data.get("folds")
     if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or not 2 <= folds <= MAX_FOLDS):
@@ -253,7 +250,7 @@ def load_grid(path: str | Path, check_base: bool = True) -> Grid:
                             "split_seeds", source)
         if not config_key_exists(str(key)):
             raise GridError(f"extra.{key}", "is not a config field (e.g. method.epsilon, method.tau)", source)
-        _list(extra, key, source, (int, float, str))
+        _check_axis_values(_list(extra, key, source, (int, float, str)), str(key), f"extra.{key}", source)
 
     overrides = data.get("overrides") or []
     if not isinstance(overrides, list):
