@@ -102,3 +102,11 @@ def print_table(result: dict, out=sys.stdout) -> None:
         print(f"  {key:<{width}}  {text}", file=out)
     m = result.get("machine", {})
     print(f"  machine: {m.get('cpu')} x{m.get('cores')}, gpu={m.get('gpu')}, torch {m.get('torch')}", file=out)
+
+
+def add_training_run_arguments(parser, overrides_help: str) -> None:
+    """The options of the benchmarks that train real runs (train, scaling): shards, config, method, overrides."""
+    parser.add_argument("--shards", type=Path, help="shard folder (default: digits shards written to a temp folder)")
+    parser.add_argument("--config", type=Path, metavar="NAME|FILE", help="run config (default: digits_cpu)")
+    parser.add_argument("--method", default="soft")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)

@@ -19,14 +19,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from soft_dist.bench.harness import add_training_run_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="largest worker count N (runs 1..N)")
     parser.add_argument("--threads", type=int, default=1, help="CPUs and torch threads per worker (fixed)")
-    parser.add_argument("--shards", type=Path, help="shard folder (default: digits shards written to a temp folder)")
-    parser.add_argument("--config", type=Path, help="config file (default: configs/digits_cpu.yaml)")
-    parser.add_argument("--method", default="soft")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    add_training_run_arguments(parser, "config overrides for every run")
 
 
 def efficiencies(images_per_s: dict[int, float]) -> list[dict]:

@@ -21,16 +21,15 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from soft_dist.bench.harness import add_training_run_arguments
+
 RATIO = "plain_images_per_s / ray_images_per_s (time ratio: > 1 means Ray is slower)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=int, default=5, help="interleaved plain/Ray pairs, >= 5 (default 5)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run, the first untimed (default 3)")
-    parser.add_argument("--shards", type=Path, help="shard folder (default: digits shards written to a temp folder)")
-    parser.add_argument("--config", type=Path, help="config file (default: configs/digits_cpu.yaml)")
-    parser.add_argument("--method", default="soft")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for both sides")
+    add_training_run_arguments(parser, "config overrides for both sides")
 
 
 def spread(values: list[float]) -> dict:

@@ -9,23 +9,34 @@ import argparse
 import importlib
 import sys
 
-# sub-command name -> module with register(subparsers)
+# sub-command name -> module with register(subparsers), in the order of the pipeline (the order of --help).
 COMMAND_MODULES = {
-    "demo": "soft_dist.cli.demo",
-    "train": "soft_dist.cli.train",
-    "bench": "soft_dist.cli.bench",
     "shard": "soft_dist.cli.shard",
+    "train": "soft_dist.cli.train",
     "tune": "soft_dist.cli.tune",
     "experiment": "soft_dist.cli.experiment",
     "noise": "soft_dist.cli.noise",
     "config": "soft_dist.cli.config",
+    "bench": "soft_dist.cli.bench",
+    "demo": "soft_dist.cli.demo",
 }
+
+DESCRIPTION = """Train facial-expression classifiers that resist noisy labels with SOFT (soft label
+smoothing in a mean teacher), on Ray Train with DALI input pipelines."""
+EPILOG = """typical use:
+  soft-dist shard --layout rafdb --root DATA/RAF-DB --out data_shards/rafdb
+  soft-dist train --config rafdb --run-dir runs/rafdb-soft data.shards=data_shards/rafdb
+  soft-dist config show rafdb method.tau=0.1     (what a run would use, without training)
+  soft-dist demo                                 (CE vs SOFT on bundled digits, a few minutes on CPU)
+
+`soft-dist COMMAND --help` explains each command; README.md and docs/ have the guides."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from soft_dist import __version__
 
-    parser = argparse.ArgumentParser(prog="soft-dist", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="soft-dist", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"soft-dist {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES.values():
