@@ -188,3 +188,26 @@ def test_grid_axes_are_checked_by_the_fields_they_set(tmp_path, body, field, mes
     with pytest.raises(GridError) as err:
         load_grid(path)
     assert f"'{field}'" in str(err.value) and message in str(err.value) and str(path) in str(err.value)
+
+
+def test_the_wheel_ships_the_bundled_configs(tmp_path):
+    # A non-editable install has no checkout beside it: the configs must be package data.
+    import subprocess
+    import sys
+    import zipfile
+
+    import shutil
+
+    # Built from a copy: pip builds in the source tree, and the checkout must not get a build/ folder.
+    repo, src = Path(__file__).resolve().parents[1], tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "configs", "soft_dist"):
+        copy = shutil.copytree if (repo / name).is_dir() else shutil.copy2
+        kwargs = {"symlinks": True, "ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}
+        copy(repo / name, src / name, **kwargs)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    str(src), "-w", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("soft_dist-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in CONFIGS.rglob("*.yaml"):
+        assert f"soft_dist/configs/{path.relative_to(CONFIGS).as_posix()}" in names
