@@ -8,7 +8,7 @@ import torch
 from soft_dist.config import Config
 from soft_dist.shard.digits import DIGIT_CLASSES, load_digits_rgb, split_indices
 from soft_dist.data.memory import MemoryLoader, to_normalised_tensor
-from soft_dist.train.fit import Loaders
+from soft_dist.data.loader import Loaders
 
 DIGIT_SPLITS = {"train": 0.7, "val": 0.1, "test": 0.2}
 

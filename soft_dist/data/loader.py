@@ -11,6 +11,7 @@ use ``data.loader: torch``. Semantics shared by both implementations (docs/pipel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -32,6 +33,22 @@ class EpochLoader(Protocol):
 
     def close(self) -> None:
         ...
+
+
+@dataclass
+class Loaders:
+    """The epoch loaders of one run (EpochLoader protocol: len(), epoch(e), num_samples, close())."""
+
+    train: object
+    val: object
+    test: object | None = None
+    train_eval: object | None = None  # the training split without augmentation, for Table 2 diagnostics
+    shards_dir: str | None = None  # the local shard folder they read (None for in-memory data)
+
+    def close(self) -> None:
+        for loader in (self.train, self.val, self.test, self.train_eval):
+            if loader is not None:
+                loader.close()
 
 
 def _implementation(data_cfg: DataConfig):

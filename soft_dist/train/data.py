@@ -6,7 +6,7 @@ from soft_dist.config import Config
 from soft_dist.data.format import load_manifest
 from soft_dist.data.splits import run_splits
 from soft_dist.data.stage import local_shards
-from soft_dist.train.fit import Loaders
+from soft_dist.data.loader import Loaders
 
 
 def shard_loaders(cfg: Config, rank: int = 0, world_size: int = 1, device: str = "cpu", diagnostics: bool = True) -> Loaders:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from soft_dist.config import Config, config_yaml, to_dict
+from soft_dist.data.loader import Loaders
 from soft_dist.method.model import build_student, resolve_small_stem
 from soft_dist.method.teacher import module_digest
 from soft_dist.noise.table import NoiseTable
@@ -39,7 +40,6 @@ from soft_dist.storage import RunStore
 from soft_dist.train import checkpoint as ckpt
 from soft_dist.train.distributed import TeacherSync, all_gather_objects, broadcast_from_rank0
 from soft_dist.train.fit import (
-    Loaders,
     epoch_summary_line,
     final_results,
     noise_diagnostics,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,22 +15,6 @@ from soft_dist.config import Config
 from soft_dist.metrics import noisy_part_diagnostics
 from soft_dist.noise.table import NoiseTable
 from soft_dist.train.loop import RunningMeans, SoftLearner, choose_branch, predict, report_predictions
-
-
-@dataclass
-class Loaders:
-    """The epoch loaders of one run (EpochLoader protocol: len(), epoch(e), num_samples, close())."""
-
-    train: object
-    val: object
-    test: object | None = None
-    train_eval: object | None = None  # the training split without augmentation, for Table 2 diagnostics
-    shards_dir: str | None = None  # the local shard folder they read (None for in-memory data)
-
-    def close(self) -> None:
-        for loader in (self.train, self.val, self.test, self.train_eval):
-            if loader is not None:
-                loader.close()
 
 
 def train_epoch(

@@ -10,7 +10,7 @@ from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoint import drop_resumable_state
 from soft_dist.train.engine import DatasetInfo, Placement, Trainer, write_run_inputs
-from soft_dist.train.fit import Loaders
+from soft_dist.data.loader import Loaders
 
 
 def fit_single(
