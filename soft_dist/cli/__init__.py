@@ -15,6 +15,7 @@ COMMAND_MODULES = {
     "train": "soft_dist.cli.train",
     "tune": "soft_dist.cli.tune",
     "experiment": "soft_dist.cli.experiment",
+    "export": "soft_dist.cli.export",
     "noise": "soft_dist.cli.noise",
     "config": "soft_dist.cli.config",
     "bench": "soft_dist.cli.bench",
@@ -47,11 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from soft_dist.config import ConfigError
     from soft_dist.data.format import ManifestError
+    from soft_dist.train.errors import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ManifestError) as err:
+    except (ConfigError, ManifestError, CheckpointError) as err:
         print(f"soft-dist {args.command}: error: {err}", file=sys.stderr)
         return 2
 
