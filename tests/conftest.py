@@ -105,7 +105,8 @@ def s3_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_digits_run(digit_shards, tmp_path_factory) -> Path:
     """A real run folder with model.pt: 2 epochs of SOFT on the digit shards at 16 px through the torch
-    loader, trained in this process (about 20 s on 2 cores). model.pt names the shards' classes."""
+    loader, trained in this process (3 minutes on a 2-core machine under a load of 7; the first epoch
+    alone stays at chance). model.pt names the shards' classes. Shared by the export and eval tests."""
     from soft_dist.config import load_config
     from soft_dist.data.format import load_manifest
     from soft_dist.noise.setup import make_noise_table

@@ -15,6 +15,7 @@ COMMAND_MODULES = {
     "train": "soft_dist.cli.train",
     "tune": "soft_dist.cli.tune",
     "experiment": "soft_dist.cli.experiment",
+    "eval": "soft_dist.cli.evaluate",
     "export": "soft_dist.cli.export",
     "noise": "soft_dist.cli.noise",
     "config": "soft_dist.cli.config",
@@ -27,6 +28,8 @@ smoothing in a mean teacher), on Ray Train with DALI input pipelines."""
 EPILOG = """typical use:
   soft-dist shard --layout rafdb --root DATA/RAF-DB --out data_shards/rafdb
   soft-dist train --config rafdb --run-dir runs/rafdb-soft data.shards=data_shards/rafdb
+  soft-dist eval runs/rafdb-soft --shards data_shards/rafdb --split test
+  soft-dist export runs/rafdb-soft --format all --out exported/rafdb-soft
   soft-dist config show rafdb method.tau=0.1     (what a run would use, without training)
   soft-dist demo                                 (CE vs SOFT on bundled digits, a few minutes on CPU)
 

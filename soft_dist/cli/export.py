@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from soft_dist.cli.model_arg import add_model_argument
+
 FORMAT_CHOICES = ("onnx", "torchscript", "all")  # soft_dist.serve.export.FORMATS plus "all"
 
 
@@ -20,8 +22,7 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0],
                               epilog="Writes model.onnx and/or model.torchscript.pt, model_card.json and "
                                      "MODEL_CARD.md into --out.")
-    # str, not Path: a run directory may be s3://bucket/prefix (pathlib would turn it into s3:/bucket).
-    p.add_argument("model", metavar="MODEL", help="a model.pt, or a run directory holding one (local or s3://)")
+    add_model_argument(p, "MODEL")
     p.add_argument("--format", dest="fmt", choices=FORMAT_CHOICES, default="all", help="what to write (default all)")
     p.add_argument("--out", type=Path, required=True, help="folder to write the files into")
     p.set_defaults(func=run)
