@@ -39,7 +39,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
         ax.set_yticks(ticks, labels=classes)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
-        ax.set_title(title)
+        ax.set_title(f"{title}\n(colour: share of the row's true class)", fontsize=10)
         for i in range(len(classes)):
             for j in range(len(classes)):
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",

@@ -79,7 +79,7 @@ def card_markdown(card: dict) -> str:
         "",
         "## Classes (output order)",
         "",
-        *[f"{i}. {name}" for i, name in enumerate(card["classes"])],
+        *[f"- {i}: {name}" for i, name in enumerate(card["classes"])],
         "",
         "## Input",
         "",

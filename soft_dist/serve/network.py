@@ -3,6 +3,7 @@ network with the input normalisation inside it (what the exported files hold).""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,6 @@ class LoadedModel:
 def read_model(location: str | Path) -> LoadedModel:
     """model.pt (a file, or a run directory holding one; local or s3://) with its metadata checked.
     CheckpointError naming the file when it is missing, not a soft-dist model, or lacks a field."""
-    import hashlib
-
     data, where = read_model_bytes(location)
     model = LoadedModel(parse_model(data, where), where, hashlib.sha256(data).hexdigest())
     missing = [k for k in REQUIRED_META if k not in model.meta]
