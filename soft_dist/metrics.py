@@ -56,3 +56,16 @@ def noisy_part_diagnostics(preds: np.ndarray, clean: np.ndarray, noisy: np.ndarr
     else:
         out["noisy_predicted_correct"] = out["noisy_predicted_noise"] = float("nan")
     return out
+
+
+def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 [C] of a confusion matrix [C, C] (rows true, columns predicted), and
+    the support [C]. A class never predicted has precision 0, one never present recall 0 (and F1 0):
+    the usual convention, so that macro averages stay defined."""
+    cm = np.asarray(cm, dtype=np.float64)
+    hits, predicted, support = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}

@@ -15,6 +15,8 @@ COMMAND_MODULES = {
     "train": "soft_dist.cli.train",
     "tune": "soft_dist.cli.tune",
     "experiment": "soft_dist.cli.experiment",
+    "eval": "soft_dist.cli.evaluate",
+    "export": "soft_dist.cli.export",
     "noise": "soft_dist.cli.noise",
     "config": "soft_dist.cli.config",
     "bench": "soft_dist.cli.bench",
@@ -26,6 +28,8 @@ smoothing in a mean teacher), on Ray Train with DALI input pipelines."""
 EPILOG = """typical use:
   soft-dist shard --layout rafdb --root DATA/RAF-DB --out data_shards/rafdb
   soft-dist train --config rafdb --run-dir runs/rafdb-soft data.shards=data_shards/rafdb
+  soft-dist eval runs/rafdb-soft --shards data_shards/rafdb --split test
+  soft-dist export runs/rafdb-soft --format all --out exported/rafdb-soft
   soft-dist config show rafdb method.tau=0.1     (what a run would use, without training)
   soft-dist demo                                 (CE vs SOFT on bundled digits, a few minutes on CPU)
 
@@ -47,11 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from soft_dist.config import ConfigError
     from soft_dist.data.format import ManifestError
+    from soft_dist.train.errors import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ManifestError) as err:
+    except (ConfigError, ManifestError, CheckpointError) as err:
         print(f"soft-dist {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -28,7 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from soft_dist.storage import RunStore
+from soft_dist.storage import RunStore, is_remote
+from soft_dist.train.errors import CheckpointError  # noqa: F401 - raised here, caught by the CLI
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.pt"
@@ -41,10 +42,6 @@ PARTIAL_PREFIX = ".partial-"
 # What a process killed while writing a checkpoint leaves in RUN/checkpoints: its scratch folder, or
 # RunStore.put_folder's hidden staging / set-aside copies (.epoch_0003.<hex>.tmp|old).
 _LEFTOVER = re.compile(rf"^({re.escape(PARTIAL_PREFIX)}|\.epoch_\d{{4,}}\.)")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or model file that cannot be used; the message names the file and why."""
 
 
 def epoch_dir_name(epoch: int) -> str:
@@ -200,20 +197,32 @@ def save_model(store: RunStore, weights: dict[str, torch.Tensor], meta: dict) ->
     store.write_bytes(MODEL_FILE, buffer.getvalue())
 
 
-def load_model(location: str | Path) -> ModelFile:
-    """Read a model.pt: a file ending in .pt, or a run directory holding one (local or s3://...).
-    Errors name the file and the problem."""
+def read_model_bytes(location: str | Path) -> tuple[bytes, str]:
+    """(bytes, where) of a model.pt: a file ending in .pt, or a run directory holding one (local or
+    s3://...); ``where`` names the file in errors. CheckpointError when there is no such file."""
     location = str(location)
-    if location.endswith(".pt"):
+    # A local file under another name (model.bin, a download without its suffix) is read as a file too.
+    if location.endswith(".pt") or (not is_remote(location) and Path(location).is_file()):
         folder, _, name = location.rpartition("/")
         store, rel = RunStore(folder or "."), name
     else:
         store, rel = RunStore(location), MODEL_FILE
     where = store.path(rel)
     try:
-        data = store.read_bytes(rel)
+        return store.read_bytes(rel), where
     except OSError as err:  # FileNotFoundError included
         raise CheckpointError(f"{where}: no model file ({err})") from err
+
+
+def load_model(location: str | Path) -> ModelFile:
+    """Read a model.pt: a file ending in .pt, or a run directory holding one (local or s3://...).
+    Errors name the file and the problem."""
+    data, where = read_model_bytes(location)
+    return parse_model(data, where)
+
+
+def parse_model(data: bytes, where: str) -> ModelFile:
+    """A model.pt's bytes as a ModelFile; CheckpointError naming ``where`` when they are not one."""
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for a foreign or truncated file

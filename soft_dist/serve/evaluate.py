@@ -1,0 +1,120 @@
+"""Score a model.pt on one split of a shard folder, in this process: accuracy, mean class accuracy,
+per-class precision / recall / F1 and the confusion matrix, all in the MODEL's class order.
+
+Classes are matched by name: shards that list the model's classes in another order are remapped (their
+label i is the model's class ``model_classes.index(shard_classes[i])``); a different set of names is an
+error. Images go through the training's evaluation view (the model's image_size, eval_crop_fraction,
+mean and std) with the project's eval loader (data.loader dali or torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from soft_dist.config import DataConfig
+from soft_dist.data.format import MANIFEST_NAME, Manifest, ManifestError
+from soft_dist.metrics import accuracy, confusion_matrix, mean_class_accuracy, per_class_scores
+from soft_dist.serve.network import LoadedModel
+
+
+class ClassMismatchError(ManifestError):
+    """The model and the shards do not name the same classes; the message names both files."""
+
+
+def class_map(model: LoadedModel, manifest: Manifest) -> np.ndarray:
+    """[C] int64: shard label -> model class index, matched by name. ClassMismatchError when the
+    two files do not hold the same set of names."""
+    model_classes, shard_classes = model.classes, list(manifest.classes)
+    missing = [c for c in model_classes if c not in shard_classes]
+    extra = [c for c in shard_classes if c not in model_classes]
+    if missing or extra or len(set(shard_classes)) != len(shard_classes):
+        parts = [f"the model's classes {model_classes} ({model.where})",
+                 f"the shards' classes {shard_classes} ({manifest.root / MANIFEST_NAME})"]
+        if missing:
+            parts.append(f"missing from the shards: {missing}")
+        if extra:
+            parts.append(f"not known to the model: {extra}")
+        raise ClassMismatchError("classes do not match by name: " + "; ".join(parts))
+    return np.array([model_classes.index(c) for c in shard_classes], dtype=np.int64)
+
+
+def eval_view(meta: dict, loader: str, num_threads: int = 2) -> DataConfig:
+    """The data settings of the training's evaluation view, from model.pt's metadata."""
+    return DataConfig(image_size=int(meta["image_size"]), mean=list(meta["mean"]), std=list(meta["std"]),
+                      eval_crop_fraction=float(meta["eval_crop_fraction"]), loader=loader, num_threads=num_threads)
+
+
+def scores(targets: np.ndarray, preds: np.ndarray, classes: list[str]) -> tuple[dict, np.ndarray]:
+    """Metrics of integer targets / predictions [N] in ``classes`` order -> (JSON-ready dict, confusion [C, C])."""
+    num_classes = len(classes)
+    cm = confusion_matrix(targets, preds, num_classes)
+    per_class = per_class_scores(cm)
+    rows = [{"class": name, **{k: (int(v[i]) if k == "support" else float(v[i])) for k, v in per_class.items()}}
+            for i, name in enumerate(classes)]
+    report = {
+        "num_samples": int(len(targets)),
+        "accuracy": accuracy(targets, preds),
+        "mean_class_accuracy": mean_class_accuracy(targets, preds, num_classes),
+        "macro_f1": float(per_class["f1"].mean()),
+        "per_class": rows,
+        "confusion_matrix": {"classes": list(classes), "rows": "true class", "columns": "predicted class",
+                             "counts": cm.tolist()},
+    }
+    return report, cm
+
+
+def predict_split(model: LoadedModel, shards_dir: str | Path, split: str, data_cfg: DataConfig,
+                  batch_size: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions in the model's class order, shard labels) [N] over every sample of ``split``."""
+    import torch
+
+    from soft_dist.data.loader import build_eval_loader
+    from soft_dist.serve.network import build_network
+    from soft_dist.train.loop import predict
+
+    net = build_network(model).to(device)
+    loader = build_eval_loader(shards_dir, split, data_cfg, batch_size, device=torch.device(device).type)
+    try:
+        preds, labels, _ = predict(net, loader.epoch(0), device)
+    finally:
+        loader.close()
+    return preds, labels
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `soft-dist eval` reports: the JSON record and the confusion matrix [C, C] it holds."""
+
+    report: dict
+    confusion: np.ndarray
+
+
+def evaluate(model: LoadedModel, manifest: Manifest, split: str, loader: str, batch_size: int = 256,
+             device: str = "cpu", num_threads: int = 2) -> Evaluation:
+    """Score ``model`` on ``split`` of the shards of ``manifest`` (a local folder)."""
+    manifest.split(split)  # ManifestError naming the manifest when the split is not there
+    mapping = class_map(model, manifest)
+    preds, labels = predict_split(model, manifest.root, split, eval_view(model.meta, loader, num_threads),
+                                  batch_size, device)
+    report, cm = scores(mapping[labels], preds, model.classes)
+    meta = model.meta
+    warnings = []
+    model_align = (meta.get("alignment") or {}).get("method")
+    shard_align = manifest.raw.get("alignment", {}).get("method", "none")
+    if model_align is not None and model_align != shard_align:
+        warnings.append(f"the model was trained on faces aligned with {model_align!r}, these shards use "
+                        f"{shard_align!r}: scores may suffer from the difference, not from the model")
+    header = {
+        "model": {"file": model.where, "sha256": model.sha256, "branch": meta["branch"], "epoch": meta["epoch"],
+                  "classes": model.classes},
+        "shards": {"folder": str(manifest.root), "dataset": manifest.dataset, "split": split,
+                   "classes": list(manifest.classes),
+                   "remapped": bool((mapping != np.arange(len(mapping))).any())},
+        "view": {"image_size": int(meta["image_size"]), "eval_crop_fraction": float(meta["eval_crop_fraction"]),
+                 "mean": list(meta["mean"]), "std": list(meta["std"]), "loader": loader},
+        "warnings": warnings,
+    }
+    return Evaluation({**header, **report}, cm)

@@ -1,0 +1,8 @@
+"""Errors of run files, in a module without torch so that the command line can catch them while
+`soft-dist --help` and `config show` stay light (soft_dist.train.checkpoint imports torch)."""
+
+from __future__ import annotations
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or model file that cannot be used; the message names the file and why."""
