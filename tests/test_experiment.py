@@ -82,25 +82,28 @@ def test_grid_cells_and_names(tmp_path):
 def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cluster):
     from soft_dist.experiment.runner import run_grid
 
-    # epsilon 1.5 is out of range: those cells fail at config validation, the others finish.
+    # Each value of an axis is valid on its own (a value out of its field's range is refused when the grid
+    # is read), but scale_min 0.95 above the grid's scale_max 0.9 fails the config's cross-check: those
+    # cells fail when they are set up, the others finish.
     grid = load_grid(write_grid(tmp_path, """
         base: BASE
         methods: [ce, soft]
         noise_kinds: [symmetric]
         noise_rates: [0.3]
         seeds: [0]
-        extra: {method.epsilon: [0.3, 1.5]}
+        overrides: [data.augment.scale_max=0.9]
+        extra: {data.augment.scale_min: [0.8, 0.95]}
         sls_bars: {method: soft, images: 4}
     """))
     run_dir = tmp_path / "exp"
     outcome = run_grid(grid, run_dir, [f"data.shards={digit_shards}", *TINY])
-    assert sorted(outcome.trained) == ["ce-symmetric-0.3-s0-epsilon0.3", "soft-symmetric-0.3-s0-epsilon0.3"]
-    assert sorted(f["cell"] for f in outcome.failed) == ["ce-symmetric-0.3-s0-epsilon1.5",
-                                                         "soft-symmetric-0.3-s0-epsilon1.5"]
-    assert all("method.epsilon" in f["error"] for f in outcome.failed)
+    assert sorted(outcome.trained) == ["ce-symmetric-0.3-s0-scale_min0.8", "soft-symmetric-0.3-s0-scale_min0.8"]
+    assert sorted(f["cell"] for f in outcome.failed) == ["ce-symmetric-0.3-s0-scale_min0.95",
+                                                         "soft-symmetric-0.3-s0-scale_min0.95"]
+    assert all("data.augment.scale_min" in f["error"] for f in outcome.failed)
 
     summary = pd.read_csv(run_dir / "summary.csv")
-    assert list(summary.columns[:5]) == ["method", "noise_kind", "noise_rate", "method.epsilon", "accuracy_mean"]
+    assert list(summary.columns[:5]) == ["method", "noise_kind", "noise_rate", "data.augment.scale_min", "accuracy_mean"]
     assert {"accuracy_std", "mean_class_accuracy_mean", "mean_class_accuracy_std"} <= set(summary.columns)
     assert sorted(summary["method"]) == ["ce", "soft"] and (summary["noise_rate"] == 0.3).all()
     assert summary["accuracy_mean"].between(0, 1).all()
@@ -109,8 +112,8 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert len(on_disk["failed"]) == 2 and on_disk["cells_finished"] == 2
     assert len(pd.read_csv(run_dir / "failed.csv")) == 2
-    for name in ("accuracy_vs_noise_rate_symmetric.png", "accuracy_vs_epsilon.png",
-                 "sls_targets_soft-symmetric-0.3-s0-epsilon0.3.png", "test_accuracy_per_epoch_symmetric_0.3.png"):
+    for name in ("accuracy_vs_noise_rate_symmetric.png", "accuracy_vs_scale_min.png",
+                 "sls_targets_soft-symmetric-0.3-s0-scale_min0.8.png", "test_accuracy_per_epoch_symmetric_0.3.png"):
         assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_MAGIC, name
 
     # Every evaluation protocol, from the runs' own results.json (trained through Ray Train).
@@ -125,18 +128,18 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
         assert results["protocols"]["val_selected"]["epoch"] == results["model"]["epoch"]
     pairs = pd.read_csv(run_dir / "paired.csv")
     assert set(zip(pairs["method"], pairs["baseline"])) == {("soft", "ce")} and (pairs["n_pairs"] == 1).all()
-    assert len(pairs) == 4 and set(pairs["method.epsilon"]) == {0.3}
+    assert len(pairs) == 4 and set(pairs["data.augment.scale_min"]) == {0.8}
     report = (run_dir / "report.md").read_text()
     assert "## val_selected" in report and "2 finished of 4 cells; 2 failed" in report
     assert (run_dir / "grid.yaml").read_text() == grid.path.read_text()
     assert json.loads((run_dir / "outcome.json").read_text())["grid"] == str(grid.path)
 
     # A cell's seed sets both seeds.
-    cell_cfg = (run_dir / "cells" / "soft-symmetric-0.3-s0-epsilon0.3" / "config.yaml").read_text()
+    cell_cfg = (run_dir / "cells" / "soft-symmetric-0.3-s0-scale_min0.8" / "config.yaml").read_text()
     assert cell_cfg.count("seed: 0") >= 2
 
     # Rerun: finished cells are skipped (results.json untouched), failed ones are tried again.
-    results = run_dir / "cells" / "ce-symmetric-0.3-s0-epsilon0.3" / "results.json"
+    results = run_dir / "cells" / "ce-symmetric-0.3-s0-scale_min0.8" / "results.json"
     stamp = results.stat().st_mtime_ns
     again = run_grid(grid, run_dir, [f"data.shards={digit_shards}", *TINY])
     assert sorted(again.skipped) == sorted(outcome.trained) and again.trained == []
@@ -145,8 +148,8 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
 
     # --cells: only the matching cells are tried; the tables still cover every finished cell.
     only_ce = run_grid(grid, run_dir, [f"data.shards={digit_shards}", *TINY], only=["ce-*"])
-    assert only_ce.skipped == ["ce-symmetric-0.3-s0-epsilon0.3"] and only_ce.trained == []
-    assert [f["cell"] for f in only_ce.failed] == ["ce-symmetric-0.3-s0-epsilon1.5"]
+    assert only_ce.skipped == ["ce-symmetric-0.3-s0-scale_min0.8"] and only_ce.trained == []
+    assert [f["cell"] for f in only_ce.failed] == ["ce-symmetric-0.3-s0-scale_min0.95"]
     assert len(pd.read_csv(run_dir / "cells.csv")) == 2
 
 
