@@ -424,14 +424,16 @@ def bundled_names(folder: str = "") -> list[str]:
     return sorted(p.stem for p in root.glob("*.yaml")) if root.is_dir() else []
 
 
-def find_bundled(name: str | Path, folder: str = "") -> Path | None:
-    """The bundled ``folder/NAME.yaml`` for a bare name (no folder part), or None."""
-    name = str(name)
-    if "/" in name or "\\" in name:
-        return None
+def locate_config(name_or_path: str | Path, folder: str = "") -> Path:
+    """``name_or_path`` when that file exists; else, for a bare name (no folder part), the bundled
+    ``folder/NAME.yaml`` when there is one; else ``name_or_path`` unchanged (the caller reports it)."""
+    path = Path(name_or_path).expanduser()
+    name = str(name_or_path)
+    if path.is_file() or "/" in name or "\\" in name:
+        return path
     stem = name[:-5] if name.endswith(".yaml") else name
     candidate = BUNDLED_CONFIGS / folder / f"{stem}.yaml"
-    return candidate if candidate.is_file() else None
+    return candidate if candidate.is_file() else path
 
 
 def resolve_config_path(name_or_path: str | Path, folder: str = "", what: str = "config") -> Path:
@@ -439,12 +441,9 @@ def resolve_config_path(name_or_path: str | Path, folder: str = "", what: str = 
 
     So ``--config digits_cpu`` works from any directory after an install; a missing file that is not a
     bundled name is a ConfigError listing the bundled names."""
-    path = Path(name_or_path).expanduser()
+    path = locate_config(name_or_path, folder)
     if path.is_file():
         return path
-    bundled = find_bundled(name_or_path, folder)
-    if bundled is not None:
-        return bundled
     raise ConfigError(what, f"file not found: {name_or_path} (and no bundled {what} of that name; bundled: "
                             f"{', '.join(bundled_names(folder)) or '(none)'})")
 

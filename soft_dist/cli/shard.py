@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 
 def register(subparsers) -> None:
     from soft_dist.shard.build import ShardConfig, option_flag
@@ -19,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--decode", action="store_true", help="with --verify: fully decode every JPEG")
     # Every other flag comes from ShardConfig's declarations: one place for its default, allowed values
     # and meaning. Values are checked by ShardConfig.validate, which names the flag.
+    hints = typing.get_type_hints(ShardConfig)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(ShardConfig):
         if "doc" not in f.metadata:
@@ -30,10 +32,9 @@ def register(subparsers) -> None:
         kwargs = {"dest": f.name, "default": None if f.name == "classes" else default, "help": help_text}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            kwargs["type"] = type(default)
-        elif f.name in ("workers",):
-            kwargs["type"] = int
+        value_type = next((a for a in (*typing.get_args(hints[f.name]), hints[f.name]) if a in (int, float)), None)
+        if value_type is not None:  # numbers parse as their declared type; the rest stay strings
+            kwargs["type"] = value_type
         g.add_argument(option_flag(f.name), **kwargs)
     execution = groups["execution"]
     execution.add_argument("--ray", dest="backend", action="store_const", const="ray", help="same as --backend ray")

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from soft_dist.config import (METHOD_PRESETS, ConfigError, bundled_names, check_field_value, field_declaration,
-                               find_bundled, load_config, parse_override)
+                               locate_config, load_config, parse_override)
 
 NOISE_KINDS = ("symmetric", "asymmetric")
 # Config keys a cell sets itself: the grid's axes. Overrides may not name them (they would silently
@@ -202,9 +202,7 @@ def load_grid(path: str | Path, check_base: bool = True) -> Grid:
 
     ``check_base=False`` skips what needs the base config on disk (the file, and whether it carves
     splits for ``split_seeds``): for reading the copy DIR/grid.yaml of a finished experiment elsewhere."""
-    if not Path(path).is_file():  # a bare name: the bundled grid of that name (configs/experiments/)
-        path = find_bundled(path, "experiments") or path
-    path = Path(path).resolve()
+    path = locate_config(path, "experiments").resolve()  # a bare name: the bundled one of that name
     source = str(path)
     if not path.is_file():
         raise GridError("(file)", f"file not found (bundled grids: {', '.join(bundled_names('experiments'))})", source)

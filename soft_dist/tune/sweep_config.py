@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from soft_dist.config import Config, ConfigError, bundled_names, find_bundled, from_dict, load_config, to_dict
+from soft_dist.config import Config, ConfigError, bundled_names, from_dict, load_config, locate_config, to_dict
 
 # The flat keys the training worker reports every epoch (soft_dist.train.ray_trainer.worker_loop).
 REPORTED_METRICS = ("val_accuracy", "val_mean_class_accuracy")
@@ -330,9 +330,7 @@ def parse_sweep(data: dict, source: str, base_path: Path | None, extra_overrides
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and validate a sweep file; ``overrides`` (``key=value``) apply to the base training config."""
-    if not Path(path).is_file():  # a bare name: the bundled sweep of that name (configs/sweeps/)
-        path = find_bundled(path, "sweeps") or path
-    path = Path(path).resolve()
+    path = locate_config(path, "sweeps").resolve()  # a bare name: the bundled one of that name
     source = str(path)
     if not path.is_file():
         raise ConfigError("--config", f"sweep file not found: {path} (bundled sweeps: {', '.join(bundled_names('sweeps'))})")
