@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-step bench-train bench-shard bench-pipeline clean-venv
+.PHONY: setup demo test bench-step bench-train bench-shard bench-pipeline bench-predict clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,9 @@ bench-shard: $(STAMP)
 
 bench-pipeline: $(STAMP)
 	$(VENV)/bin/soft-dist bench pipeline --image-size 224 --batch-size 64 --json runs/bench/pipeline.json
+
+bench-predict: $(STAMP)
+	$(VENV)/bin/soft-dist bench predict --json runs/bench/predict.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,7 +3,7 @@
     soft-dist predict runs/rafdb-soft photos/ --out predictions.csv
     soft-dist predict runs/rafdb-soft 'party/**/*.jpg' one.png --out predictions.jsonl
     soft-dist predict exported/rafdb-soft --backend onnxruntime crops/ --align none --out crops.csv
-    soft-dist predict runs/rafdb-soft /data/100k-photos --runner ray --align-actors 14 --out big.csv
+    soft-dist predict runs/rafdb-soft /data/100k-photos --address auto --align-actors 60 --out big.csv
 
 One row per input photo: path, status (ok, no_face, no_face_centre_crop, unreadable, missing), face box
 and detector probability, predicted class and the probability of every class.
@@ -25,8 +25,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="label photos with a trained model (MTCNN alignment, CSV / JSONL rows)",
                               description=__doc__.splitlines()[0],
                               epilog="Alignment settings (MTCNN or none, crop size, margin, JPEG quality) come "
-                                     "from the model's metadata. --runner auto uses Ray Data from 2000 photos "
-                                     "on, or whenever --address is given.")
+                                     "from the model's metadata. --runner auto uses Ray Data when there is a "
+                                     "cluster (--address or RAY_ADDRESS), else this process.")
     add_model_argument(p, "MODEL")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files, folders (searched recursively for "
                                                               "image files) or glob patterns (quote them)")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = collect_inputs(args.inputs)
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
-    runner = choose_runner(args.runner, len(inputs.paths), args.address)
+    runner = choose_runner(args.runner, args.address)
     plan = PredictPlan(spec, align, device=args.device, classify_batch=args.batch_size,
                        align_actors=args.align_actors, classify_actors=args.classify_actors)
     skipped = f"; {inputs.ignored} file(s) without an image suffix in the folders left out" if inputs.ignored else ""
