@@ -204,3 +204,18 @@ def test_bad_options_exit_2_naming_the_problem(trained_digits_run, digit_photos,
     assert main(["predict", str(tmp_path / "no-run"), str(digit_photos), "--out", str(tmp_path / "p.csv")]) == 2
     assert "no-run" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_the_benchmark_model_predicts_on_real_faces(tmp_path):
+    """`bench predict`'s default model is a valid model.pt with MTCNN alignment: real LFW faces (the
+    benchmark's photos) are found and classified."""
+    from soft_dist.bench.predict import write_untrained_model
+    from soft_dist.bench.shard import make_face_folder
+
+    model = write_untrained_model(tmp_path, 64)
+    photos = make_face_folder(tmp_path / "photos", 6, 160)
+    out = tmp_path / "bench.jsonl"
+    assert main(["predict", str(model), str(photos), "--out", str(out), "--runner", "local", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and sum(r["status"] == "ok" for r in rows) >= 5
+    assert all(len(r["probabilities"]) == 7 for r in rows if r["status"] == "ok")
