@@ -101,3 +101,15 @@ def test_bench_pure_parts():
            "compute_s": 12.0}
     text = markdown_table({"sym30": {"soft_audit": {**row, "score": "teacher_prob"}, "ce_loss": row}})
     assert "| sym30 | soft_audit (teacher_prob) | 0.9000 | 0.8000 | 0.9500 | 10 | 10 | 2.0 | 12 |" in text
+
+
+def test_bench_reports_the_current_default_score_from_cached_results():
+    from soft_dist.bench.audit import scores_table, with_headline
+
+    cells = {"teacher_prob": {"auroc": 0.9, "precision_at_k": 0.8, "recall_at_2k": 1.0, "k": 5},
+             "mean_margin": {"auroc": 0.95, "precision_at_k": 0.85, "recall_at_2k": 1.0, "k": 5}}
+    cached = {**cells["teacher_prob"], "score": "teacher_prob", "all_scores": cells, "compute_s": 3.0}
+    result = with_headline(cached, "mean_margin")
+    assert result["score"] == "mean_margin" and result["auroc"] == 0.95 and result["compute_s"] == 3.0
+    text = scores_table({"sym30": {"soft_audit": result}, "sym50": {"soft_audit": result}})
+    assert "| mean_margin | 0.9500 / 0.8500 | 0.9500 / 0.8500 | 0.9500 |" in text
