@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-step bench-train bench-shard bench-pipeline clean-venv
+.PHONY: setup demo test bench-step bench-train bench-shard bench-pipeline bench-audit clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ bench-shard: $(STAMP)
 
 bench-pipeline: $(STAMP)
 	$(VENV)/bin/soft-dist bench pipeline --image-size 224 --batch-size 64 --json runs/bench/pipeline.json
+
+# cleanlab (AGPL) is the baseline's optional extra, installed here only for this benchmark.
+bench-audit: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench-audit]'
+	$(VENV)/bin/soft-dist bench audit --work-dir runs/bench-audit --json runs/bench/audit.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -113,3 +113,14 @@ def test_bench_reports_the_current_default_score_from_cached_results():
     assert result["score"] == "mean_margin" and result["auroc"] == 0.95 and result["compute_s"] == 3.0
     text = scores_table({"sym30": {"soft_audit": result}, "sym50": {"soft_audit": result}})
     assert "| mean_margin | 0.9500 / 0.8500 | 0.9500 / 0.8500 | 0.9500 |" in text
+
+
+def test_the_scores_module_needs_only_numpy():
+    """The scoring maths stays importable without torch, Ray or DALI (and so does the command's --help)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, soft_dist.audit.scores, soft_dist.cli.audit; "
+            "print(sorted(m for m in ('torch', 'ray', 'nvidia.dali', 'cleanlab') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
