@@ -124,3 +124,17 @@ def test_the_scores_module_needs_only_numpy():
             "print(sorted(m for m in ('torch', 'ray', 'nvidia.dali', 'cleanlab') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_score_follows_what_the_run_has():
+    from soft_dist.audit.main import choose_score
+    from soft_dist.config import ConfigError
+
+    assert choose_score(None, has_teacher=True, has_head=True) == S.DEFAULT_SCORE
+    assert choose_score(None, has_teacher=False, has_head=False).startswith("student_")
+    assert choose_score(None, has_teacher=False, has_head=False) in S.SCORE_NAMES
+    assert choose_score("teacher_prob", has_teacher=True, has_head=False) == "teacher_prob"
+    with pytest.raises(ConfigError, match="--score.*teacher"):
+        choose_score("mean_margin", has_teacher=False, has_head=True)
+    with pytest.raises(ConfigError, match="--score.*uncertainty head"):
+        choose_score("head_weight", has_teacher=True, has_head=False)

@@ -19,7 +19,7 @@ def audit_run(
     out: str | Path,
     *,
     shards: str | None = None,
-    score: str = DEFAULT_SCORE,
+    score: str | None = None,
     top: int = 100,
     workers: int = 1,
     export_labels: str | Path | None = None,
@@ -31,7 +31,10 @@ def audit_run(
     echo: Callable[[str], None] | None = print,
 ) -> dict:
     """Audit ``run_dir`` into the folder ``out`` (audit.csv, audit.json, audit.html, noise_transition.png)
-    and, with ``export_labels``, write the relabelled noise list there. Returns audit.json's record."""
+    and, with ``export_labels``, write the relabelled noise list there. Returns audit.json's record.
+
+    ``score`` None is the default score, or, for a run without a teacher (plain CE), its student
+    counterpart; a score the run cannot give is a ConfigError naming --score."""
     from soft_dist.audit.html import jpeg_bytes, write_html
     from soft_dist.audit.run import load_run, network_outputs
     from soft_dist.data.splits import run_splits
@@ -41,6 +44,8 @@ def audit_run(
     started = time.perf_counter()
     run = load_run(run_dir, shards=shards, loader=loader)
     classes = run.classes
+    score = choose_score(score, has_teacher=run.state["learner"].get("teacher") is not None,
+                         has_head=run.head_trained)
     say(f"[audit] {run.run_dir}: method {run.cfg.method.name}, checkpoint of epoch {int(run.state['epoch']) + 1}, "
         f"{len(run.train.idx)} training images, noise table kind={run.table.kind}")
     outputs = network_outputs(run, workers=workers, batch_size=batch_size, num_threads=num_threads, echo=echo)
@@ -93,3 +98,21 @@ def audit_run(
     say(f"[audit] estimated noise rate {est['rate']:.3f} (~{est['num_noisy']} of {len(audit)} labels); "
         f"wrote {out / report.JSON_FILE}")
     return record
+
+
+def choose_score(score: str | None, has_teacher: bool, has_head: bool) -> str:
+    """The score to rank by: ``score`` if the run can give it, the default (or without a teacher, the
+    default's student counterpart) when None; ConfigError otherwise."""
+    from soft_dist.audit.scores import score_source
+    from soft_dist.config import ConfigError
+
+    if score is None:
+        return DEFAULT_SCORE if has_teacher else "student_" + DEFAULT_SCORE.rsplit("_", 1)[1]
+    source = score_source(score)
+    if source in ("teacher", "mean") and not has_teacher:
+        raise ConfigError("--score", f"{score} needs the run's teacher, and this run has none (a method "
+                                     "without a mean teacher); use a student_* score")
+    if source is None and not has_head:
+        raise ConfigError("--score", "head_weight needs a trained uncertainty head, and this run has none "
+                                     "(its method has no head, or it stopped before stage 2)")
+    return score

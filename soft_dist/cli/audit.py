@@ -30,8 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for audit.csv, audit.html, audit.json")
     p.add_argument("--shards", help="shard folder (or s3:// URL) the run trained on (default: the run's data.shards)")
     p.add_argument("--top", type=int, default=100, help="images on the contact sheet (default 100)")
-    p.add_argument("--score", choices=SCORE_NAMES, default=DEFAULT_SCORE,
-                   help=f"how samples are ranked (default {DEFAULT_SCORE}, the best measured; docs/audit.md)")
+    p.add_argument("--score", choices=SCORE_NAMES,
+                   help=f"how samples are ranked (default {DEFAULT_SCORE}, the best measured, docs/audit.md; "
+                        "student_confident for a run without a teacher)")
     p.add_argument("--export-labels", type=Path, metavar="FILE",
                    help="write the given labels with the top suggestions applied, as a noise list for noise.file")
     p.add_argument("--export-format", choices=FORMATS, default="table",
