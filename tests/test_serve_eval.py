@@ -150,3 +150,21 @@ def test_missing_split_and_foreign_files_exit_2(trained_digits_run, digit_shards
                  str(tmp_path / "e.json")]) == 2
     assert f"{tmp_path / 'noshards' / 'manifest.json'}: not found" in capsys.readouterr().err
     assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_ray_workers_give_the_numbers_of_one_process(trained_digits_run, digit_shards, ray_cluster, tmp_path, loader):
+    def report(workers: int) -> dict:
+        out = tmp_path / f"{loader}-w{workers}.json"
+        assert main(["eval", str(trained_digits_run), "--shards", str(digit_shards), "--split", "train",
+                     "--loader", loader, "--device", "cpu", "--threads", "1", "--batch-size", "100",
+                     "--workers", str(workers), "--no-progress", "--out", str(out)]) == 0
+        return json.loads(out.read_text())
+
+    one, three = report(1), report(3)
+    # 1258 training images: not a multiple of 3 workers (nor of 100), so the workers' last batches are padded
+    assert one["num_samples"] == three["num_samples"] == 1258
+    assert (one.pop("workers"), three.pop("workers")) == (1, 3)
+    assert (tmp_path / f"{loader}-w3_confusion.csv").read_text() == (tmp_path / f"{loader}-w1_confusion.csv").read_text()
+    one.pop("files"), three.pop("files")  # their names differ
+    assert three == one  # every number, the confusion counts and the per-class rows

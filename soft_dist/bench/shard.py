@@ -23,13 +23,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--align", default="none,mtcnn", help="comma-separated alignment modes (default none,mtcnn)")
 
 
-def _make_inputs(root: Path, num_images: int, source_size: int) -> None:
+def make_face_folder(folder: Path, num_images: int, source_size: int) -> Path:
+    """``folder`` with ``num_images`` JPEGs of real faces (LFW, 25x25, upscaled to ``source_size``),
+    mirrored on every other pass through the 100 faces."""
     import numpy as np
     import skimage.data
     from PIL import Image, ImageOps
 
     faces = skimage.data.lfw_subset()[:100]  # the first 100 are faces, the rest are not
-    folder = root / "train" / "face"
     folder.mkdir(parents=True)
     for i in range(num_images):
         img = Image.fromarray((faces[i % 100] * 255).astype(np.uint8)).convert("RGB")
@@ -37,6 +38,7 @@ def _make_inputs(root: Path, num_images: int, source_size: int) -> None:
         if (i // 100) % 2:
             img = ImageOps.mirror(img)
         img.save(folder / f"{i:05d}.jpg", quality=95)
+    return folder
 
 
 def run(args) -> dict:
@@ -48,7 +50,7 @@ def run(args) -> dict:
     results = {}
     with tempfile.TemporaryDirectory(prefix="soft-dist-bench-shard-") as tmp:
         tmp = Path(tmp)
-        _make_inputs(tmp / "in", args.num_images, args.source_size)
+        make_face_folder(tmp / "in" / "train" / "face", args.num_images, args.source_size)
         out = tmp / "out"
         faces = {}
         for align in aligns:

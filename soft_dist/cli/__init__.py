@@ -16,6 +16,7 @@ COMMAND_MODULES = {
     "tune": "soft_dist.cli.tune",
     "experiment": "soft_dist.cli.experiment",
     "eval": "soft_dist.cli.evaluate",
+    "predict": "soft_dist.cli.predict",
     "export": "soft_dist.cli.export",
     "audit": "soft_dist.cli.audit",
     "noise": "soft_dist.cli.noise",
@@ -30,6 +31,7 @@ EPILOG = """typical use:
   soft-dist shard --layout rafdb --root DATA/RAF-DB --out data_shards/rafdb
   soft-dist train --config rafdb --run-dir runs/rafdb-soft data.shards=data_shards/rafdb
   soft-dist eval runs/rafdb-soft --shards data_shards/rafdb --split test
+  soft-dist predict runs/rafdb-soft photos/ --out predictions.csv
   soft-dist export runs/rafdb-soft --format all --out exported/rafdb-soft
   soft-dist audit runs/rafdb-soft --out audit/rafdb-soft   (training images whose label is likely wrong)
   soft-dist config show rafdb method.tau=0.1     (what a run would use, without training)

@@ -56,12 +56,15 @@ def train_transform(data_cfg: DataConfig) -> v2.Compose:
     return v2.Compose(steps)
 
 
+def eval_geometry(image_size: int, eval_crop_fraction: float) -> list:
+    """The evaluation view's resampling, uint8 [3, h, w] -> uint8 [3, S, S]: resize the shorter side to
+    S / eval_crop_fraction, centre crop S. Shared with `soft-dist predict`, so photos get the same pixels."""
+    return [v2.Resize(round(image_size / eval_crop_fraction), antialias=True), v2.CenterCrop(image_size)]
+
+
 def eval_transform(data_cfg: DataConfig) -> v2.Compose:
     """Resize the shorter side to image_size / eval_crop_fraction, centre crop image_size, normalise."""
-    size = data_cfg.image_size
-    return v2.Compose(
-        [v2.Resize(round(size / data_cfg.eval_crop_fraction), antialias=True), v2.CenterCrop(size), *_to_normalised(data_cfg)]
-    )
+    return v2.Compose([*eval_geometry(data_cfg.image_size, data_cfg.eval_crop_fraction), *_to_normalised(data_cfg)])
 
 
 class _PlanDataset(Dataset):

@@ -1,4 +1,4 @@
-"""Score a model.pt on one split of a shard folder, in this process: accuracy, mean class accuracy,
+"""Score a model.pt on one split of a shard folder, in this process or cut across Ray workers: accuracy, mean class accuracy,
 per-class precision / recall / F1 and the confusion matrix, all in the MODEL's class order.
 
 Classes are matched by name: shards that list the model's classes in another order are remapped (their
@@ -66,21 +66,64 @@ def scores(targets: np.ndarray, preds: np.ndarray, classes: list[str]) -> tuple[
     return report, cm
 
 
-def predict_split(model: LoadedModel, shards_dir: str | Path, split: str, data_cfg: DataConfig,
-                  batch_size: int, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions in the model's class order, shard labels) [N] over every sample of ``split``."""
+def predict_split(model: LoadedModel, shards: str | Path, split: str, data_cfg: DataConfig, batch_size: int,
+                  device: str, rank: int = 0, world_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions in the model's class order, shard labels) [N] over the samples of ``split`` that the
+    eval loader gives ``rank`` of ``world_size`` (all of them for one). ``shards``: a local folder, or a
+    URL staged into this node's cache."""
     import torch
 
     from soft_dist.data.loader import build_eval_loader
+    from soft_dist.data.stage import local_shards
     from soft_dist.serve.network import build_network
     from soft_dist.train.loop import predict
 
     net = build_network(model).to(device)
-    loader = build_eval_loader(shards_dir, split, data_cfg, batch_size, device=torch.device(device).type)
+    folder = local_shards(str(shards), data_cfg.cache_dir, data_cfg.cache_max_gb)
+    loader = build_eval_loader(folder, split, data_cfg, batch_size, rank=rank, world_size=world_size,
+                               device=torch.device(device).type)
     try:
         preds, labels, _ = predict(net, loader.epoch(0), device)
     finally:
         loader.close()
+    return preds, labels
+
+
+def _worker_part(model: LoadedModel, shards: str, split: str, data_cfg: DataConfig, batch_size: int, device: str,
+                 rank: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One Ray worker's share: the ranks' shares are disjoint and together cover the split exactly once
+    (the eval loader pads to equal batches and marks the padding invalid), so the pooled predictions give
+    the numbers of one process."""
+    import torch
+
+    torch.set_num_threads(max(1, data_cfg.num_threads))
+    return predict_split(model, shards, split, data_cfg, batch_size, device, rank, world_size)
+
+
+def predict_split_ray(model: LoadedModel, shards: str, split: str, data_cfg: DataConfig, batch_size: int,
+                      device: str, workers: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_split` cut across ``workers`` Ray tasks (the cluster RAY_ADDRESS names, or a new local
+    one). The model travels through the object store, so workers on other nodes need no copy of model.pt;
+    each worker reads the shards itself (a URL is staged on its node)."""
+    import ray
+    from tqdm import tqdm
+
+    from soft_dist.ray_cluster import init_ray
+
+    init_ray()
+    gpus = 1 if device.startswith("cuda") else 0
+    task = ray.remote(num_cpus=data_cfg.num_threads, num_gpus=gpus)(_worker_part)
+    model_ref = ray.put(model)
+    pending = {task.remote(model_ref, str(shards), split, data_cfg, batch_size, device, rank, workers): rank
+               for rank in range(workers)}
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    with tqdm(total=workers, unit="worker", desc=f"eval {split}", disable=not progress, leave=False) as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            parts[pending.pop(done[0])] = ray.get(done[0])
+            bar.update(1)
+    preds = np.concatenate([parts[r][0] for r in range(workers)])
+    labels = np.concatenate([parts[r][1] for r in range(workers)])
     return preds, labels
 
 
@@ -93,12 +136,18 @@ class Evaluation:
 
 
 def evaluate(model: LoadedModel, manifest: Manifest, split: str, loader: str, batch_size: int = 256,
-             device: str = "cpu", num_threads: int = 2) -> Evaluation:
-    """Score ``model`` on ``split`` of the shards of ``manifest`` (a local folder)."""
+             device: str = "cpu", num_threads: int = 2, workers: int = 1, shards: str | None = None,
+             progress: bool = True) -> Evaluation:
+    """Score ``model`` on ``split`` of the shards of ``manifest`` (read from its local folder, or by each
+    Ray worker from ``shards`` when given: the URL it was staged from). ``workers`` > 1: Ray tasks."""
     manifest.split(split)  # ManifestError naming the manifest when the split is not there
     mapping = class_map(model, manifest)
-    preds, labels = predict_split(model, manifest.root, split, eval_view(model.meta, loader, num_threads),
-                                  batch_size, device)
+    view = eval_view(model.meta, loader, num_threads)
+    if workers > 1:
+        preds, labels = predict_split_ray(model, shards or str(manifest.root), split, view, batch_size, device,
+                                          workers, progress)
+    else:
+        preds, labels = predict_split(model, manifest.root, split, view, batch_size, device)
     report, cm = scores(mapping[labels], preds, model.classes)
     meta = model.meta
     warnings = []
@@ -115,6 +164,7 @@ def evaluate(model: LoadedModel, manifest: Manifest, split: str, loader: str, ba
                    "remapped": bool((mapping != np.arange(len(mapping))).any())},
         "view": {"image_size": int(meta["image_size"]), "eval_crop_fraction": float(meta["eval_crop_fraction"]),
                  "mean": list(meta["mean"]), "std": list(meta["std"]), "loader": loader},
+        "workers": workers,
         "warnings": warnings,
     }
     return Evaluation({**header, **report}, cm)

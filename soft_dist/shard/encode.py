@@ -58,14 +58,20 @@ def _detector(options: EncodeOptions):
     return _DETECTORS[key]
 
 
+def read_rgb(path) -> Image.Image:
+    """The RGB image in the file ``path``, turned upright by its EXIF orientation; raises (OSError,
+    ValueError, ...) for unreadable, corrupt or truncated files and for non-images."""
+    with Image.open(path) as img:
+        img.load()  # decodes fully now: truncated files fail here, not later
+        img = ImageOps.exif_transpose(img)
+        return img.convert("RGB")
+
+
 def load_image(record: Record) -> Image.Image:
     """RGB image of a record; raises (OSError, ValueError, ...) for unreadable, corrupt or truncated files."""
     if record.pixels is not None:
         return Image.fromarray(np.asarray(record.pixels, dtype=np.uint8)).convert("RGB")
-    with Image.open(record.path) as img:
-        img.load()  # decodes fully now: truncated files fail here, not later
-        img = ImageOps.exif_transpose(img)
-        return img.convert("RGB")
+    return read_rgb(record.path)
 
 
 def _region(image: Image.Image, box, context: float) -> tuple[Image.Image, tuple[float, float]]:
@@ -81,7 +87,8 @@ def _region(image: Image.Image, box, context: float) -> tuple[Image.Image, tuple
     return image.crop((left, top, right, bottom)), (float(left), float(top))
 
 
-def _jpeg(image: Image.Image, quality: int) -> bytes:
+def jpeg_bytes(image: Image.Image, quality: int) -> bytes:
+    """``image`` encoded as a shard sample's JPEG (also what `soft-dist predict` classifies, for the same pixels)."""
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -138,7 +145,7 @@ def encode_chunk(items: list[tuple[int, Record]], options: EncodeOptions) -> Chu
             if options.align == "mtcnn":
                 result.fallbacks.append(rec.source)
                 meta["align"] = "centre-crop"
-        result.samples.append(Sample(idx=idx, label=rec.label, jpeg=_jpeg(face, options.quality), meta=meta))
+        result.samples.append(Sample(idx=idx, label=rec.label, jpeg=jpeg_bytes(face, options.quality), meta=meta))
     return result
 
 

@@ -88,7 +88,9 @@ class DatasetInfo:
         align = manifest.raw.get("alignment", {})
         return cls(tuple(manifest.classes), manifest.dataset,
                    {"method": align.get("method", "none"), "margin": align.get("margin"),
-                    "shard_image_size": args.get("size"), "on_no_face": args.get("on_no_face")})
+                    "shard_image_size": args.get("size"), "on_no_face": args.get("on_no_face"),
+                    # predict re-encodes aligned photos at this quality, so they match the shards' pixels
+                    "jpeg_quality": args.get("quality")})
 
     @classmethod
     def unnamed(cls, num_classes: int) -> "DatasetInfo":
