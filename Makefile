@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-step bench-train bench-shard bench-pipeline bench-predict clean-venv
+.PHONY: setup demo test bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ bench-pipeline: $(STAMP)
 
 bench-predict: $(STAMP)
 	$(VENV)/bin/soft-dist bench predict --json runs/bench/predict.json
+
+# cleanlab (AGPL) is the baseline's optional extra, installed here only for this benchmark.
+bench-audit: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench-audit]'
+	$(VENV)/bin/soft-dist bench audit --work-dir runs/bench-audit --json runs/bench/audit.json
 
 clean-venv:
 	rm -rf $(VENV)

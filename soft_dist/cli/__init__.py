@@ -18,6 +18,7 @@ COMMAND_MODULES = {
     "eval": "soft_dist.cli.evaluate",
     "predict": "soft_dist.cli.predict",
     "export": "soft_dist.cli.export",
+    "audit": "soft_dist.cli.audit",
     "noise": "soft_dist.cli.noise",
     "config": "soft_dist.cli.config",
     "bench": "soft_dist.cli.bench",
@@ -32,6 +33,7 @@ EPILOG = """typical use:
   soft-dist eval runs/rafdb-soft --shards data_shards/rafdb --split test
   soft-dist predict runs/rafdb-soft photos/ --out predictions.csv
   soft-dist export runs/rafdb-soft --format all --out exported/rafdb-soft
+  soft-dist audit runs/rafdb-soft --out audit/rafdb-soft   (training images whose label is likely wrong)
   soft-dist config show rafdb method.tau=0.1     (what a run would use, without training)
   soft-dist demo                                 (CE vs SOFT on bundled digits, a few minutes on CPU)
 

@@ -1,0 +1,151 @@
+"""The audit's files: audit.csv (every training sample, most suspicious first), audit.json (noise
+estimate, and the measurement when the truth is known), the transition matrix as a PNG, and the given
+labels with the top suggestions applied as a noise list that ``noise.file`` reads back."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from soft_dist.audit.scores import (NetworkOutputs, available_scores, compute_score, estimate_noise, measure,
+                                    noise_from_truth, ranking, score_source)
+from soft_dist.noise.table import NoiseTable
+
+CSV_FILE = "audit.csv"
+JSON_FILE = "audit.json"
+PNG_FILE = "noise_transition.png"
+CSV_COLUMNS = ("idx", "key", "given_label", "suggested_label", "score", "given_class", "suggested_class", "source")
+TRUTH_COLUMNS = ("clean_label", "clean_class", "mislabeled")
+
+
+@dataclass
+class Audit:
+    """One audit: rows in ranked order (most likely mislabeled first), all arrays [N].
+
+    ``noise`` is :func:`soft_dist.audit.scores.estimate_noise` on the probabilities of ``source``."""
+
+    score_name: str
+    source: str  # teacher | mean | student: the probabilities behind the suggestions and the estimate
+    idx: np.ndarray
+    given: np.ndarray
+    suggested: np.ndarray
+    score: np.ndarray
+    noise: dict
+    clean: np.ndarray | None = None  # when the truth is known
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def rank(out: NetworkOutputs, score_name: str, clean: np.ndarray | None = None) -> Audit:
+    """Rank ``out``'s samples by ``score_name``. Suggestions and the noise estimate come from the score's
+    own probabilities (head_weight: the teacher's, or the student's without a teacher)."""
+    score = compute_score(score_name, out)
+    if score is None:
+        raise ValueError(f"score {score_name!r} needs what this run lacks (a teacher, or a trained uncertainty "
+                         f"head); available: {sorted(available_scores(out))}")
+    source = score_source(score_name) or ("teacher" if out.teacher is not None else "student")
+    probs = out.probs(source)
+    suggested = probs.argmax(axis=1)  # equal to the given label when the network agrees with it
+    order = ranking(score)
+    return Audit(score_name, source, out.idx[order], out.given[order], suggested[order], score[order],
+                 estimate_noise(probs, out.given), None if clean is None else np.asarray(clean)[order])
+
+
+def evaluate_scores(out: NetworkOutputs, clean: np.ndarray) -> dict:
+    """score name -> AUROC / precision@k / recall@2k against the truth (k = number of wrong given labels)."""
+    wrong = out.given != np.asarray(clean)
+    return {name: measure(s, wrong) for name, s in available_scores(out).items()}
+
+
+def write_csv(audit: Audit, classes: tuple[str, ...], sources: dict[int, str], path: Path) -> Path:
+    """audit.csv: CSV_COLUMNS (then TRUTH_COLUMNS when the truth is known), one row per sample, ranked."""
+    from soft_dist.data.format import sample_key
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(CSV_COLUMNS + (TRUTH_COLUMNS if audit.clean is not None else ()))
+        for r in range(len(audit)):
+            i, g, s = int(audit.idx[r]), int(audit.given[r]), int(audit.suggested[r])
+            row = [i, sample_key(i), g, s, f"{audit.score[r]:.6f}", classes[g], classes[s], sources.get(i, "")]
+            if audit.clean is not None:
+                c = int(audit.clean[r])
+                row += [c, classes[c], int(c != g)]
+            w.writerow(row)
+    return path
+
+
+def _matrix(m: np.ndarray, digits: int = 4) -> list[list[float]]:
+    return [[round(float(v), digits) for v in row] for row in np.asarray(m)]
+
+
+def noise_record(noise: dict, classes: tuple[str, ...]) -> dict:
+    """The estimate as JSON: overall rate, per given class, the joint counts and the transition matrix."""
+    return {
+        "rate": round(noise["rate"], 4),
+        "num_noisy": noise["num_noisy"],
+        "rate_per_class": {c: round(float(r), 4) for c, r in zip(classes, noise["rate_per_class"])},
+        "joint_counts": {"rows": "given class", "columns": "estimated true class", "matrix": _matrix(noise["joint"], 2)},
+        "transition": {"rows": "true class", "columns": "given class", "meaning": "P(given | true)",
+                       "matrix": _matrix(noise["transition"])},
+        "thresholds": {c: round(float(t), 4) for c, t in zip(classes, noise["thresholds"])},
+    }
+
+
+def truth_record(given: np.ndarray, clean: np.ndarray, classes: tuple[str, ...], table: NoiseTable) -> dict:
+    truth = noise_from_truth(given, clean, len(classes))
+    return {"source": f"noise table (kind={table.kind}, rate={table.rate}, seed={table.seed})",
+            "num_mislabeled": int((given != clean).sum()), "rate": round(truth["rate"], 4),
+            "rate_per_class": {c: round(float(r), 4) for c, r in zip(classes, truth["rate_per_class"])},
+            "joint_counts": {"rows": "given class", "columns": "clean class", "matrix": _matrix(truth["joint"], 0)}}
+
+
+def plot_transition(noise: dict, classes: tuple[str, ...], path: Path, title: str) -> Path:
+    """The estimated transition matrix P(given | true) as an annotated heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    t = np.asarray(noise["transition"])
+    side = max(4.0, 0.6 * len(classes) + 2.0)
+    fig, ax = plt.subplots(figsize=(side, side))
+    try:
+        ax.imshow(t, cmap="Reds", vmin=0.0, vmax=1.0)
+        ticks = np.arange(len(classes))
+        ax.set_xticks(ticks, labels=classes, rotation=45, ha="right")
+        ax.set_yticks(ticks, labels=classes)
+        ax.set_xlabel("given class")
+        ax.set_ylabel("estimated true class")
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if t[i, j] >= 0.005:
+                    ax.text(j, i, f"{t[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if t[i, j] > 0.5 else "black")
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def relabelled_table(table: NoiseTable, audit: Audit, count: int) -> NoiseTable:
+    """``table`` with the ``count`` top-ranked samples' given labels replaced by their suggestions (the
+    other training and validation samples keep their given labels; the clean column is kept)."""
+    noisy = table.noisy.copy()
+    position = {int(i): p for p, i in enumerate(table.idx.tolist())}
+    for r in range(min(count, len(audit))):
+        noisy[position[int(audit.idx[r])]] = int(audit.suggested[r])
+    differ = float((noisy != table.clean).mean()) if len(noisy) else 0.0
+    return NoiseTable(idx=table.idx.copy(), clean=table.clean.copy(), noisy=noisy, kind="file", rate=round(differ, 6),
+                      seed=table.seed, info={"relabelled": int(min(count, len(audit)))})
+
+
+def write_json(record: dict, path: Path) -> Path:
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
