@@ -107,22 +107,7 @@ def trained_digits_run(digit_shards, tmp_path_factory) -> Path:
     """A real run folder with model.pt: 2 epochs of SOFT on the digit shards at 16 px through the torch
     loader, trained in this process (3 minutes on a 2-core machine under a load of 7; the first epoch
     alone stays at chance). model.pt names the shards' classes. Shared by the export and eval tests."""
-    from soft_dist.config import load_config
-    from soft_dist.data.format import load_manifest
-    from soft_dist.noise.setup import make_noise_table
-    from soft_dist.train.data import shard_loaders
-    from soft_dist.train.engine import DatasetInfo
-    from soft_dist.train.single import fit_single
+    from run_fixtures import train_in_process
 
-    run_dir = tmp_path_factory.mktemp("digits-run")
-    cfg = load_config("digits_cpu", [f"data.shards={digit_shards}", "data.loader=torch", "data.image_size=16",
-                                     "train.epochs=2", "method.stage1_epochs=1", "method.rampup_epochs=1",
-                                     "train.batch_size=128", "data.num_threads=1"])
-    table, num_classes = make_noise_table(cfg)
-    loaders = shard_loaders(cfg, diagnostics=False)
-    try:
-        fit_single(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False,
-                   data=DatasetInfo.from_manifest(load_manifest(loaders.shards_dir)))
-    finally:
-        loaders.close()
-    return run_dir
+    return train_in_process(tmp_path_factory.mktemp("digits-run"), digit_shards,
+                            ["train.epochs=2", "method.stage1_epochs=1"])

@@ -20,26 +20,11 @@ from soft_dist.cli import main
 def noisy_soft_run(digit_shards, tmp_path_factory) -> Path:
     """4 epochs of SOFT (2 without, 2 with the uncertainty head) at 16 px with 30% symmetric noise,
     trained in this process with the torch loader (about 30 s); keeps its resumable state."""
-    from soft_dist.config import load_config
-    from soft_dist.data.format import load_manifest
-    from soft_dist.noise.setup import make_noise_table
-    from soft_dist.train.data import shard_loaders
-    from soft_dist.train.engine import DatasetInfo
-    from soft_dist.train.single import fit_single
+    from run_fixtures import train_in_process
 
-    run_dir = tmp_path_factory.mktemp("audit-run")
-    cfg = load_config("digits_cpu", [f"data.shards={digit_shards}", "data.loader=torch", "data.image_size=16",
-                                     "train.epochs=4", "method.stage1_epochs=2", "method.rampup_epochs=1",
-                                     "train.batch_size=128", "data.num_threads=1", "noise.kind=symmetric",
-                                     "noise.rate=0.3", "noise.seed=3"])
-    table, num_classes = make_noise_table(cfg)
-    loaders = shard_loaders(cfg, diagnostics=False)
-    try:
-        fit_single(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False,
-                   data=DatasetInfo.from_manifest(load_manifest(loaders.shards_dir)))
-    finally:
-        loaders.close()
-    return run_dir
+    return train_in_process(tmp_path_factory.mktemp("audit-run"), digit_shards,
+                            ["train.epochs=4", "method.stage1_epochs=2", "noise.kind=symmetric", "noise.rate=0.3",
+                             "noise.seed=3"])
 
 
 @pytest.fixture(scope="module")

@@ -106,32 +106,12 @@ def truth_record(given: np.ndarray, clean: np.ndarray, classes: tuple[str, ...],
 
 def plot_transition(noise: dict, classes: tuple[str, ...], path: Path, title: str) -> Path:
     """The estimated transition matrix P(given | true) as an annotated heat map."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
+    from soft_dist.serve.confusion_files import plot_class_matrix
 
     t = np.asarray(noise["transition"])
-    side = max(4.0, 0.6 * len(classes) + 2.0)
-    fig, ax = plt.subplots(figsize=(side, side))
-    try:
-        ax.imshow(t, cmap="Reds", vmin=0.0, vmax=1.0)
-        ticks = np.arange(len(classes))
-        ax.set_xticks(ticks, labels=classes, rotation=45, ha="right")
-        ax.set_yticks(ticks, labels=classes)
-        ax.set_xlabel("given class")
-        ax.set_ylabel("estimated true class")
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                if t[i, j] >= 0.005:
-                    ax.text(j, i, f"{t[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if t[i, j] > 0.5 else "black")
-        ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    text = [[f"{v:.2f}" if v >= 0.005 else "" for v in row] for row in t]
+    return plot_class_matrix(t, text, classes, path, title, xlabel="given class", ylabel="estimated true class",
+                             cmap="Reds", dpi=100)
 
 
 def relabelled_table(table: NoiseTable, audit: Audit, count: int) -> NoiseTable:

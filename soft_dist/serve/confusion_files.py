@@ -19,33 +19,44 @@ def write_confusion_csv(cm: np.ndarray, classes: list[str], path: Path) -> Path:
     return path
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
-    """A heat map coloured by each row's share (recall per true class), annotated with the counts."""
+def plot_class_matrix(colour: np.ndarray, text: list[list[str]], classes, path: Path, title: str, *,
+                      xlabel: str, ylabel: str, cmap: str, dpi: int = 120) -> Path:
+    """A [C, C] heat map with class names on both axes: ``colour`` [C, C] in [0, 1] sets each cell's
+    shade, ``text`` [C][C] its label ("" for none). Written to ``path`` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on training nodes
     import matplotlib.pyplot as plt
 
+    colour = np.asarray(colour, dtype=float)
+    side = max(4.0, 0.6 * len(classes) + 2.0)
+    fig, ax = plt.subplots(figsize=(side, side))
+    try:
+        ax.imshow(colour, cmap=cmap, vmin=0.0, vmax=1.0)
+        ticks = np.arange(len(classes))
+        ax.set_xticks(ticks, labels=list(classes), rotation=45, ha="right")
+        ax.set_yticks(ticks, labels=list(classes))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if text[i][j]:
+                    ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8,
+                            color="white" if colour[i, j] > 0.5 else "black")
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
+    """A heat map coloured by each row's share (recall per true class), annotated with the counts."""
     cm = np.asarray(cm)
     # Colour by row share, not count: with imbalanced classes (RAF-DB's 'happy' is ~40 %) counts would
     # leave every small class pale.
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    side = max(4.0, 0.6 * len(classes) + 2.0)
-    fig, ax = plt.subplots(figsize=(side, side))
-    try:
-        ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-        ticks = np.arange(len(classes))
-        ax.set_xticks(ticks, labels=classes, rotation=45, ha="right")
-        ax.set_yticks(ticks, labels=classes)
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        ax.set_title(f"{title}\n(colour: share of the row's true class)", fontsize=10)
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
-                        color="white" if share[i, j] > 0.5 else "black", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    counts = [[str(int(v)) for v in row] for row in cm]
+    return plot_class_matrix(share, counts, classes, path, f"{title}\n(colour: share of the row's true class)",
+                             xlabel="predicted class", ylabel="true class", cmap="Blues")

@@ -46,21 +46,13 @@ def collect_inputs(args: list[str]) -> InputList:
     paths: list[str] = []
     ignored = 0
     for arg in args:
-        if any(c in GLOB_CHARS for c in arg) and not os.path.exists(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-            expanded = []
-            for m in matches:
-                if os.path.isdir(m):
-                    found, skipped = _folder_images(Path(m))
-                    expanded += found
-                    ignored += skipped
-                else:
-                    expanded.append(m)
-            paths += expanded or [arg]
-        elif os.path.isdir(arg):
-            found, skipped = _folder_images(Path(arg))
-            paths += found
-            ignored += skipped
-        else:
-            paths.append(arg)
+        is_pattern = any(c in GLOB_CHARS for c in arg) and not os.path.exists(arg)
+        matches = (sorted(glob.glob(arg, recursive=True)) or [arg]) if is_pattern else [arg]
+        for path in matches:
+            if os.path.isdir(path):
+                found, skipped = _folder_images(Path(path))
+                paths += found
+                ignored += skipped
+            else:
+                paths.append(path)
     return InputList(list(dict.fromkeys(paths)), ignored)
