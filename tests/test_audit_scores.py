@@ -138,3 +138,12 @@ def test_the_score_follows_what_the_run_has():
         choose_score("mean_margin", has_teacher=False, has_head=True)
     with pytest.raises(ConfigError, match="--score.*uncertainty head"):
         choose_score("head_weight", has_teacher=True, has_head=False)
+
+
+def test_a_negative_relabel_count_is_refused_before_the_run_is_read(tmp_path, capsys):
+    from soft_dist.cli import main
+
+    out = tmp_path / "audit"
+    assert main(["audit", str(tmp_path / "no-run"), "--out", str(out), "--relabel", "-3"]) == 2
+    assert "option '--relabel': must be >= 0, got -3" in capsys.readouterr().err
+    assert not out.exists()

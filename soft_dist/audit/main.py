@@ -40,6 +40,10 @@ def audit_run(
     from soft_dist.data.splits import run_splits
     from soft_dist.noise.lists import list_text, read_sample_index
 
+    from soft_dist.config import ConfigError
+
+    if relabel is not None and relabel < 0:  # checked before the scoring pass, not after it
+        raise ConfigError("--relabel", f"must be >= 0, got {relabel}")
     say = echo or (lambda _line: None)
     started = time.perf_counter()
     run = load_run(run_dir, shards=shards, loader=loader)
@@ -81,8 +85,6 @@ def audit_run(
 
     if export_labels is not None:
         count = audit.noise["num_noisy"] if relabel is None else int(relabel)
-        if count < 0:
-            raise ValueError(f"--relabel must be >= 0, got {count}")
         table = report.relabelled_table(run.table, audit, count)
         path = Path(export_labels)
         path.parent.mkdir(parents=True, exist_ok=True)
