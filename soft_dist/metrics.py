@@ -6,6 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax of logits [N, C] -> probabilities [N, C] float64 (shifted by the row max for stability)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """[C, C] int64 counts, rows = true class, columns = predicted class."""
     targets = np.asarray(targets, dtype=np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Callable
 
 WORKER_LOGS_ENV = "SOFT_DIST_WORKER_LOGS"  # "1": forward workers' output to the driver's console
 # Ray's default is 15. The workers of a local cluster are the job: they run at the driver's priority.
@@ -55,6 +56,19 @@ def init_ray(log_to_driver: bool | None = None) -> None:
         _system_config={"worker_niceness": WORKER_NICENESS},
         runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"},
     )
+
+
+def gather(refs: list, on_each: Callable[[], None] | None = None) -> list:
+    """``ray.get`` of every ref, in the order given, calling ``on_each()`` as each one finishes (a progress
+    bar's update), so long fan-outs show progress rather than one silent wait."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=1)
+        if on_each is not None:
+            on_each()
+    return ray.get(list(refs))
 
 
 def live_actors() -> list[str]:

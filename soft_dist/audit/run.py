@@ -209,7 +209,7 @@ def network_outputs(run: AuditRun, workers: int = 1, batch_size: int = 256, devi
     """Probabilities and head weights of every training sample of ``run``: in this process when
     ``workers`` is 1, else in ``workers`` Ray tasks (on the cluster init_ray joins or starts), each on
     a contiguous share. The rows come back in ascending idx order either way."""
-    from soft_dist.audit.scores import softmax
+    from soft_dist.metrics import softmax
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
@@ -253,7 +253,7 @@ def _ray_outputs(run: AuditRun, workers: int, batch_size: int, num_threads: int 
     import ray
 
     from soft_dist.config import config_yaml
-    from soft_dist.ray_cluster import init_ray
+    from soft_dist.ray_cluster import gather, init_ray
 
     init_ray()
     shares = contiguous_shares(run.train, workers)
@@ -266,17 +266,11 @@ def _ray_outputs(run: AuditRun, workers: int, batch_size: int, num_threads: int 
                            run.cfg.data.cache_max_gb, share, batch_size, num_threads or 1)
                for share in shares]
     bar = _bar(len(pending), "scoring shares", "share")
-    done = []
     try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            done.extend(ready)
-            if bar is not None:
-                bar.update(len(ready))
+        results = gather(pending, bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-    results = ray.get(done)
     out = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
     order = np.argsort(out["idx"], kind="stable")
     return {k: v[order] for k, v in out.items()}

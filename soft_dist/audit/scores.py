@@ -35,14 +35,6 @@ def _check(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return probs, given
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row softmax of logits [N, C] (float64, shifted by the row max for stability)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def per_class_thresholds(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     """t [C]: t_j = mean of p_j over the samples whose given label is j (1.0 for a class nobody has,
     so that it never passes its threshold)."""

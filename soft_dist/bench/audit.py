@@ -151,7 +151,8 @@ def _cleanlab_kfold(cfg, table, num_classes, folder: Path, folds: int) -> dict:
         raise SystemExit("soft-dist bench audit: the cleanlab baseline needs cleanlab (AGPL, not a soft-dist "
                          "dependency): pip install cleanlab   (or: pip install 'soft-dist[bench-audit]')") from err
     from soft_dist.audit.run import as_selection, forward_share
-    from soft_dist.audit.scores import measure, softmax
+    from soft_dist.audit.scores import measure
+    from soft_dist.metrics import softmax
     from soft_dist.data.format import SplitSelection, load_manifest
     from soft_dist.data.loader import Loaders, build_eval_loader, build_train_loader
     from soft_dist.data.splits import run_splits

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from soft_dist.metrics import softmax
 from soft_dist.serve.faces import CLASSIFIED
 from soft_dist.train.errors import CheckpointError
 
@@ -102,13 +103,6 @@ class _OnnxBackend:
         return self.session.run(None, {self.input: images})[0]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """[B, C] logits -> [B, C] probabilities (float32)."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted.astype(np.float64))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 class FaceClassifier:
     """Callable on a batch from serve.faces (see the module docstring). Loads the model once per instance
     (once per Ray actor)."""
@@ -142,7 +136,7 @@ class FaceClassifier:
         probs = np.full((n, num_classes), np.nan, dtype=np.float32)
         predicted = np.full(n, -1, dtype=np.int64)
         if rows:
-            p = softmax(self.backend.logits(self.images([batch["jpeg"][i] for i in rows])))
+            p = softmax(self.backend.logits(self.images([batch["jpeg"][i] for i in rows]))).astype(np.float32)
             probs[rows] = p
             predicted[rows] = p.argmax(axis=1)
         out = {k: v for k, v in batch.items() if k != "jpeg"}  # the crops are not needed downstream

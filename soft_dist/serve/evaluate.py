@@ -108,23 +108,17 @@ def predict_split_ray(model: LoadedModel, shards: str, split: str, data_cfg: Dat
     import ray
     from tqdm import tqdm
 
-    from soft_dist.ray_cluster import init_ray
+    from soft_dist.ray_cluster import gather, init_ray
 
     init_ray()
     gpus = 1 if device.startswith("cuda") else 0
     task = ray.remote(num_cpus=data_cfg.num_threads, num_gpus=gpus)(_worker_part)
     model_ref = ray.put(model)
-    pending = {task.remote(model_ref, str(shards), split, data_cfg, batch_size, device, rank, workers): rank
-               for rank in range(workers)}
-    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    refs = [task.remote(model_ref, str(shards), split, data_cfg, batch_size, device, rank, workers)
+            for rank in range(workers)]
     with tqdm(total=workers, unit="worker", desc=f"eval {split}", disable=not progress, leave=False) as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            parts[pending.pop(done[0])] = ray.get(done[0])
-            bar.update(1)
-    preds = np.concatenate([parts[r][0] for r in range(workers)])
-    labels = np.concatenate([parts[r][1] for r in range(workers)])
-    return preds, labels
+        parts = gather(refs, bar.update)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 @dataclass(frozen=True)
