@@ -34,13 +34,14 @@ def write_untrained_model(folder: Path, image_size: int) -> Path:
 
     from soft_dist.config import load_config
     from soft_dist.method.model import build_student
+    from soft_dist.shard.layouts import FER_CLASSES
     from soft_dist.storage import RunStore
     from soft_dist.train.checkpoint import branch_weights, save_model
 
     cfg = load_config("rafdb", [f"data.image_size={image_size}"])
     torch.manual_seed(0)
     net, _ = build_student(cfg.model.name, 7, image_size, cfg.model.small_stem, pretrained=None, uncertainty=False)
-    meta = {"classes": ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"],
+    meta = {"classes": list(FER_CLASSES[:7]),  # RAF-DB's classes in the shards' order
             "image_size": image_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
             "channel_order": "RGB", "eval_crop_fraction": cfg.data.eval_crop_fraction,
             "alignment": {"method": "mtcnn", "margin": 0.2, "shard_image_size": image_size, "jpeg_quality": 95},

@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Suffixes PIL reads that photo collections use; compared in lower case.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+from soft_dist.shard.layouts import IMAGE_SUFFIXES as SHARD_IMAGE_SUFFIXES
+
+# The suffixes the sharder reads in image folders, plus the netpbm files PIL also reads; lower case.
+IMAGE_SUFFIXES = frozenset(SHARD_IMAGE_SUFFIXES | {".ppm", ".pgm"})
 GLOB_CHARS = frozenset("*?[")
 
 
