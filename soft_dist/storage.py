@@ -79,9 +79,12 @@ class RunStore:
         return self._fs.get_file_info(self._fs_path(rel)).type != pafs.FileType.NotFound
 
     def read_bytes(self, rel: str) -> bytes:
+        """The whole file in one read. In a bucket that is one ranged GET: an input stream's ``read()``
+        fetches 256 KiB per request, 700 requests for a 180 MB checkpoint (13 s for 60 MB against a
+        local S3 server, 0.2 s in one GET)."""
         try:
-            with self._fs.open_input_stream(self._fs_path(rel)) as f:
-                return f.read()
+            with self._fs.open_input_file(self._fs_path(rel)) as f:
+                return f.read_at(f.size(), 0)
         except (FileNotFoundError, IsADirectoryError) as err:
             raise FileNotFoundError(f"{self.path(rel)}: no such file") from err
 
