@@ -41,14 +41,48 @@ def digit_shards(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A new local 2-CPU Ray cluster for one test module (address="local": never join another one)."""
-    import ray
+class SharedRayCluster:
+    """The one local 2-CPU Ray cluster of the test session, started on first use and shared by every test
+    that only needs "a cluster" (Ray Train runs, Ray Data, Ray tasks): each start costs 5-15 s on 2 cores.
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    It is started after the S3 variables are set (see ``ray_cluster``), so its workers reach the test
+    endpoint. A test that needs this process without Ray (a multi-node cluster of its own, a check that a
+    command never started Ray) calls :meth:`stop`; the next user starts it again."""
+
+    def start(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address="local", num_cpus=2, include_dashboard=False)
+
+    def stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+_SHARED_RAY = SharedRayCluster()
+
+
+@pytest.fixture(scope="session")
+def _shared_ray(s3_server):
+    yield _SHARED_RAY
+    _SHARED_RAY.stop()
+
+
+@pytest.fixture
+def ray_cluster(_shared_ray):
+    """The session's local 2-CPU Ray cluster (address="local": never another one on this machine)."""
+    _shared_ray.start()
     yield
-    ray.shutdown()
+
+
+@pytest.fixture
+def no_ray_in_this_process(_shared_ray):
+    """This process connected to no Ray cluster (the shared one is stopped; its next user restarts it)."""
+    _shared_ray.stop()
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -103,11 +137,30 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_digits_run(digit_shards, tmp_path_factory) -> Path:
-    """A real run folder with model.pt: 2 epochs of SOFT on the digit shards at 16 px through the torch
-    loader, trained in this process (3 minutes on a 2-core machine under a load of 7; the first epoch
-    alone stays at chance). model.pt names the shards' classes. Shared by the export and eval tests."""
-    from run_fixtures import train_in_process
+def reference_run(digit_shards, tmp_path_factory) -> Path:
+    """THE trained run of the test session, shared by every test that only reads a run (eval, export,
+    predict, audit, the protocols of results.json): 3 epochs of SOFT (the first without the uncertainty
+    head) at 16 px on the digit shards with 30% symmetric noise, trained in this process through the torch
+    loader; keeps its resumable state (the audit reads the last checkpoint). model.pt names the shards'
+    classes. About 40 s on a 2-core machine."""
+    from run_fixtures import REFERENCE_RUN, train_in_process
 
-    return train_in_process(tmp_path_factory.mktemp("digits-run"), digit_shards,
-                            ["train.epochs=2", "method.stage1_epochs=1"])
+    return train_in_process(tmp_path_factory.mktemp("reference-run"), digit_shards, REFERENCE_RUN)
+
+
+@pytest.fixture(scope="session")
+def reference_export(reference_run, tmp_path_factory) -> Path:
+    """`soft-dist export --format all` of the reference run (ONNX, TorchScript, model card), made once:
+    the ONNX exporter alone takes 20-40 s."""
+    from soft_dist.cli import main
+
+    out = tmp_path_factory.mktemp("reference-export")
+    assert main(["export", str(reference_run), "--format", "all", "--out", str(out)]) == 0
+    return out
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that need this process free of Ray (a multi-node cluster of their own, a command that must
+    not start Ray) run last, so that the shared cluster is started once rather than again after them.
+    A stable sort: every other test keeps its place, module fixtures are built once."""
+    items.sort(key=lambda item: "no_ray_in_this_process" in getattr(item, "fixturenames", ()))

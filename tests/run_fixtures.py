@@ -7,6 +7,9 @@ from pathlib import Path
 # The tiny SOFT run the fixtures share: digits at 16 px through the torch loader, one loader thread.
 SMALL_RUN = ["data.loader=torch", "data.image_size=16", "method.rampup_epochs=1", "train.batch_size=128",
              "data.num_threads=1"]
+# The reference run of the session (conftest.reference_run): 3 epochs reach the head's stage and give the
+# audit a ranking well above chance; noise seed 3 is the audit's noise draw.
+REFERENCE_RUN = ["train.epochs=3", "method.stage1_epochs=1", "noise.kind=symmetric", "noise.rate=0.3", "noise.seed=3"]
 
 
 def train_in_process(run_dir: Path, digit_shards: Path, overrides: list[str]) -> Path:

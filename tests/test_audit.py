@@ -1,4 +1,4 @@
-"""`soft-dist audit` on a real noisy SOFT run of the digit shards: the ranking finds the injected noise,
+"""`soft-dist audit` on the session's real noisy SOFT run of the digit shards (conftest.reference_run): the ranking finds the injected noise,
 the files are what docs/audit.md says, the exported labels read back through the project's noise-list
 reader, Ray tasks give the scores of one process, and a run without its checkpoint or noise table is
 refused naming the file (about a minute and a half on a 2-core machine)."""
@@ -17,21 +17,10 @@ from soft_dist.cli import main
 
 
 @pytest.fixture(scope="module")
-def noisy_soft_run(digit_shards, tmp_path_factory) -> Path:
-    """4 epochs of SOFT (2 without, 2 with the uncertainty head) at 16 px with 30% symmetric noise,
-    trained in this process with the torch loader (about 30 s); keeps its resumable state."""
-    from run_fixtures import train_in_process
-
-    return train_in_process(tmp_path_factory.mktemp("audit-run"), digit_shards,
-                            ["train.epochs=4", "method.stage1_epochs=2", "noise.kind=symmetric", "noise.rate=0.3",
-                             "noise.seed=3"])
-
-
-@pytest.fixture(scope="module")
-def audited(noisy_soft_run, tmp_path_factory) -> Path:
+def audited(reference_run, tmp_path_factory) -> Path:
     """`soft-dist audit` in one process, with the relabelled list exported in the paths format."""
     out = tmp_path_factory.mktemp("audit-out")
-    rc = main(["audit", str(noisy_soft_run), "--out", str(out), "--top", "12", "--loader", "torch",
+    rc = main(["audit", str(reference_run), "--out", str(out), "--top", "12", "--loader", "torch",
                "--export-labels", str(out / "relabelled.txt"), "--export-format", "paths", "--relabel", "30"])
     assert rc == 0
     return out
@@ -48,8 +37,8 @@ def _training_split(run_dir: Path):
     return load_run(run_dir)
 
 
-def test_audit_finds_the_injected_noise(noisy_soft_run, audited):
-    run = _training_split(noisy_soft_run)
+def test_audit_finds_the_injected_noise(reference_run, audited):
+    run = _training_split(reference_run)
     rows = _rows(audited / "audit.csv")
     assert list(rows[0])[:5] == ["idx", "key", "given_label", "suggested_label", "score"]
     assert {"given_class", "suggested_class", "source", "clean_label", "mislabeled"} <= set(rows[0])
@@ -85,19 +74,19 @@ def test_audit_finds_the_injected_noise(noisy_soft_run, audited):
     assert f"given: {rows[0]['given_class']}" in page and f"suggested: {rows[0]['suggested_class']}" in page
 
 
-def test_exported_labels_read_back_through_noise_file(noisy_soft_run, audited, digit_shards):
+def test_exported_labels_read_back_through_noise_file(reference_run, audited, digit_shards):
     """--export-labels writes a list that noise.file reads: the top 30 take their suggestion, every other
     training and validation sample keeps its given label."""
     from soft_dist.config import load_config
     from soft_dist.noise.setup import make_noise_table
     from soft_dist.noise.table import NoiseTable
 
-    run_table = NoiseTable.load(noisy_soft_run / "noise_table.csv")
+    run_table = NoiseTable.load(reference_run / "noise_table.csv")
     rows = _rows(audited / "audit.csv")
     expected = dict(zip(run_table.idx.tolist(), run_table.noisy.tolist()))
     for r in rows[:30]:
         expected[int(r["idx"])] = int(r["suggested_label"])
-    cfg = load_config(noisy_soft_run / "config.yaml", [
+    cfg = load_config(reference_run / "config.yaml", [
         "noise.kind=file", f"noise.file={audited / 'relabelled.txt'}", "noise.file_format=paths",
         f"data.shards={digit_shards}"])
     table, _ = make_noise_table(cfg)
@@ -107,9 +96,9 @@ def test_exported_labels_read_back_through_noise_file(noisy_soft_run, audited, d
     assert record["export"]["labels_changed"] == sum(r["given_label"] != r["suggested_label"] for r in rows[:30])
 
 
-def test_ray_tasks_give_the_scores_of_one_process(noisy_soft_run, audited, ray_cluster, tmp_path):
+def test_ray_tasks_give_the_scores_of_one_process(reference_run, audited, ray_cluster, tmp_path):
     out = tmp_path / "ray"
-    assert main(["audit", str(noisy_soft_run), "--out", str(out), "--top", "3", "--loader", "torch",
+    assert main(["audit", str(reference_run), "--out", str(out), "--top", "3", "--loader", "torch",
                  "--workers", "2"]) == 0
     one, two = _rows(audited / "audit.csv"), _rows(out / "audit.csv")
     assert len(one) == len(two)
@@ -120,15 +109,15 @@ def test_ray_tasks_give_the_scores_of_one_process(noisy_soft_run, audited, ray_c
     assert json.loads((out / "audit.json").read_text())["workers"] == 2
 
 
-def test_a_run_without_checkpoint_or_noise_table_is_refused(noisy_soft_run, tmp_path, capsys):
+def test_a_run_without_checkpoint_or_noise_table_is_refused(reference_run, tmp_path, capsys):
     no_state = tmp_path / "no_state"
-    shutil.copytree(noisy_soft_run, no_state, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(reference_run, no_state, ignore=shutil.ignore_patterns("checkpoints"))
     assert main(["audit", str(no_state), "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert f"{no_state}/checkpoints" in err and "no complete checkpoint" in err and "keep_state" in err
 
     no_table = tmp_path / "no_table"
-    shutil.copytree(noisy_soft_run, no_table, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(reference_run, no_table, ignore=shutil.ignore_patterns("checkpoints"))
     (no_table / "noise_table.csv").unlink()
     assert main(["audit", str(no_table), "--out", str(tmp_path / "b")]) == 2
     assert f"{no_table}/noise_table.csv: not found" in capsys.readouterr().err

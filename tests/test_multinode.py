@@ -26,8 +26,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path_factory):
-    """A head node and one worker node, 1 CPU each; the test process is the driver."""
+def two_node_cluster(no_ray_in_this_process):
+    """A head node and one worker node, 1 CPU each; the test process is the driver (so the session's
+    shared cluster is stopped first)."""
     import ray
     from ray.cluster_utils import Cluster
 

@@ -178,47 +178,29 @@ def test_the_module_imports_no_torch_ray_or_dali():
 # ----------------------------------------------------------------------------- a real run
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a 2-core machine shared with other jobs, torch's default 2 threads spin
-    against them and a 10 s run takes minutes."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_path, one_thread):
+def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(reference_run, digit_shards):
     from soft_dist.config import load_config
-    from soft_dist.data.digits_memory import digits_memory_loaders
-    from soft_dist.noise.table import build_noise_table
+    from soft_dist.data.format import load_manifest
     from soft_dist.train import checkpoint as ckpt
-    from soft_dist.train.single import fit_single
 
-    cfg = load_config(ROOT / "configs" / "digits_cpu.yaml",
-                      ["data.image_size=16", "method.name=mt", "method.rampup_epochs=1", "train.batch_size=128",
-                       "train.epochs=3"])
-    loaders, num_classes, splits = digits_memory_loaders(cfg)
-    table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
-    results = fit_single(cfg, loaders, num_classes, table, tmp_path, progress=False, verbose=False)
+    cfg = load_config(reference_run / "config.yaml")
+    results = json.loads((reference_run / "results.json").read_text())
 
     p, model = results["protocols"], results["model"]
     chosen = p["val_selected"]
     assert (chosen["epoch"], chosen["branch"], chosen["val_score"]) == (model["epoch"], model["branch"], model["score"])
     assert {"accuracy": chosen["accuracy"], "mean_class_accuracy": chosen["mean_class_accuracy"]} == {
         k: model["test"][k] for k in ("accuracy", "mean_class_accuracy")}
-    meta = ckpt.load_model(tmp_path).meta
+    meta = ckpt.load_model(reference_run).meta
     assert (meta["epoch"], meta["branch"]) == (chosen["epoch"], chosen["branch"])
     # last = results.json's test.chosen (the last epoch's validation choice)
     assert p["last"]["branch"] == results["chosen_branch"]
     assert p["last"]["accuracy"] == results["test"]["chosen"]["accuracy"]
-    # the same function over the metrics.jsonl lines gives the same record, and results.json holds it
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # the same function over the metrics.jsonl lines gives the same record
+    lines = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
     assert compute_protocols(lines, cfg.train.select_metric) == p
-    assert json.loads((tmp_path / "results.json").read_text())["protocols"] == p
-    assert p["val_selected"]["val_samples"] == lines[0]["val"]["student"]["num_samples"] == len(splits["val"][0])
+    val_samples = load_manifest(digit_shards).split(cfg.data.val_split).num_samples
+    assert p["val_selected"]["val_samples"] == lines[0]["val"]["student"]["num_samples"] == val_samples
     assert p["mean_last_5"]["epochs"] == [0, 1, 2]
     assert all(x["selected_epoch"] == chosen["epoch"] for x in lines[chosen["epoch"]:])
     assert list(itertools.chain(p["val_selected"]["branches"])) == ["student", "teacher"]

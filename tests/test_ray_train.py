@@ -29,8 +29,10 @@ def final_numbers(results: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(digit_shards, ray_cluster, tmp_path_factory):
+def uninterrupted(digit_shards, _shared_ray, tmp_path_factory):
     from soft_dist.train.ray_trainer import run_training
+
+    _shared_ray.start()
 
     run_dir = tmp_path_factory.mktemp("run_a")
     return run_dir, run_training(config(digit_shards), run_dir)
@@ -56,7 +58,7 @@ def test_two_workers_keep_identical_teachers(uninterrupted, digit_shards):
     assert on_disk["test"]["chosen"]["accuracy"] > 0.3  # 10 classes; a few epochs from scratch
 
 
-def test_killed_worker_is_replaced_and_training_resumes(uninterrupted, digit_shards, tmp_path):
+def test_killed_worker_is_replaced_and_training_resumes(uninterrupted, digit_shards, ray_cluster, tmp_path):
     from soft_dist.train.engine import FAILURE_MARKER
     from soft_dist.train.ray_trainer import run_training
 
@@ -68,7 +70,7 @@ def test_killed_worker_is_replaced_and_training_resumes(uninterrupted, digit_sha
     assert final_numbers(results) == final_numbers(uninterrupted[1])
 
 
-def test_resume_of_interrupted_run_matches_uninterrupted(uninterrupted, digit_shards, tmp_path):
+def test_resume_of_interrupted_run_matches_uninterrupted(uninterrupted, digit_shards, ray_cluster, tmp_path):
     from soft_dist.train.ray_trainer import resume_training, run_training
 
     with pytest.raises(Exception):
@@ -84,7 +86,7 @@ def test_resume_of_interrupted_run_matches_uninterrupted(uninterrupted, digit_sh
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*")) == [f"epoch_{EPOCHS - 1:04d}"]
 
 
-def test_no_actor_outlives_the_runs(uninterrupted):
+def test_no_actor_outlives_the_runs(uninterrupted, ray_cluster):
     """Every run above has ended: none of its Train controllers, workers or helper actors is left."""
     import time
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -39,19 +38,6 @@ def s3(s3_server):
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
     return client
-
-
-@pytest.fixture(scope="module")
-def s3_ray(s3_server):
-    """A local 2-CPU Ray cluster started after the S3 variables are set (its workers inherit them), with a
-    short temp dir (Ray's socket paths must stay under 107 bytes); shut down and removed after the module."""
-    import ray
-
-    temp_dir = Path("/tmp") / f"sdray{uuid.uuid4().hex[:6]}"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir))
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +106,11 @@ def log_length(s3_server) -> int:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(s3, s3_ray, shards_url, cache_dir, tmp_path_factory):
+def uninterrupted(s3, _shared_ray, shards_url, cache_dir, tmp_path_factory):
     """One clean run with run directory and shards in the bucket, started from an empty current directory."""
     from soft_dist.train.ray_trainer import run_training
+
+    _shared_ray.start()
 
     cwd = tmp_path_factory.mktemp("cwd-clean")
     url = run_url("clean")
@@ -179,7 +167,7 @@ def test_run_in_the_bucket_finishes_and_leaves_its_files_there(uninterrupted, s3
 
 
 def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted, s3, s3_server, shards_url,
-                                                                   cache_dir, workdir):
+                                                                   cache_dir, workdir, ray_cluster):
     from soft_dist.train.ray_trainer import resume_training, run_training
 
     url = run_url("resumed")

@@ -70,15 +70,15 @@ def assert_report_matches(report: dict, expected: dict) -> None:
         assert row["support"] == support
 
 
-def test_eval_numbers_equal_hand_computed_ones(trained_digits_run, digit_shards, tmp_path):
-    report = run_eval(trained_digits_run, digit_shards, tmp_path / "test.json")
-    targets, preds = by_hand(trained_digits_run, digit_shards)
+def test_eval_numbers_equal_hand_computed_ones(reference_run, digit_shards, tmp_path):
+    report = run_eval(reference_run, digit_shards, tmp_path / "test.json")
+    targets, preds = by_hand(reference_run, digit_shards)
     expected = expected_numbers(targets, preds, 10)
     assert report["num_samples"] == len(targets) == 360
     assert_report_matches(report, expected)
     assert 0.2 < report["accuracy"] < 1.0  # trained (chance is 0.1), and not a degenerate constant
     assert [r["class"] for r in report["per_class"]] == DIGITS and report["shards"]["remapped"] is False
-    model = read_model(trained_digits_run)
+    model = read_model(reference_run)
     assert (report["model"]["epoch"], report["model"]["branch"]) == (model.meta["epoch"], model.meta["branch"])
     # model.pt's own test score came from the same split through the training's loader
     assert report["accuracy"] == pytest.approx(model.meta["selection"]["test"]["accuracy"], abs=1e-12)
@@ -105,58 +105,58 @@ def imagefolder_shards(root, out, order: list[str]):
     return out
 
 
-def test_shards_with_another_class_order_are_remapped_by_name(trained_digits_run, tmp_path):
+def test_shards_with_another_class_order_are_remapped_by_name(reference_run, tmp_path):
     natural = imagefolder_shards(tmp_path / "folder", tmp_path / "natural", DIGITS)
     permuted_order = ["7", "3", "9", "0", "5", "1", "8", "2", "6", "4"]
     permuted = imagefolder_shards(tmp_path / "folder", tmp_path / "permuted", permuted_order)
     assert list(load_manifest(permuted).classes) == permuted_order
 
-    same = run_eval(trained_digits_run, natural, tmp_path / "natural.json")
-    remapped = run_eval(trained_digits_run, permuted, tmp_path / "permuted.json")
+    same = run_eval(reference_run, natural, tmp_path / "natural.json")
+    remapped = run_eval(reference_run, permuted, tmp_path / "permuted.json")
     assert (same["shards"]["remapped"], remapped["shards"]["remapped"]) == (False, True)
     assert same["num_samples"] == remapped["num_samples"] == 150
-    targets, preds = by_hand(trained_digits_run, natural)
+    targets, preds = by_hand(reference_run, natural)
     expected = expected_numbers(targets, preds, 10)
     assert_report_matches(same, expected)
     assert_report_matches(remapped, expected)
     assert [r["class"] for r in remapped["per_class"]] == DIGITS  # always the model's order
 
 
-def test_other_class_names_are_an_error_naming_both_files(trained_digits_run, digit_shards, tmp_path, capsys):
+def test_other_class_names_are_an_error_naming_both_files(reference_run, digit_shards, tmp_path, capsys):
     shards = shutil.copytree(digit_shards, tmp_path / "renamed")
     manifest = json.loads((shards / "manifest.json").read_text())
     manifest["classes"] = [*DIGITS[:9], "nine"]
     (shards / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "e.json"
-    assert main(["eval", str(trained_digits_run), "--shards", str(shards), "--loader", "torch",
+    assert main(["eval", str(reference_run), "--shards", str(shards), "--loader", "torch",
                  "--device", "cpu", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "classes do not match by name" in err
     assert "missing from the shards: ['9']" in err and "not known to the model: ['nine']" in err
-    assert str(trained_digits_run / "model.pt") in err and str(shards / "manifest.json") in err
+    assert str(reference_run / "model.pt") in err and str(shards / "manifest.json") in err
     assert not out.exists()
 
 
-def test_missing_split_and_foreign_files_exit_2(trained_digits_run, digit_shards, tmp_path, capsys):
+def test_missing_split_and_foreign_files_exit_2(reference_run, digit_shards, tmp_path, capsys):
     common = ["--shards", str(digit_shards), "--loader", "torch", "--device", "cpu", "--out", str(tmp_path / "e.json")]
-    assert main(["eval", str(trained_digits_run), "--split", "holdout", *common]) == 2
+    assert main(["eval", str(reference_run), "--split", "holdout", *common]) == 2
     assert f"{digit_shards / 'manifest.json'}: no split 'holdout'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing.pt"), *common]) == 2
     assert f"{tmp_path / 'missing.pt'}: no model file" in capsys.readouterr().err
     (tmp_path / "fake.pt").write_bytes(b"\x00" * 64)
     assert main(["eval", str(tmp_path / "fake.pt"), *common]) == 2
     assert f"{tmp_path / 'fake.pt'}: not a readable model file" in capsys.readouterr().err
-    assert main(["eval", str(trained_digits_run), "--shards", str(tmp_path / "noshards"), "--out",
+    assert main(["eval", str(reference_run), "--shards", str(tmp_path / "noshards"), "--out",
                  str(tmp_path / "e.json")]) == 2
     assert f"{tmp_path / 'noshards' / 'manifest.json'}: not found" in capsys.readouterr().err
     assert not (tmp_path / "e.json").exists()
 
 
 @pytest.mark.parametrize("loader", ["torch", "dali"])
-def test_ray_workers_give_the_numbers_of_one_process(trained_digits_run, digit_shards, ray_cluster, tmp_path, loader):
+def test_ray_workers_give_the_numbers_of_one_process(reference_run, digit_shards, ray_cluster, tmp_path, loader):
     def report(workers: int) -> dict:
         out = tmp_path / f"{loader}-w{workers}.json"
-        assert main(["eval", str(trained_digits_run), "--shards", str(digit_shards), "--split", "train",
+        assert main(["eval", str(reference_run), "--shards", str(digit_shards), "--split", "train",
                      "--loader", loader, "--device", "cpu", "--threads", "1", "--batch-size", "100",
                      "--workers", str(workers), "--no-progress", "--out", str(out)]) == 0
         return json.loads(out.read_text())

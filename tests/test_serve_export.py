@@ -19,11 +19,9 @@ from soft_dist.train import checkpoint as ckpt
 PARITY = 1e-4  # largest absolute difference of class probabilities allowed
 
 
-@pytest.fixture(scope="module")
-def exported(trained_digits_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exported")
-    assert main(["export", str(trained_digits_run), "--format", "all", "--out", str(out)]) == 0
-    return out
+@pytest.fixture
+def exported(reference_export):
+    return reference_export
 
 
 def digit_images(count: int, size: int) -> torch.Tensor:
@@ -47,13 +45,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("batch", [48, 1, 5])  # 48 real images; 1 and 5 differ from the export's example batch
-def test_onnx_and_torchscript_match_pytorch(trained_digits_run, exported, batch):
+def test_onnx_and_torchscript_match_pytorch(reference_run, exported, batch):
     import onnxruntime as ort
 
-    size = ckpt.load_model(trained_digits_run).meta["image_size"]
+    size = ckpt.load_model(reference_run).meta["image_size"]
     images = digit_images(48, size)[:batch]
     assert batch != EXAMPLE_BATCH
-    expected = reference_probabilities(trained_digits_run, images)
+    expected = reference_probabilities(reference_run, images)
     assert expected.shape == (batch, 10) and len(set(expected.argmax(1))) > (1 if batch > 5 else 0)
 
     session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -67,12 +65,12 @@ def test_onnx_and_torchscript_match_pytorch(trained_digits_run, exported, batch)
     assert onnx_diff <= PARITY and ts_diff <= PARITY
 
 
-def test_model_card_matches_model_pt(trained_digits_run, exported):
+def test_model_card_matches_model_pt(reference_run, exported):
     import hashlib
 
     import onnx
 
-    meta = ckpt.load_model(trained_digits_run).meta
+    meta = ckpt.load_model(reference_run).meta
     card = json.loads((exported / "model_card.json").read_text())
     assert card["classes"] == meta["classes"] == [str(d) for d in range(10)]
     assert card["input"]["shape"] == ["batch", 3, meta["image_size"], meta["image_size"]]
@@ -85,7 +83,7 @@ def test_model_card_matches_model_pt(trained_digits_run, exported):
     assert card["noise"] == meta["noise"] and card["noise"]["rate"] == 0.3
     assert card["metrics"]["val"] == meta["selection"]["val"] and card["metrics"]["test"]["num_samples"] == 360
     assert card["opset"] == ONNX_OPSET
-    model_pt = (trained_digits_run / "model.pt").read_bytes()
+    model_pt = (reference_run / "model.pt").read_bytes()
     assert card["source"]["sha256"] == hashlib.sha256(model_pt).hexdigest()
     assert {f["name"] for f in card["files"]} == {"model.onnx", "model.torchscript.pt"}
     for f in card["files"]:

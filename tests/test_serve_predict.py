@@ -81,15 +81,15 @@ def _eval_pipeline_probabilities(run_dir, shards) -> dict[int, np.ndarray]:
     return out
 
 
-def test_photos_get_the_probabilities_of_their_shard_samples(trained_digits_run, digit_shards, digit_photos,
+def test_photos_get_the_probabilities_of_their_shard_samples(reference_run, digit_shards, digit_photos,
                                                              tmp_path):
     out = tmp_path / "pred.csv"
     missing = tmp_path / "nowhere.png"
-    assert main(["predict", str(trained_digits_run), str(digit_photos), str(digit_photos / "notes.txt"),
+    assert main(["predict", str(reference_run), str(digit_photos), str(digit_photos / "notes.txt"),
                  str(missing), str(tmp_path / "*.nomatch"), "--out", str(out), "--runner", "local",
                  "--no-progress"]) == 0
     rows = _read_csv(out)
-    classes = load_spec(str(trained_digits_run), "torch").classes
+    classes = load_spec(str(reference_run), "torch").classes
     # the folder's PNGs and the broken JPEG (the folder's text file is left out), then the named paths
     assert len(rows) == PHOTOS + 4
     photos, (broken, text, absent, pattern) = rows[:PHOTOS], rows[PHOTOS:]
@@ -99,7 +99,7 @@ def test_photos_get_the_probabilities_of_their_shard_samples(trained_digits_run,
     assert (pattern["status"], pattern["error"]) == ("missing", "no file matches this pattern")
 
     assert {r["status"] for r in photos} == {"ok"} and {r["face_found"] for r in photos} == {""}
-    reference = _eval_pipeline_probabilities(trained_digits_run, digit_shards)
+    reference = _eval_pipeline_probabilities(reference_run, digit_shards)
     idx = [int(r["path"].rsplit("/", 1)[1].split(".")[0]) for r in photos]
     expected = np.stack([reference[i] for i in idx])
     got = _probabilities(photos, classes)
@@ -109,9 +109,9 @@ def test_photos_get_the_probabilities_of_their_shard_samples(trained_digits_run,
     assert len({r["predicted"] for r in photos}) > 1  # a trained model, not one constant answer
 
 
-def test_ray_data_gives_the_rows_of_one_process(trained_digits_run, digit_photos, ray_cluster, tmp_path):
+def test_ray_data_gives_the_rows_of_one_process(reference_run, digit_photos, ray_cluster, tmp_path):
     local, ray_out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
-    args = ["predict", str(trained_digits_run), str(digit_photos), "--no-progress", "--batch-size", "16"]
+    args = ["predict", str(reference_run), str(digit_photos), "--no-progress", "--batch-size", "16"]
     assert main([*args, "--out", str(local), "--runner", "local"]) == 0
     assert main([*args, "--out", str(ray_out), "--runner", "ray", "--align-actors", "1"]) == 0
     a, b = ([json.loads(line) for line in f.read_text().splitlines()] for f in (local, ray_out))
@@ -125,11 +125,10 @@ def test_ray_data_gives_the_rows_of_one_process(trained_digits_run, digit_photos
     assert abs(sum(b[0]["probabilities"].values()) - 1) < 1e-4
 
 
-def test_onnxruntime_backend_matches_pytorch(trained_digits_run, digit_photos, tmp_path):
-    exported = tmp_path / "exported"
-    assert main(["export", str(trained_digits_run), "--format", "onnx", "--out", str(exported)]) == 0
+def test_onnxruntime_backend_matches_pytorch(reference_run, reference_export, digit_photos, tmp_path):
+    exported = reference_export
     torch_csv, onnx_csv = tmp_path / "torch.csv", tmp_path / "onnx.csv"
-    assert main(["predict", str(trained_digits_run), str(digit_photos), "--out", str(torch_csv),
+    assert main(["predict", str(reference_run), str(digit_photos), "--out", str(torch_csv),
                  "--runner", "local", "--no-progress"]) == 0
     assert main(["predict", str(exported), str(digit_photos), "--backend", "onnxruntime", "--out", str(onnx_csv),
                  "--runner", "local", "--no-progress"]) == 0
@@ -172,10 +171,10 @@ def test_faces_are_aligned_exactly_as_the_sharder_aligns_them(tmp_path):
         assert prepared["box"][i].tolist() == sample.meta["box"]
 
 
-def test_face_photos_through_the_command(trained_digits_run, tmp_path):
+def test_face_photos_through_the_command(reference_run, tmp_path):
     photos = _face_photos(tmp_path)
     out = tmp_path / "faces.jsonl"
-    common = ["predict", str(trained_digits_run), *photos.values(), "--align", "mtcnn", "--runner", "local",
+    common = ["predict", str(reference_run), *photos.values(), "--align", "mtcnn", "--runner", "local",
               "--no-progress"]
     assert main([*common, "--out", str(out)]) == 0
     rows = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
@@ -195,10 +194,10 @@ def test_face_photos_through_the_command(trained_digits_run, tmp_path):
     assert coins["status"] == "no_face_centre_crop" and coins["face_found"] == "False" and coins["predicted"]
 
 
-def test_bad_options_exit_2_naming_the_problem(trained_digits_run, digit_photos, tmp_path, capsys):
-    assert main(["predict", str(trained_digits_run), str(digit_photos), "--out", str(tmp_path / "p.txt")]) == 2
+def test_bad_options_exit_2_naming_the_problem(reference_run, digit_photos, tmp_path, capsys):
+    assert main(["predict", str(reference_run), str(digit_photos), "--out", str(tmp_path / "p.txt")]) == 2
     assert "option '--out'" in capsys.readouterr().err
-    assert main(["predict", str(trained_digits_run), str(digit_photos), "--backend", "onnxruntime",
+    assert main(["predict", str(reference_run), str(digit_photos), "--backend", "onnxruntime",
                  "--out", str(tmp_path / "p.csv")]) == 2
     assert "model.onnx: not found" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "no-run"), str(digit_photos), "--out", str(tmp_path / "p.csv")]) == 2

@@ -7,15 +7,10 @@ from soft_dist.shard.verify import verify_shards
 
 
 @pytest.mark.ray
-def test_ray_backend_matches_serial(tmp_path):
-    ray = pytest.importorskip("ray")  # part of the pinned stack; never missing in CI
+def test_ray_backend_matches_serial(tmp_path, ray_cluster):
     cfg = dict(layout="digits", size=12, shard_size=400, min_shards=2, progress=False)
     build_shards(ShardConfig(out=str(tmp_path / "serial"), workers=1, **cfg), log=lambda m: None)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        m = build_shards(ShardConfig(out=str(tmp_path / "ray"), backend="ray", **cfg), log=lambda m: None)
-    finally:
-        ray.shutdown()
+    m = build_shards(ShardConfig(out=str(tmp_path / "ray"), backend="ray", **cfg), log=lambda m: None)
     assert m["args"]["backend"] == "ray" and m["build"]["shards_written"] == 8  # 4 train + 2 val + 2 test
     names = sorted(p.name for p in (tmp_path / "serial").glob("*.tar"))
     assert len(names) == 8

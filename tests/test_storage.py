@@ -123,21 +123,8 @@ def test_remote_writes_are_plain_objects(s3):
     assert s3.get_object(Bucket=BUCKET, Key="plain/a/b.txt")["Body"].read() == b"x"
 
 
-@pytest.fixture
-def small_ray(s3_server):
-    """A local 2-CPU Ray cluster started after the S3 variables are set, so its workers see them.
-    A short temp dir: Ray's socket paths must stay under 107 bytes."""
-    import ray
-
-    temp_dir = Path("/tmp") / f"sdray{uuid.uuid4().hex[:6]}"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir))
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 @pytest.mark.ray
-def test_ray_train_checkpoints_into_the_bucket(s3, small_ray):
+def test_ray_train_checkpoints_into_the_bucket(s3, ray_cluster):
     import ray
     from ray.train import Checkpoint, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

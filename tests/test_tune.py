@@ -83,7 +83,7 @@ def test_bad_sweep_files_name_the_field_and_file(tmp_path, changes, field):
     assert field in str(err.value) and str(path) in str(err.value)
 
 
-def test_cli_rejects_a_bad_sweep_before_ray_starts(tmp_path, capsys):
+def test_cli_rejects_a_bad_sweep_before_ray_starts(tmp_path, capsys, no_ray_in_this_process):
     import ray
 
     from soft_dist.cli import main
@@ -208,9 +208,7 @@ def test_optuna_storage_holds_the_study(resumed_sweep):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_best_yaml_trains(resumed_sweep, tmp_path):
-    import ray
-
+def test_best_yaml_trains(resumed_sweep, tmp_path, ray_cluster):
     from soft_dist.train.ray_trainer import run_training
 
     run_dir = resumed_sweep["run_dir"]
@@ -221,11 +219,7 @@ def test_best_yaml_trains(resumed_sweep, tmp_path):
     assert (cfg.method.tau, cfg.method.epsilon, cfg.method.lambda_) == pytest.approx(
         (best["tau"], best["epsilon"], best["lambda"]))
     assert cfg.data.image_size == 16 and cfg.train.workers == 1  # the sweep's base config, overrides included
-    try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
-        results = run_training(cfg, tmp_path / "best")
-    finally:
-        ray.shutdown()
+    results = run_training(cfg, tmp_path / "best")
     assert results["epochs"] == 1 and 0.0 <= results["test"]["chosen"]["accuracy"] <= 1.0
 
 
