@@ -44,7 +44,7 @@ def test_every_method_steps_and_learns_a_batch(method):
     cfg = load_config(None, [f"method.name={method}", "method.stage1_epochs=0", "data.image_size=16",
                              "optim.lr=0.01", "method.rampup_epochs=0"])
     torch.manual_seed(0)
-    student, _ = build_student("resnet18", 4, 16, small_stem=False, uncertainty=cfg.preset.head)
+    student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, uncertainty=cfg.preset.head)
     learner = SoftLearner(cfg, student)
     learner.start_epoch(0)
     gen = torch.Generator().manual_seed(0)
@@ -63,7 +63,7 @@ def test_padding_rows_do_not_affect_the_step():
     results = []
     for padded in (False, True):
         torch.manual_seed(0)
-        student, _ = build_student("resnet18", 4, 16, small_stem=False, uncertainty=False)
+        student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, uncertainty=False)
         learner = SoftLearner(cfg, student)
         learner.start_epoch(0)
         x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -104,7 +104,7 @@ def test_sls_start_epoch_trains_a_plain_mean_teacher_first():
         cfg = load_config(None, [f"method.name={method}", f"method.sls_start_epoch={start}", "data.image_size=16",
                                  "method.rampup_epochs=0"])
         torch.manual_seed(0)
-        student, _ = build_student("resnet18", 4, 16, small_stem=False, uncertainty=False)
+        student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, uncertainty=False)
         learner = SoftLearner(cfg, student)
         learner.start_epoch(epoch)
         out = learner.train_step(batch, float(epoch))
