@@ -79,8 +79,8 @@ def test_padding_rows_do_not_affect_the_step():
 
 def test_branch_choice_uses_validation_only():
     val = {"student": {"accuracy": 0.8}, "teacher": {"accuracy": 0.7}}
-    assert choose_branch(val) == "student"
-    assert choose_branch({"student": {"accuracy": 0.7}, "teacher": {"accuracy": 0.7}}) == "teacher"
+    assert choose_branch(val, "accuracy") == "student"
+    assert choose_branch({"student": {"accuracy": 0.7}, "teacher": {"accuracy": 0.7}}, "accuracy") == "teacher"
     assert choose_branch({"student": {"accuracy": 0.5, "mean_class_accuracy": 0.2},
                           "teacher": {"accuracy": 0.4, "mean_class_accuracy": 0.3}}, "mean_class_accuracy") == "teacher"
 

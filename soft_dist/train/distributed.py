@@ -29,7 +29,7 @@ class TeacherSync:
     """All-reduce of the teacher's float buffers every ``buffer_every`` steps and a cross-rank
     checksum check every ``check_every`` steps (0 disables either). Counts checks and the time spent."""
 
-    def __init__(self, teacher: nn.Module, buffer_every: int = 1, check_every: int = 50):
+    def __init__(self, teacher: nn.Module, buffer_every: int, check_every: int):
         self.teacher = teacher
         self.buffer_every = buffer_every
         self.check_every = check_every

@@ -38,7 +38,7 @@ class ProtocolError(ValueError):
     """Per-epoch records that cannot be evaluated (missing keys, repeated epochs, ...)."""
 
 
-def choose_branch(val_reports: dict[str, dict], metric: str = "accuracy") -> str:
+def choose_branch(val_reports: dict[str, dict], metric: str) -> str:
     """The branch with the best VALIDATION ``metric``; ties go to the teacher (the steadier branch)."""
     order = sorted(val_reports, key=lambda b: (val_reports[b][metric], b == TEACHER), reverse=True)
     return order[0]
@@ -49,7 +49,7 @@ def correct_count(report: dict) -> int:
     return int(round(report["accuracy"] * report["num_samples"]))
 
 
-def branch_choice(val_reports: dict[str, dict], metric: str = "accuracy") -> dict:
+def branch_choice(val_reports: dict[str, dict], metric: str) -> dict:
     """The validation choice at one epoch and the evidence for it.
 
     val_reports: branch -> {accuracy, mean_class_accuracy, num_samples}.
@@ -101,7 +101,7 @@ def _per_branch(test: dict | None, branches) -> dict:
     return {b: _scores(test, b) for b in branches}
 
 
-def compute_protocols(records: list[dict], metric: str = "accuracy") -> dict:
+def compute_protocols(records: list[dict], metric: str) -> dict:
     """Every protocol's test numbers from a run's per-epoch records.
 
     records: the metrics.jsonl records of one run (any order), each at least {"epoch": int,
