@@ -38,9 +38,9 @@ class MemoryLoader:
         idx: torch.Tensor,
         batch_size: int,
         train: bool,
-        seed: int = 0,
+        seed: int,
+        flip: bool,
         pad_fraction: float = 0.125,
-        flip: bool = True,
     ):
         self.images, self.labels, self.idx = images, labels.long(), idx.long()
         self.batch_size = batch_size
