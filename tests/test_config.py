@@ -209,7 +209,7 @@ def test_docs_config_md_is_the_generated_reference():
     from soft_dist.cli.config import reference_text
 
     committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
-    assert committed == reference_text(), "docs/config.md is stale: run `soft-dist config docs > docs/config.md`"
+    assert committed == reference_text(), "docs/config.md is stale: run `make docs`"
 
 
 def test_every_field_has_a_meaning_and_appears_in_the_docs():
