@@ -5,7 +5,7 @@ logging, checkpoints, choosing model.pt on validation and the results record.
 Two thin adapters use it and only say where this process stands and how an epoch leaves it:
 ``train/single.py`` (one process, checkpoints written straight into the run) and
 ``train/ray_trainer.py`` (a Ray Train worker: DDP wrapping, ``ray.train.report``). No Ray and no DALI
-are imported here; collectives go through ``train/distributed.py`` and are no-ops in one process.
+are imported here; collectives go through ``train/collectives.py`` and are no-ops in one process.
 
 Run directory (a local folder or s3://bucket/prefix, see soft_dist.storage)::
 
@@ -38,7 +38,8 @@ from soft_dist.method.teacher import module_digest
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoint as ckpt
-from soft_dist.train.distributed import TeacherSync, all_gather_objects, broadcast_from_rank0
+from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0
+from soft_dist.train.teacher_sync import TeacherSync
 from soft_dist.train.fit import (
     epoch_summary_line,
     final_results,

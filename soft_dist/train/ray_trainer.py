@@ -40,7 +40,7 @@ def _ddp_wrapper(device: torch.device, compile_model: bool):
     """Returns wrap(module) for SoftLearner: DDP when distributed, then torch.compile if asked."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from soft_dist.train.distributed import is_distributed
+    from soft_dist.train.collectives import is_distributed
 
     def wrap(module):
         if is_distributed():

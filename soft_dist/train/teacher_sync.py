@@ -15,14 +15,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from soft_dist.train.collectives import broadcast_from_rank0, is_distributed
 
 
 class TeacherSyncError(RuntimeError):
     pass
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class TeacherSync:
@@ -89,26 +86,3 @@ class TeacherSync:
     def summary(self) -> dict:
         return {"checks": self.checks, "mismatches": self.mismatches, "buffer_syncs": self.buffer_syncs,
                 "seconds": self.seconds}
-
-
-@torch.no_grad()
-def broadcast_from_rank0(module: nn.Module, parameters: bool = False) -> None:
-    """Copy rank 0's buffers (and parameters when asked) to every rank.
-
-    Used on the student before evaluation and checkpoints: DDP keeps parameters identical, but each
-    rank's last forward pass moved its own BatchNorm statistics; after this every rank holds exactly
-    the state rank 0 checkpoints, so a restored run continues as the uninterrupted one would."""
-    if not is_distributed():
-        return
-    tensors = list(module.buffers()) + (list(module.parameters()) if parameters else [])
-    for t in tensors:
-        dist.broadcast(t.data, src=0)
-
-
-def all_gather_objects(obj) -> list:
-    """Every rank's ``obj`` (a list of world-size items; [obj] when not distributed)."""
-    if not is_distributed():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
