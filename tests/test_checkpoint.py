@@ -92,7 +92,7 @@ def test_state_and_model_load_with_weights_only(uninterrupted):
     loaders, _, _ = digits_memory_loaders(cfg)
     net, _ = build_student(cfg.model.name, 10, 16, cfg.model.small_stem, uncertainty=False)
     net.load_state_dict(model.state_dict)
-    from soft_dist.train.loop import predict, report_predictions
+    from soft_dist.train.epoch import predict, report_predictions
     from soft_dist.noise.table import NoiseTable
 
     table = NoiseTable.load(run_dir / "noise_table.csv")

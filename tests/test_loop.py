@@ -12,7 +12,8 @@ from soft_dist.data.digits_memory import digits_memory_loaders
 from soft_dist.data.batches import TwoViewBatch
 from soft_dist.method.model import build_student
 from soft_dist.noise.table import build_noise_table
-from soft_dist.train.loop import SoftLearner, choose_branch
+from soft_dist.train.protocols import choose_branch
+from soft_dist.train.step import SoftLearner
 from soft_dist.train.single import fit_single
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"

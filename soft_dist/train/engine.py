@@ -40,17 +40,11 @@ from soft_dist.storage import RunStore
 from soft_dist.train import checkpoint as ckpt
 from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0
 from soft_dist.train.teacher_sync import TeacherSync
-from soft_dist.train.fit import (
-    epoch_summary_line,
-    final_results,
-    noise_diagnostics,
-    predictions,
-    reports,
-    train_epoch,
-)
-from soft_dist.train.loop import SoftLearner, choose_branch
-from soft_dist.train.protocols import compute_protocols
-from soft_dist.train.runlog import METRICS_FILE, RunLog, read_metrics
+from soft_dist.train.epoch import noise_diagnostics, predictions, reports, train_epoch
+from soft_dist.train.protocols import choose_branch, compute_protocols
+from soft_dist.train.results import final_results
+from soft_dist.train.runlog import METRICS_FILE, RunLog, epoch_summary_line, read_metrics
+from soft_dist.train.step import SoftLearner
 
 RESULTS_FILE = "results.json"
 FAILURE_MARKER = ".failure_injected"

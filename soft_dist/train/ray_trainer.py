@@ -26,8 +26,7 @@ from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoint as ckpt
 from soft_dist.train.engine import RESULTS_FILE, DatasetInfo, Placement, Trainer, write_run_inputs
-from soft_dist.train.fit import epoch_summary_line
-from soft_dist.train.runlog import read_metrics
+from soft_dist.train.runlog import epoch_summary_line, read_metrics
 
 # Worker environment: no print patching (it echoes every line twice), unbuffered output.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONUNBUFFERED": "1"}

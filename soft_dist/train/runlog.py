@@ -66,6 +66,15 @@ class RunLog:
             self._scratch.cleanup()
 
 
+def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict, workers: int | None = None) -> str:
+    parts = [f"epoch {epoch + 1}/{epochs}", f"loss {train.get('loss', float('nan')):.3f}"]
+    if "share_k_gt_1" in train:
+        parts.append(f"k>1 {train['share_k_gt_1']:.2f}")
+    parts += [f"val {b} {r['accuracy']:.3f}" for b, r in val.items()]
+    parts.append(f"{train['images_per_s']:.0f} img/s" + (f" x {workers} workers" if workers else ""))
+    return " | ".join(parts)
+
+
 def _flatten(node: dict, prefix: str = "") -> dict[str, float]:
     out = {}
     for key, value in node.items():
