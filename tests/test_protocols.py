@@ -194,7 +194,7 @@ def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_
     from soft_dist.config import load_config
     from soft_dist.data.digits_memory import digits_memory_loaders
     from soft_dist.noise.table import build_noise_table
-    from soft_dist.train import checkpoint as ckpt
+    from soft_dist.train.model_file import load_model
     from soft_dist.train.single import fit_single
 
     cfg = load_config(ROOT / "configs" / "digits_cpu.yaml",
@@ -209,7 +209,7 @@ def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_
     assert (chosen["epoch"], chosen["branch"], chosen["val_score"]) == (model["epoch"], model["branch"], model["score"])
     assert {"accuracy": chosen["accuracy"], "mean_class_accuracy": chosen["mean_class_accuracy"]} == {
         k: model["test"][k] for k in ("accuracy", "mean_class_accuracy")}
-    meta = ckpt.load_model(tmp_path).meta
+    meta = load_model(tmp_path).meta
     assert (meta["epoch"], meta["branch"]) == (chosen["epoch"], chosen["branch"])
     # last = results.json's test.chosen (the last epoch's validation choice)
     assert p["last"]["branch"] == results["chosen_branch"]

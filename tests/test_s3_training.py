@@ -142,7 +142,7 @@ def uninterrupted(s3, s3_ray, shards_url, cache_dir, tmp_path_factory):
 def test_run_in_the_bucket_finishes_and_leaves_its_files_there(uninterrupted, s3):
     import torch
 
-    from soft_dist.train.checkpoint import MODEL_FORMAT, load_model
+    from soft_dist.train.model_file import MODEL_FORMAT, load_model
 
     url, results, cwd, lines = uninterrupted
     names = keys(s3, url)
@@ -206,7 +206,7 @@ def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted
 
 
 def test_single_process_engine_with_a_bucket_run_dir(s3, shards_url, cache_dir, workdir):
-    from soft_dist.train.checkpoint import load_model
+    from soft_dist.train.model_file import load_model
     from soft_dist.train.data import shard_loaders
     from soft_dist.noise.setup import make_noise_table
     from soft_dist.train.single import fit_single

@@ -158,7 +158,7 @@ def _cleanlab_kfold(cfg, table, num_classes, folder: Path, folds: int) -> dict:
     from soft_dist.data.splits import run_splits
     from soft_dist.data.stage import local_shards
     from soft_dist.storage import RunStore
-    from soft_dist.train.checkpoint import latest_state
+    from soft_dist.train.checkpoints import latest_state
 
     shards = local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb)
     manifest = load_manifest(shards)

@@ -22,7 +22,7 @@ def load_branch(run_dir: Path, cfg: Config, branch: str, num_classes: int) -> to
     from the newest complete checkpoint (the run must keep its state: train.keep_state)."""
     from soft_dist.method.model import build_student
     from soft_dist.storage import RunStore
-    from soft_dist.train.checkpoint import CHECKPOINTS_DIR, latest_state
+    from soft_dist.train.checkpoints import CHECKPOINTS_DIR, latest_state
 
     state = latest_state(RunStore(run_dir))
     if state is None:

@@ -37,7 +37,8 @@ from soft_dist.method.model import build_student, resolve_small_stem
 from soft_dist.method.teacher import module_digest
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
-from soft_dist.train import checkpoint as ckpt
+from soft_dist.train import checkpoints as ckpt
+from soft_dist.train import model_file
 from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0
 from soft_dist.train.teacher_sync import TeacherSync
 from soft_dist.train.epoch import noise_diagnostics, predictions, reports, train_epoch
@@ -152,9 +153,9 @@ class Trainer:
 
     def _best_so_far(self) -> dict | None:
         """model.pt's selection record: the run's best so far is whatever model.pt holds."""
-        if not self.store.exists(ckpt.MODEL_FILE):
+        if not self.store.exists(model_file.MODEL_FILE):
             return None
-        return ckpt.load_model(self.store.path(ckpt.MODEL_FILE)).meta["selection"]
+        return model_file.load_model(self.store.path(model_file.MODEL_FILE)).meta["selection"]
 
     def _say(self, text: str) -> None:
         if self.echo is not None:
@@ -280,10 +281,10 @@ class Trainer:
                                                                                       cfg.data.image_size)},
             "branch": best["branch"], "epoch": best["epoch"], "method": cfg.method.name,
             "noise": {"kind": self.table.kind, "rate": self.table.rate, "seed": self.table.seed},
-            "config_sha256": ckpt.config_digest(to_dict(cfg)), "config": to_dict(cfg),
+            "config_sha256": model_file.config_digest(to_dict(cfg)), "config": to_dict(cfg),
             "selection": best,
         }
-        ckpt.save_model(self.store, ckpt.branch_weights(module), meta)
+        model_file.save_model(self.store, model_file.branch_weights(module), meta)
 
     def _checkpoint(self, learner, sync, epoch: int, history: list, metrics: dict) -> None:
         """Report the epoch; rank 0 also writes the resumable state, then drops older checkpoints."""
@@ -334,7 +335,7 @@ class Trainer:
                         "world_size_per_epoch": [h.get("world_size", 1) for h in history]},
             epochs_run=len(history), wall_time_s=sum(h["seconds"] for h in history), teacher_sync=teacher_sync,
         )
-        results["model"] = {"file": ckpt.MODEL_FILE, **best}
+        results["model"] = {"file": model_file.MODEL_FILE, **best}
         results["protocols"] = compute_protocols(self._epoch_records(history), cfg.train.select_metric)
         results["teacher_digests"] = digests
         if weights is not None:

@@ -24,7 +24,7 @@ from soft_dist.method.sls import tau_above_uniform_note
 from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
-from soft_dist.train import checkpoint as ckpt
+from soft_dist.train import checkpoints as ckpt
 from soft_dist.train.engine import RESULTS_FILE, DatasetInfo, Placement, Trainer, write_run_inputs
 from soft_dist.train.runlog import epoch_summary_line, read_metrics
 

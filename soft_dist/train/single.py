@@ -8,7 +8,7 @@ from pathlib import Path
 from soft_dist.config import Config
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
-from soft_dist.train.checkpoint import drop_resumable_state
+from soft_dist.train.checkpoints import drop_resumable_state
 from soft_dist.train.engine import DatasetInfo, Placement, Trainer, write_run_inputs
 from soft_dist.data.loader import Loaders
 

@@ -1,14 +1,12 @@
-"""The two kinds of file a run leaves, and how they are written, found and read.
+"""A run's resumable state (its checkpoints): how it is written, found, read, resumed from and pruned.
 
-* Resumable state, ``RUN/checkpoints/epoch_NNNN/`` with ``state.pt`` (student, teacher, optimizer, step,
-  epoch, RNG states, config, noise-table digest, best-so-far) and ``meta.json`` (epoch, size and sha256
-  of state.pt). A checkpoint counts as complete only when meta.json parses and state.pt has exactly
-  that size and digest, so a folder half-copied by a dying worker (or half-uploaded to object storage)
-  is never resumed from. Only the newest complete one is kept.
-* ``RUN/model.pt``: the epoch and branch chosen on the VALIDATION split; the branch's weights without
-  the uncertainty head, plus plain metadata (classes, image size, normalisation, alignment, ...).
+``RUN/checkpoints/epoch_NNNN/`` holds ``state.pt`` (student, teacher, optimizer, step, epoch, RNG states,
+config, noise-table digest, history) and ``meta.json`` (epoch, size and sha256 of state.pt). A checkpoint
+counts as complete only when meta.json parses and state.pt has exactly that size and digest, so a folder
+half-copied by a dying worker (or half-uploaded to object storage) is never resumed from. Only the newest
+complete one is kept. (RUN/model.pt, the model chosen on validation, is soft_dist.train.model_file.)
 
-Both files hold only tensors, numbers, strings, lists and dicts: they load with
+state.pt holds only tensors, numbers, strings, lists and dicts: it loads with
 ``torch.load(..., weights_only=True)`` (RNG states are stored as tensors and lists, not pickled objects).
 No Ray and no DALI here: Ray Train uploads the same folders through ``ray.train.report``.
 """
@@ -21,22 +19,19 @@ import json
 import random
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from soft_dist.storage import RunStore, is_remote
+from soft_dist.storage import RunStore
 from soft_dist.train.errors import CheckpointError  # noqa: F401 - raised here, caught by the CLI
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-MODEL_FILE = "model.pt"
 STATE_FORMAT = "soft-dist-state/1"
-MODEL_FORMAT = "soft-dist-model/1"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 PARTIAL_PREFIX = ".partial-"
 # What a process killed while writing a checkpoint leaves in RUN/checkpoints: its scratch folder, or
@@ -172,69 +167,6 @@ def prune_checkpoints(store: RunStore, keep_epoch: int) -> None:
     for name in store.listdir(CHECKPOINTS_DIR):
         if _LEFTOVER.match(name):
             store.delete(f"{CHECKPOINTS_DIR}/{name}")
-
-
-# ------------------------------------------------------------------------------------- model.pt
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """A loaded model.pt: ``state_dict`` of the chosen branch (no uncertainty head) and ``meta``."""
-
-    state_dict: dict[str, torch.Tensor]
-    meta: dict
-
-
-def branch_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The inference weights of a branch: its state dict without the uncertainty head, on CPU."""
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if not k.startswith("uncertainty.")}
-
-
-def save_model(store: RunStore, weights: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write RUN/model.pt atomically (replaces the previous best)."""
-    buffer = io.BytesIO()
-    torch.save({"format": MODEL_FORMAT, "state_dict": weights, "meta": meta}, buffer)
-    store.write_bytes(MODEL_FILE, buffer.getvalue())
-
-
-def read_model_bytes(location: str | Path) -> tuple[bytes, str]:
-    """(bytes, where) of a model.pt: a file ending in .pt, or a run directory holding one (local or
-    s3://...); ``where`` names the file in errors. CheckpointError when there is no such file."""
-    location = str(location)
-    # A local file under another name (model.bin, a download without its suffix) is read as a file too.
-    if location.endswith(".pt") or (not is_remote(location) and Path(location).is_file()):
-        folder, _, name = location.rpartition("/")
-        store, rel = RunStore(folder or "."), name
-    else:
-        store, rel = RunStore(location), MODEL_FILE
-    where = store.path(rel)
-    try:
-        return store.read_bytes(rel), where
-    except OSError as err:  # FileNotFoundError included
-        raise CheckpointError(f"{where}: no model file ({err})") from err
-
-
-def load_model(location: str | Path) -> ModelFile:
-    """Read a model.pt: a file ending in .pt, or a run directory holding one (local or s3://...).
-    Errors name the file and the problem."""
-    data, where = read_model_bytes(location)
-    return parse_model(data, where)
-
-
-def parse_model(data: bytes, where: str) -> ModelFile:
-    """A model.pt's bytes as a ModelFile; CheckpointError naming ``where`` when they are not one."""
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises several types for a foreign or truncated file
-        raise CheckpointError(f"{where}: not a readable model file ({type(err).__name__}: {err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{where}: not a soft-dist model file (expected format {MODEL_FORMAT!r})")
-    return ModelFile(payload["state_dict"], payload["meta"])
-
-
-def config_digest(config: dict) -> str:
-    """sha256 of the config's canonical JSON: the same on every process and machine."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def scratch_folder(store: RunStore) -> tempfile.TemporaryDirectory:
