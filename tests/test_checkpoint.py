@@ -20,7 +20,7 @@ from soft_dist.noise.table import build_noise_table
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoints as ckpt
 from soft_dist.train.model_file import load_model
-from soft_dist.train.single import fit_single
+from soft_dist.train.local import fit_local
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 # 16 px keeps each epoch to a couple of seconds; the teacher, the head switch and the ramp all run.
@@ -67,7 +67,7 @@ def _run(run_dir: Path, epochs: int) -> dict:
     cfg = load_config(CONFIG, [*SMALL, f"train.epochs={epochs}"])
     loaders, num_classes, splits = digits_memory_loaders(cfg)
     table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
-    return fit_single(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
+    return fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
 
 
 @pytest.fixture(scope="module")

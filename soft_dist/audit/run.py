@@ -1,6 +1,6 @@
 """Reading a finished run for the audit and scoring its training samples, in this process or on Ray.
 
-What a run directory must hold (soft_dist.train.engine): ``config.yaml``, ``noise_table.csv`` (the given
+What a run directory must hold (soft_dist.train.run): ``config.yaml``, ``noise_table.csv`` (the given
 labels, and the clean ones where the noise was injected) and a complete resumable state under
 ``checkpoints/`` (the student WITH its uncertainty head and the teacher; kept unless train.keep_state
 was false). model.pt alone is not enough: it holds one branch and no head.

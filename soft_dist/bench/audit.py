@@ -88,11 +88,11 @@ def cleanlab_ranking_score(issue_order: np.ndarray, quality: np.ndarray) -> np.n
 
 def _fit(cfg, loaders, num_classes: int, table, run_dir: Path) -> float:
     """Train into ``run_dir`` in this process; the wall seconds."""
-    from soft_dist.train.single import fit_single
+    from soft_dist.train.local import fit_local
 
     start = time.perf_counter()
     try:
-        fit_single(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
+        fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
     finally:
         loaders.close()
     return time.perf_counter() - start

@@ -14,6 +14,7 @@ from torch import nn
 
 from soft_dist.metrics import classification_report, noisy_part_diagnostics
 from soft_dist.noise.table import NoiseTable
+from soft_dist.train.collectives import all_gather_objects
 from soft_dist.train.step import RunningMeans, SoftLearner
 
 
@@ -99,6 +100,16 @@ def predictions(learner: SoftLearner, loader) -> dict[str, tuple[np.ndarray, np.
 def reports(preds_by_branch: dict, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
     """branch -> {accuracy, mean_class_accuracy, num_samples}."""
     return {b: report_predictions(*p, num_classes, label_lookup) for b, p in preds_by_branch.items()}
+
+
+def evaluate(learner: SoftLearner, loader, num_classes: int,
+             label_lookup: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Every branch's predictions on this rank's share, gathered from all ranks (a collective: every rank
+    calls it) -> (reports, predictions by branch); ``label_lookup`` as in :func:`report_predictions`."""
+    mine = predictions(learner, loader)
+    everyone = all_gather_objects(mine)
+    merged = {b: tuple(np.concatenate([p[b][i] for p in everyone]) for i in range(3)) for b in mine}
+    return reports(merged, num_classes, label_lookup), merged
 
 
 def noise_diagnostics(preds_by_branch: dict, table: NoiseTable) -> dict:

@@ -5,6 +5,9 @@ gradients DDP has all-reduced. What drifts are the teacher's BatchNorm statistic
 buffer policy, because each rank's teacher sees different images; they are averaged across ranks
 with one flattened all-reduce. A periodic check compares per-tensor checksums across ranks and
 names the first tensor that differs.
+
+The run loop gets a :class:`TeacherSync` for a preset with a teacher and a :class:`NoTeacherSync`
+(which calls no collective) for one without, from :func:`teacher_sync`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from soft_dist.train.collectives import broadcast_from_rank0, is_distributed
+from soft_dist.config import TrainConfig
+from soft_dist.method.teacher import EmaTeacher, module_digest
+from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0, is_distributed
 
 
 class TeacherSyncError(RuntimeError):
@@ -86,3 +91,55 @@ class TeacherSync:
     def summary(self) -> dict:
         return {"checks": self.checks, "mismatches": self.mismatches, "buffer_syncs": self.buffer_syncs,
                 "seconds": self.seconds}
+
+    def digests(self) -> list[str]:
+        """Every rank's digest of its teacher (a collective: every rank calls it)."""
+        return all_gather_objects(module_digest(self.teacher))
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the sync (its counts, restored by :meth:`restore`)."""
+        return self.summary()
+
+    def restore(self, state: dict) -> None:
+        self.checks, self.mismatches = state["checks"], state["mismatches"]
+
+    def results(self, train_seconds: float) -> dict:
+        """results.json's ``teacher_sync``: the counts and the share of this process's training time spent
+        in teacher synchronisation (buffer all-reduce and checksum checks, timed with perf_counter)."""
+        return {**self.summary(), "share_of_train_time": self.seconds / max(train_seconds, 1e-9)}
+
+
+class NoTeacherSync:
+    """The sync of a preset without a teacher: nothing to keep identical, and no collective calls (the
+    same on every rank, since every rank runs the same preset)."""
+
+    def after_step(self, global_step: int) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def broadcast_from_rank0(self) -> None:
+        pass
+
+    def digests(self) -> list[str]:
+        return []
+
+    def summary(self) -> None:
+        return None
+
+    def state(self) -> dict:
+        return {"checks": 0, "mismatches": 0}
+
+    def restore(self, state: dict) -> None:
+        pass
+
+    def results(self, train_seconds: float) -> None:
+        return None
+
+
+def teacher_sync(teacher: EmaTeacher | None, cfg: TrainConfig) -> TeacherSync | NoTeacherSync:
+    """The sync for a learner's teacher (None: a preset without one)."""
+    if teacher is None:
+        return NoTeacherSync()
+    return TeacherSync(teacher.teacher, cfg.teacher_buffer_sync_every, cfg.sync_check_every)
