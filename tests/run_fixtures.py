@@ -15,7 +15,7 @@ def train_in_process(run_dir: Path, digit_shards: Path, overrides: list[str]) ->
     from soft_dist.config import load_config
     from soft_dist.data.format import load_manifest
     from soft_dist.noise.setup import make_noise_table
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
     from soft_dist.train.selection import DatasetInfo
     from soft_dist.train.local import fit_local
 

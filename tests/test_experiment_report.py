@@ -157,7 +157,7 @@ LEGACY = "ce-symmetric-0.3-s1"  # its results.json loses "protocols", as if trai
 def experiment(tmp_path_factory):
     """DIR with 4 real finished cells (CE and MT x seeds 0, 1) in the runner's layout; the grid file
     lives outside DIR, as it does for users."""
-    from soft_dist.data.digits_memory import digits_memory_loaders
+    from soft_dist.data.memory_loaders import digits_memory_loaders
     from soft_dist.experiment.runner import GridOutcome, cell_config, cell_dir, write_tables_plots_report
     from soft_dist.noise.table import build_noise_table
     from soft_dist.train.local import fit_local

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from soft_dist.config import load_config
-from soft_dist.data.digits_memory import digits_memory_loaders
+from soft_dist.data.memory_loaders import digits_memory_loaders
 from soft_dist.data.batches import TwoViewBatch
 from soft_dist.method.model import build_student
 from soft_dist.noise.table import build_noise_table

@@ -192,7 +192,7 @@ def one_thread():
 
 def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_path, one_thread):
     from soft_dist.config import load_config
-    from soft_dist.data.digits_memory import digits_memory_loaders
+    from soft_dist.data.memory_loaders import digits_memory_loaders
     from soft_dist.noise.table import build_noise_table
     from soft_dist.train.model_file import load_model
     from soft_dist.train.local import fit_local

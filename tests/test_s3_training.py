@@ -207,7 +207,7 @@ def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted
 
 def test_in_process_run_loop_with_a_bucket_run_dir(s3, shards_url, cache_dir, workdir):
     from soft_dist.train.model_file import load_model
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
     from soft_dist.noise.setup import make_noise_table
     from soft_dist.train.local import fit_local
 

@@ -110,7 +110,7 @@ def _cached(path: Path, compute) -> dict:
 
 def _soft_audit(cfg, table, num_classes, folder: Path) -> dict:
     from soft_dist.audit.main import audit_run
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
 
     train_s = _fit(cfg, shard_loaders(cfg, diagnostics=False), num_classes, table, folder / "run")
     start = time.perf_counter()
@@ -131,7 +131,7 @@ def with_headline(result: dict, score: str) -> dict:
 def _ce_loss(cfg, table, num_classes, folder: Path) -> dict:
     from soft_dist.audit.report import evaluate_scores
     from soft_dist.audit.run import load_run, network_outputs
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
 
     train_s = _fit(cfg, shard_loaders(cfg, diagnostics=False), num_classes, table, folder / "run")
     start = time.perf_counter()

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> dict:
     from soft_dist.config import load_config
     from soft_dist.ray_cluster import init_ray
     from soft_dist.noise.setup import make_noise_table
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
     from soft_dist.train.ray_trainer import run_training
     from soft_dist.train.local import fit_local
 

@@ -92,7 +92,7 @@ def worker_loop(config: dict) -> None:
     import ray.train.torch
 
     from soft_dist.data.format import load_manifest
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
 
     cfg = from_dict(config["config"])
     store = RunStore(config["run_dir"])
