@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from soft_dist.config import load_config
-from soft_dist.data.digits_memory import digits_memory_loaders
+from soft_dist.data.memory_loaders import digits_memory_loaders
 from soft_dist.data.batches import TwoViewBatch
 from soft_dist.method.model import build_student
 from soft_dist.noise.table import build_noise_table
-from soft_dist.train.loop import SoftLearner, choose_branch
-from soft_dist.train.single import fit_single
+from soft_dist.train.protocols import choose_branch
+from soft_dist.train.step import SoftLearner
+from soft_dist.train.local import fit_local
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 
@@ -22,7 +23,7 @@ def test_soft_two_stages_on_noisy_digits_beats_chance(tmp_path):
     cfg = load_config(CONFIG, ["train.epochs=4", "method.stage1_epochs=2", "method.rampup_epochs=1"])
     loaders, num_classes, splits = digits_memory_loaders(cfg)
     table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
-    results = fit_single(cfg, loaders, num_classes, table, tmp_path, progress=False, verbose=False)
+    results = fit_local(cfg, loaders, num_classes, table, tmp_path, progress=False, verbose=False)
 
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["head"] for x in lines] == [False, False, True, True]  # both stages ran

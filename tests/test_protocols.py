@@ -192,24 +192,24 @@ def one_thread():
 
 def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(tmp_path, one_thread):
     from soft_dist.config import load_config
-    from soft_dist.data.digits_memory import digits_memory_loaders
+    from soft_dist.data.memory_loaders import digits_memory_loaders
     from soft_dist.noise.table import build_noise_table
-    from soft_dist.train import checkpoint as ckpt
-    from soft_dist.train.single import fit_single
+    from soft_dist.train.model_file import load_model
+    from soft_dist.train.local import fit_local
 
     cfg = load_config(ROOT / "configs" / "digits_cpu.yaml",
                       ["data.image_size=16", "method.name=mt", "method.rampup_epochs=1", "train.batch_size=128",
                        "train.epochs=3"])
     loaders, num_classes, splits = digits_memory_loaders(cfg)
     table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
-    results = fit_single(cfg, loaders, num_classes, table, tmp_path, progress=False, verbose=False)
+    results = fit_local(cfg, loaders, num_classes, table, tmp_path, progress=False, verbose=False)
 
     p, model = results["protocols"], results["model"]
     chosen = p["val_selected"]
     assert (chosen["epoch"], chosen["branch"], chosen["val_score"]) == (model["epoch"], model["branch"], model["score"])
     assert {"accuracy": chosen["accuracy"], "mean_class_accuracy": chosen["mean_class_accuracy"]} == {
         k: model["test"][k] for k in ("accuracy", "mean_class_accuracy")}
-    meta = ckpt.load_model(tmp_path).meta
+    meta = load_model(tmp_path).meta
     assert (meta["epoch"], meta["branch"]) == (chosen["epoch"], chosen["branch"])
     # last = results.json's test.chosen (the last epoch's validation choice)
     assert p["last"]["branch"] == results["chosen_branch"]

@@ -250,7 +250,7 @@ def test_eviction_keeps_the_cache_under_its_bound(s3, digit_shards, tmp_path):
 
 def test_shard_loaders_read_an_s3_url(s3_shards, tmp_path):
     from soft_dist.config import load_config
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
 
     cfg = load_config(None, [f"data.shards={s3_shards}", f"data.cache_dir={tmp_path / 'cache'}", "data.cache_max_gb=1",
                              "data.image_size=32", "data.num_threads=1", "data.loader=dali", "train.batch_size=16"])

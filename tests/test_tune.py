@@ -130,7 +130,7 @@ def resumed_sweep(digit_shards, tmp_path_factory):
     try:
         deadline = time.monotonic() + 480
         # A trial counts as finished once its last epoch's report was forwarded to Tune (last_report.json
-        # is written by that callback just before; results.json, by the engine, comes earlier).
+        # is written by that callback just before; results.json, by the run loop, comes earlier).
         while not _fully_reported(run_dir):
             assert proc.poll() is None, f"the sweep ended before a trial finished:\n{proc.stdout.read()[-4000:]}"
             assert time.monotonic() < deadline, "no trial finished in time"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from soft_dist.config import load_config
 
 if TYPE_CHECKING:
-    from soft_dist.train.loop import SoftLearner
+    from soft_dist.train.step import SoftLearner
 
 METHODS = ("ce", "mt", "soft")
 
@@ -30,7 +30,7 @@ def _learner(method: str, args, device: str) -> SoftLearner:
     import torch
 
     from soft_dist.method.model import build_student
-    from soft_dist.train.loop import SoftLearner
+    from soft_dist.train.step import SoftLearner
 
     # Stage 2 from the first step so SOFT pays for its uncertainty head, and the ramp is at full weight.
     cfg = load_config(None, [f"method.name={method}", "method.stage1_epochs=0", "method.rampup_epochs=0",

@@ -15,7 +15,7 @@ Buffer policies (BatchNorm statistics):
 
 Under DDP every rank applies the same update to its own teacher from the all-reduced student, so
 teachers stay identical; with ``own`` the BN statistics are fed different data per rank and must be
-synchronised by the caller (see soft_dist.train.distributed).
+synchronised by the caller (see soft_dist.train.teacher_sync).
 """
 
 from __future__ import annotations

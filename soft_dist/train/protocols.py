@@ -5,7 +5,7 @@ more than the methods do on small test sets, so a run records all of them side b
 
 * ``val_selected`` (the headline): the epoch AND branch with the best validation score over the whole
   run (ties: the earlier epoch; within an epoch the teacher, as :func:`choose_branch`). This is what the
-  engine writes to model.pt and ``results["model"]``;
+  run loop writes to model.pt and ``results["model"]``;
 * ``last``: the last epoch, the branch chosen on validation at that epoch (what results.json's
   ``test.chosen`` holds);
 * ``mean_last_5``: the mean over the last 5 epochs (fewer when the run is shorter; ``num_epochs`` says how
@@ -118,7 +118,7 @@ def compute_protocols(records: list[dict], metric: str) -> dict:
     ordered, has_test = _check(records, metric)
     branches = list(ordered[-1]["val"])
 
-    # val_selected: exactly the engine's running selection (a later epoch must be strictly better).
+    # val_selected: exactly the running selection of soft_dist.train.selection (a later epoch must be strictly better).
     best_record, best_choice = None, None
     for record in ordered:
         choice = branch_choice(record["val"], metric)
