@@ -1,12 +1,13 @@
-# Two commands for a fresh machine; each sets up what it needs in .venv first.
+# Commands for a fresh machine; each sets up what it needs in .venv first.
 #   make demo   - the embedded default run
 #   make test   - the test suite (what CI runs)
+#   make docs   - rewrite the generated documents (docs/config.md) from the code
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit clean-venv
+.PHONY: setup demo test docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit clean-venv
 
 setup: $(STAMP)
 
@@ -24,6 +25,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Every generated document (a test fails while one is stale); written through a temporary file so a
+# failed run leaves the committed one intact.
+docs: $(STAMP)
+	$(PY) -m soft_dist config docs > docs/config.md.tmp
+	mv docs/config.md.tmp docs/config.md
 
 bench-step: $(STAMP)
 	$(VENV)/bin/soft-dist bench step --json runs/bench/step.json

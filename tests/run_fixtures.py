@@ -14,19 +14,19 @@ REFERENCE_RUN = ["train.epochs=3", "method.stage1_epochs=1", "noise.kind=symmetr
 
 def train_in_process(run_dir: Path, digit_shards: Path, overrides: list[str]) -> Path:
     """Train the digits_cpu config on ``digit_shards`` with SMALL_RUN and ``overrides`` into ``run_dir``,
-    in this process (soft_dist.train.single); model.pt names the shards' classes."""
+    in this process (soft_dist.train.local); model.pt names the shards' classes."""
     from soft_dist.config import load_config
     from soft_dist.data.format import load_manifest
     from soft_dist.noise.setup import make_noise_table
-    from soft_dist.train.data import shard_loaders
-    from soft_dist.train.engine import DatasetInfo
-    from soft_dist.train.single import fit_single
+    from soft_dist.data.run_loaders import shard_loaders
+    from soft_dist.train.selection import DatasetInfo
+    from soft_dist.train.local import fit_local
 
     cfg = load_config("digits_cpu", [f"data.shards={digit_shards}", *SMALL_RUN, *overrides])
     table, num_classes = make_noise_table(cfg)
     loaders = shard_loaders(cfg, diagnostics=False)
     try:
-        fit_single(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False,
+        fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False,
                    data=DatasetInfo.from_manifest(load_manifest(loaders.shards_dir)))
     finally:
         loaders.close()

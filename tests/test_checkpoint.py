@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from soft_dist.config import load_config
-from soft_dist.data.digits_memory import digits_memory_loaders
+from soft_dist.data.memory_loaders import digits_memory_loaders
 from soft_dist.method.model import build_student
 from soft_dist.noise.table import build_noise_table
 from soft_dist.storage import RunStore
-from soft_dist.train import checkpoint as ckpt
-from soft_dist.train.single import fit_single
+from soft_dist.train import checkpoints as ckpt
+from soft_dist.train.model_file import load_model
+from soft_dist.train.local import fit_local
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 # 16 px keeps each epoch to a couple of seconds; the teacher, the head switch and the ramp all run.
@@ -53,20 +54,20 @@ def test_incomplete_checkpoints_are_passed_over(tmp_path):
 
 def test_model_file_errors_name_the_file(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="no model file"):
-        ckpt.load_model(tmp_path)
+        load_model(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"not a model")
     with pytest.raises(ckpt.CheckpointError, match=str(tmp_path / "model.pt")):
-        ckpt.load_model(tmp_path / "model.pt")
+        load_model(tmp_path / "model.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ckpt.CheckpointError, match="not a soft-dist model file"):
-        ckpt.load_model(tmp_path / "other.pt")
+        load_model(tmp_path / "other.pt")
 
 
 def _run(run_dir: Path, epochs: int) -> dict:
     cfg = load_config(CONFIG, [*SMALL, f"train.epochs={epochs}"])
     loaders, num_classes, splits = digits_memory_loaders(cfg)
     table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
-    return fit_single(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
+    return fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_state_and_model_load_with_weights_only(uninterrupted):
     state = torch.load(run_dir / "checkpoints" / "epoch_0002" / ckpt.STATE_FILE, weights_only=True)
     assert state["epoch"] == 2 and state["learner"]["global_step"] == 3 * 10  # 1,258 images, 128 per step
     assert {"student", "teacher", "optimizer"} <= set(state["learner"]) and state["config"]["train"]["epochs"] == 3
-    model = ckpt.load_model(run_dir)
+    model = load_model(run_dir)
     meta = model.meta
     selection = results["model"]
     assert (meta["epoch"], meta["branch"]) == (selection["epoch"], selection["branch"])
@@ -90,9 +91,9 @@ def test_state_and_model_load_with_weights_only(uninterrupted):
     # The weights reproduce the validation accuracy the selection recorded.
     cfg = load_config(CONFIG, SMALL)
     loaders, _, _ = digits_memory_loaders(cfg)
-    net, _ = build_student(cfg.model.name, 10, 16, cfg.model.small_stem, uncertainty=False)
+    net, _ = build_student(cfg.model.name, 10, 16, cfg.model.small_stem, cfg.model.pretrained, uncertainty=False)
     net.load_state_dict(model.state_dict)
-    from soft_dist.train.loop import predict, report_predictions
+    from soft_dist.train.epoch import predict, report_predictions
     from soft_dist.noise.table import NoiseTable
 
     table = NoiseTable.load(run_dir / "noise_table.csv")

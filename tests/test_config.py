@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from soft_dist.config import ConfigError, load_config, save_config, to_dict
+from soft_dist.config import Config, ConfigError, load_config, save_config, to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -16,10 +16,13 @@ def write(tmp_path, text, name="run.yaml"):
     return path
 
 
-def test_defaults_follow_the_paper():
-    cfg = load_config()
+def test_base_yaml_is_the_papers_setting():
+    # The paper's values (section 4.2), whether configs/base.yaml sets them or the built-in defaults do: a
+    # default changed in soft_dist/config.py must not silently change the paper's setting.
+    cfg = load_config(CONFIGS / "base.yaml")
     m = cfg.method
-    assert (m.name, m.tau, m.epsilon, m.lambda_, m.ema_decay, m.stage1_epochs) == ("soft", 0.125, 0.3, 10.0, 0.999, 6)
+    assert (m.name, m.tau, m.epsilon, m.lambda_, m.rampup_epochs, m.ema_decay, m.stage1_epochs) == (
+        "soft", 0.125, 0.3, 10.0, 5.0, 0.999, 6)
     assert (cfg.optim.name, cfg.optim.lr, cfg.train.batch_size, cfg.train.epochs) == ("adam", 1e-4, 64, 86)
     assert cfg.model.name == "resnet18" and cfg.data.image_size == 224
 
@@ -72,7 +75,7 @@ def test_include_and_saved_config_roundtrip(tmp_path):
     assert cfg.train.epochs == 3 and cfg.method.tau == 0.2 and cfg.method.epsilon == 0.1
     saved = save_config(cfg, tmp_path / "out" / "config.yaml")
     data = yaml.safe_load(saved.read_text())
-    assert data["method"]["lambda"] == 10.0 and data == to_dict(cfg)
+    assert data["method"]["lambda"] == Config().method.lambda_ and data == to_dict(cfg)
     assert load_config(saved) == cfg
 
 
@@ -89,6 +92,116 @@ def test_shipped_configs_load():
         load_config(path)
 
 
+# ----------------------------------------------------------------------------- one home per default
+
+
+def _deletable_keys(data: dict, kind: str) -> list[tuple]:
+    """The keys of a bundled file that could be left out: every leaf of a run config (``include`` aside);
+    for grids and sweeps every top-level key, each key of a mapping below it and each entry of a list of
+    overrides (``base`` aside)."""
+    if kind == "configs":
+        def leaves(node, prefix):
+            for key, value in node.items():
+                if isinstance(value, dict) and key != "class_map":
+                    yield from leaves(value, (*prefix, key))
+                else:
+                    yield (*prefix, key)
+        return [k for k in leaves(data, ()) if k != ("include",)]
+    keys = []
+    for key, value in data.items():
+        if key == "base":
+            continue
+        keys.append((key,))
+        if isinstance(value, dict) and key not in ("space",):
+            keys += [(key, sub) for sub in value]
+        elif isinstance(value, list) and key == "overrides":
+            keys += [(key, i) for i in range(len(value))]
+    return keys
+
+
+def _without(data: dict, key: tuple) -> dict:
+    import copy
+
+    out = copy.deepcopy(data)
+    node = out
+    for part in key[:-1]:
+        node = node[part]
+    del node[key[-1]]
+    return out
+
+
+def _resolved(path: Path, kind: str):
+    """What a bundled file means once loaded: the resolved config; a grid's options and the config its
+    cells start from; a sweep as saved with its resolved base config."""
+    if kind == "configs":
+        return to_dict(load_config(path))
+    if kind == "experiments":
+        import dataclasses
+
+        from soft_dist.experiment.grid import load_grid
+
+        grid = load_grid(path)
+        fields = {k: v for k, v in dataclasses.asdict(grid).items() if k not in ("path", "overrides")}
+        return fields, to_dict(load_config(grid.base, grid.overrides))
+    from soft_dist.tune.sweep_config import load_sweep
+
+    sweep = load_sweep(path)
+    return sweep.to_dict(), to_dict(sweep.base)
+
+
+@pytest.mark.parametrize("kind", ["configs", "experiments", "sweeps"])
+def test_bundled_files_hold_no_value_they_would_get_anyway(tmp_path, kind):
+    # A key whose value is the built-in default (or the included file's, or the base config's) is a second
+    # home for that default: it hides a later change of the default. Each key is left out in turn; the
+    # file must then mean something else.
+    from soft_dist.tune.sweep_config import SPACE_HOME
+
+    files = sorted((CONFIGS / kind if kind != "configs" else CONFIGS).glob("*.yaml"))
+    assert files
+    repeats = []
+    for path in files:
+        data = yaml.safe_load(path.read_text()) or {}
+        for ref in ("include", "base"):  # the copies live in tmp_path: make their references absolute
+            if isinstance(data.get(ref), str):
+                data[ref] = str(path.parent / data[ref])
+        copy = tmp_path / path.name
+        copy.write_text(yaml.safe_dump(data, sort_keys=False))
+        meaning = _resolved(copy, kind)
+        for key in _deletable_keys(data, kind):
+            if key == ("space",) and path.resolve() == SPACE_HOME.resolve():
+                continue  # the home of DEFAULT_SPACE: without it there is no default space
+            copy.write_text(yaml.safe_dump(_without(data, key), sort_keys=False))
+            try:
+                same = _resolved(copy, kind) == meaning
+            except ValueError:  # ConfigError, GridError: the key is needed
+                same = False
+            if same:
+                repeats.append(f"{path.relative_to(CONFIGS)}: {'.'.join(map(str, key))}")
+    assert not repeats, f"bundled files repeat a value they inherit anyway: {repeats}"
+
+
+def test_the_default_search_space_is_declared_once():
+    import ast
+
+    from soft_dist.tune.sweep_config import DEFAULT_SPACE, SPACE_HOME
+
+    assert DEFAULT_SPACE == yaml.safe_load(SPACE_HOME.read_text())["space"]
+    dimensions = list(DEFAULT_SPACE.items())
+    for path in CONFIGS.rglob("*.yaml"):  # no other bundled file searches one of its dimensions as it does
+        if path.resolve() != SPACE_HOME.resolve():
+            space = (yaml.safe_load(path.read_text()) or {}).get("space") or {}
+            assert not [d for d in space.items() if d in dimensions], path
+    package = Path(__file__).resolve().parents[1] / "soft_dist"
+    for path in package.rglob("*.py"):  # nor does the code spell it out
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Dict):
+                try:
+                    value = ast.literal_eval(node)
+                except ValueError:
+                    continue
+                assert value != DEFAULT_SPACE and value not in DEFAULT_SPACE.values(), f"{path}:{node.lineno}"
+
+
 # ----------------------------------------------------------------------------- one declaration per field
 
 
@@ -96,7 +209,7 @@ def test_docs_config_md_is_the_generated_reference():
     from soft_dist.cli.config import reference_text
 
     committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
-    assert committed == reference_text(), "docs/config.md is stale: run `soft-dist config docs > docs/config.md`"
+    assert committed == reference_text(), "docs/config.md is stale: run `make docs`"
 
 
 def test_every_field_has_a_meaning_and_appears_in_the_docs():

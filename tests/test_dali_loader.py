@@ -68,14 +68,14 @@ def test_two_views_differ_label_and_idx_agree(shards):
 def test_views_are_normalised_rgb_and_match_the_config_size(shards):
     # Shards hold 32 px images; outputs follow data.image_size up or down.
     for size in (24, 48):
-        loader = build_train_loader(shards, "train", cfg(size=size), BATCH)
+        loader = build_train_loader(shards, "train", cfg(size=size), BATCH, seed=0)
         b = first(loader)
         assert b.view_s.shape == (BATCH, 3, size, size)
         loader.close()
     # No augmentation at all apart from the crop: the mean over pixels is near the normalised image mean.
     plain = cfg(scale_min=1.0, scale_max=1.0, ratio_min=1.0, ratio_max=1.0, flip=False, rotate_degrees=0.0,
                 color_jitter=0.0, erasing_prob=0.0)
-    loader = build_train_loader(shards, "train", plain, BATCH)
+    loader = build_train_loader(shards, "train", plain, BATCH, seed=0)
     b = first(loader)
     images, _ = load_digits_rgb(32)
     raw = images[b.idx.numpy() - FIRST_IDX].astype(np.float32) / 255.0  # [B, H, W, 3]
@@ -306,7 +306,7 @@ def test_mixed_gpu_graph_is_constructed_without_a_gpu():
 
 def test_bad_device_and_config_values(shards):
     with pytest.raises(ValueError, match="device"):
-        build_train_loader(shards, "train", cfg(), BATCH, device="tpu")
+        build_train_loader(shards, "train", cfg(), BATCH, seed=0, device="tpu")
     with pytest.raises(ConfigError, match="rotate_interpolation"):
         from_dict({"data": {"augment": {"rotate_interpolation": "cubic"}}})
     with pytest.raises(ConfigError, match="eval_crop_fraction"):

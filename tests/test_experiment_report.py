@@ -54,10 +54,9 @@ def test_bad_split_axes_name_the_field_and_the_file(tmp_path, body, field, messa
     assert str(tmp_path / "grid.yaml") in str(info.value)
 
 
-def test_the_layout_names_the_engines_metrics_file():
+def test_the_layout_names_the_run_loops_metrics_file():
     from soft_dist.experiment.layout import METRICS, RESULTS
-    from soft_dist.train.engine import RESULTS_FILE
-    from soft_dist.train.runlog import METRICS_FILE
+    from soft_dist.train.runlog import METRICS_FILE, RESULTS_FILE
 
     assert (METRICS, RESULTS) == (METRICS_FILE, RESULTS_FILE)
 
@@ -158,10 +157,10 @@ LEGACY = "ce-symmetric-0.3-s1"  # its results.json loses "protocols", as if trai
 def experiment(tmp_path_factory):
     """DIR with 4 real finished cells (CE and MT x seeds 0, 1) in the runner's layout; the grid file
     lives outside DIR, as it does for users."""
-    from soft_dist.data.digits_memory import digits_memory_loaders
+    from soft_dist.data.memory_loaders import digits_memory_loaders
     from soft_dist.experiment.runner import GridOutcome, cell_config, cell_dir, write_tables_plots_report
     from soft_dist.noise.table import build_noise_table
-    from soft_dist.train.single import fit_single
+    from soft_dist.train.local import fit_local
 
     root = tmp_path_factory.mktemp("report")
     grid = load_grid(write_grid(root, GRID))
@@ -176,7 +175,7 @@ def experiment(tmp_path_factory):
             cfg = cell_config(grid, cell, RUN, None)
             loaders, num_classes, splits = digits_memory_loaders(cfg)
             table = build_noise_table(splits, num_classes, cell.noise_kind, cell.noise_rate, seed=cell.seed)
-            original[cell.name] = fit_single(cfg, loaders, num_classes, table, cell_dir(run_dir, cell),
+            original[cell.name] = fit_local(cfg, loaders, num_classes, table, cell_dir(run_dir, cell),
                                              progress=False, verbose=False)
     finally:
         torch.set_num_threads(threads)

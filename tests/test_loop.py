@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from soft_dist.config import load_config
-from soft_dist.data.digits_memory import digits_memory_loaders
+from soft_dist.data.memory_loaders import digits_memory_loaders
 from soft_dist.data.batches import TwoViewBatch
 from soft_dist.method.model import build_student
 from soft_dist.noise.table import build_noise_table
-from soft_dist.train.loop import SoftLearner, choose_branch
-from soft_dist.train.single import fit_single
+from soft_dist.train.protocols import choose_branch
+from soft_dist.train.step import SoftLearner
+from soft_dist.train.local import fit_local
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 
@@ -22,7 +23,7 @@ def test_soft_two_stages_on_noisy_digits_beats_chance(tmp_path):
     cfg = load_config(CONFIG, ["train.epochs=4", "method.stage1_epochs=2", "method.rampup_epochs=1"])
     loaders, num_classes, splits = digits_memory_loaders(cfg)
     table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
-    results = fit_single(cfg, loaders, num_classes, table, tmp_path, progress=False, verbose=False)
+    results = fit_local(cfg, loaders, num_classes, table, tmp_path, progress=False, verbose=False)
 
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["head"] for x in lines] == [False, False, True, True]  # both stages ran
@@ -44,7 +45,7 @@ def test_every_method_steps_and_learns_a_batch(method):
     cfg = load_config(None, [f"method.name={method}", "method.stage1_epochs=0", "data.image_size=16",
                              "optim.lr=0.01", "method.rampup_epochs=0"])
     torch.manual_seed(0)
-    student, _ = build_student("resnet18", 4, 16, small_stem=False, uncertainty=cfg.preset.head)
+    student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, uncertainty=cfg.preset.head)
     learner = SoftLearner(cfg, student)
     learner.start_epoch(0)
     gen = torch.Generator().manual_seed(0)
@@ -63,7 +64,7 @@ def test_padding_rows_do_not_affect_the_step():
     results = []
     for padded in (False, True):
         torch.manual_seed(0)
-        student, _ = build_student("resnet18", 4, 16, small_stem=False, uncertainty=False)
+        student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, uncertainty=False)
         learner = SoftLearner(cfg, student)
         learner.start_epoch(0)
         x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -79,8 +80,8 @@ def test_padding_rows_do_not_affect_the_step():
 
 def test_branch_choice_uses_validation_only():
     val = {"student": {"accuracy": 0.8}, "teacher": {"accuracy": 0.7}}
-    assert choose_branch(val) == "student"
-    assert choose_branch({"student": {"accuracy": 0.7}, "teacher": {"accuracy": 0.7}}) == "teacher"
+    assert choose_branch(val, "accuracy") == "student"
+    assert choose_branch({"student": {"accuracy": 0.7}, "teacher": {"accuracy": 0.7}}, "accuracy") == "teacher"
     assert choose_branch({"student": {"accuracy": 0.5, "mean_class_accuracy": 0.2},
                           "teacher": {"accuracy": 0.4, "mean_class_accuracy": 0.3}}, "mean_class_accuracy") == "teacher"
 
@@ -104,7 +105,7 @@ def test_sls_start_epoch_trains_a_plain_mean_teacher_first():
         cfg = load_config(None, [f"method.name={method}", f"method.sls_start_epoch={start}", "data.image_size=16",
                                  "method.rampup_epochs=0"])
         torch.manual_seed(0)
-        student, _ = build_student("resnet18", 4, 16, small_stem=False, uncertainty=False)
+        student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, uncertainty=False)
         learner = SoftLearner(cfg, student)
         learner.start_epoch(epoch)
         out = learner.train_step(batch, float(epoch))

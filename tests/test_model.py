@@ -7,11 +7,12 @@ from soft_dist.method.model import WeightLoadError, build_backbone, build_studen
 
 
 def test_shapes_and_stems():
-    net, _ = build_student("resnet18", 7, image_size=32)  # small stem chosen automatically
+    # small_stem None: the small stem is chosen automatically at 32 px
+    net, _ = build_student("resnet18", 7, image_size=32, small_stem=None, pretrained=None)
     assert isinstance(net.backbone.maxpool, torch.nn.Identity) and net.backbone.conv1.kernel_size == (3, 3)
     logits, alpha = net(torch.randn(2, 3, 32, 32), with_alpha=True)
     assert logits.shape == (2, 7) and alpha.shape == (2, 1) and ((alpha > 0) & (alpha < 1)).all()
-    big, _ = build_student("resnet18", 7, image_size=112)
+    big, _ = build_student("resnet18", 7, image_size=112, small_stem=None, pretrained=None)
     assert big.backbone.conv1.kernel_size == (7, 7)
     assert big.without_head().uncertainty is None and big.uncertainty is not None
 
@@ -24,7 +25,7 @@ def test_state_dict_saved_by_test_loads(tmp_path):
     state["fc.weight"] = torch.zeros(1000, 512)  # another task's classifier: reported, not loaded
     path = tmp_path / "weights.pt"
     torch.save({"state_dict": state}, path)
-    net, report = build_student("resnet18", 7, image_size=112, pretrained=str(path))
+    net, report = build_student("resnet18", 7, image_size=112, small_stem=None, pretrained=str(path))
     assert torch.equal(net.backbone.conv1.weight, torch.full_like(net.backbone.conv1.weight, 0.5))
     assert report.unexpected == ["fc.weight"] and report.missing == []
     assert report.loaded == len(net.backbone.state_dict())
@@ -42,8 +43,8 @@ def test_missing_backbone_keys_fail_with_list(tmp_path):
 
 def test_missing_file_and_wrong_stem(tmp_path):
     with pytest.raises(WeightLoadError, match="not found"):
-        build_student("resnet18", 7, 112, pretrained=str(tmp_path / "nope.pt"))
+        build_student("resnet18", 7, 112, small_stem=None, pretrained=str(tmp_path / "nope.pt"))
     source, _ = build_backbone("resnet18", small_stem=False)
     torch.save(source.state_dict(), tmp_path / "std.pt")
     with pytest.raises(WeightLoadError, match="conv1.weight"):
-        build_student("resnet18", 7, 32, pretrained=str(tmp_path / "std.pt"))
+        build_student("resnet18", 7, 32, small_stem=None, pretrained=str(tmp_path / "std.pt"))

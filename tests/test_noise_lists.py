@@ -254,7 +254,7 @@ def test_make_noise_table_reads_a_rafdb_list(raf_shards, tmp_path):
 def _run_dir(tmp_path, shards, overrides):
     """A run directory as `soft-dist train` leaves it before the first epoch: config.yaml + noise_table.csv."""
     from soft_dist.storage import RunStore
-    from soft_dist.train.engine import write_run_inputs
+    from soft_dist.train.run import write_run_inputs
     from soft_dist.noise.setup import make_noise_table
 
     cfg = load_config(None, [f"data.shards={shards}", *overrides])

@@ -47,7 +47,7 @@ SIX = [
 
 
 def test_each_protocol_on_a_six_epoch_run():
-    p = compute_protocols(SIX)
+    p = compute_protocols(SIX, "accuracy")
     assert p["epochs"] == 6 and p["has_test"] and p["select_metric"] == "accuracy"
 
     vs = p["val_selected"]
@@ -73,7 +73,7 @@ def test_each_protocol_on_a_six_epoch_run():
 def test_records_in_any_order_give_the_same_answer():
     shuffled = SIX[:]
     random.Random(3).shuffle(shuffled)
-    assert compute_protocols(shuffled) == compute_protocols(SIX)
+    assert compute_protocols(shuffled, "accuracy") == compute_protocols(SIX, "accuracy")
 
 
 def test_ties_go_to_the_earlier_epoch_then_the_teacher():
@@ -82,14 +82,14 @@ def test_ties_go_to_the_earlier_epoch_then_the_teacher():
         record(1, {"student": 120, "teacher": 120}, {"student": 250, "teacher": 240}),  # tie within the epoch
         record(2, {"student": 120, "teacher": 119}, {"student": 250, "teacher": 250}),  # same val score later
     ]
-    p = compute_protocols(records)
+    p = compute_protocols(records, "accuracy")
     assert (p["val_selected"]["epoch"], p["val_selected"]["branch"]) == (1, "teacher")
     assert p["val_selected"]["val_margin_samples"] == 0
     assert p["val_selected"]["accuracy"] == 240 / 360  # the teacher's test number, though the student's is higher
     # best on test: 250 first reached by the student at epoch 1; the epoch-2 tie (both branches) loses.
     assert (p["best_on_test"]["epoch"], p["best_on_test"]["branch"]) == (1, "student")
     tie = [record(0, {"student": 10, "teacher": 10}, {"student": 20, "teacher": 20})]
-    assert compute_protocols(tie)["best_on_test"]["branch"] == "teacher"
+    assert compute_protocols(tie, "accuracy")["best_on_test"]["branch"] == "teacher"
 
 
 def test_val_selected_is_the_lexicographic_best_of_random_runs():
@@ -103,23 +103,23 @@ def test_val_selected_is_the_lexicographic_best_of_random_runs():
         pairs = [(r["val"][b]["accuracy"], -r["epoch"], b == "teacher", r["epoch"], b)
                  for r in recs for b in r["val"]]
         expected = max(pairs)[3:]
-        got = compute_protocols(recs)["val_selected"]
+        got = compute_protocols(recs, "accuracy")["val_selected"]
         assert (got["epoch"], got["branch"]) == expected
         best_test = max((r["test"][b]["accuracy"], -r["epoch"], b == "teacher", r["epoch"], b)
                         for r in recs for b in r["test"])[3:]
-        bot = compute_protocols(recs)["best_on_test"]
+        bot = compute_protocols(recs, "accuracy")["best_on_test"]
         assert (bot["epoch"], bot["branch"]) == best_test
 
 
 def test_a_run_shorter_than_five_epochs_averages_what_it_has():
-    p = compute_protocols(SIX[:3])
+    p = compute_protocols(SIX[:3], "accuracy")
     assert p["mean_last_5"]["epochs"] == [0, 1, 2] and p["mean_last_5"]["num_epochs"] == 3
     assert p["mean_last_5"]["accuracy"] == pytest.approx((190 + 270 + 305) / 3 / 360)
 
 
 def test_ce_with_only_a_student_branch():
     recs = [record(e, {"student": 100 + e}, {"student": 200 + 3 * e}) for e in range(3)]
-    p = compute_protocols(recs)
+    p = compute_protocols(recs, "accuracy")
     for name in ("val_selected", "last", "mean_last_5"):
         assert p[name]["branch"] == "student" and p[name]["val_margin_samples"] is None
         assert list(p[name]["branches"]) == ["student"]
@@ -128,7 +128,7 @@ def test_ce_with_only_a_student_branch():
 
 def test_a_run_without_a_test_split():
     recs = [record(e, {"student": 100 + e, "teacher": 99 + 2 * e}, None) for e in range(4)]
-    p = compute_protocols(recs)
+    p = compute_protocols(recs, "accuracy")
     assert not p["has_test"] and p["best_on_test"] is None
     assert (p["val_selected"]["epoch"], p["val_selected"]["branch"]) == (3, "teacher")  # still chosen
     for name in ("val_selected", "last", "mean_last_5"):
@@ -160,7 +160,7 @@ def test_bad_records_are_errors(records, metric, message):
 
 
 def test_columns_are_the_same_for_every_run():
-    full, empty = protocol_columns(compute_protocols(SIX)), protocol_columns(None)
+    full, empty = protocol_columns(compute_protocols(SIX, "accuracy")), protocol_columns(None)
     expected = [f"{p}_{f}" for p, fields in COLUMN_FIELDS.items() for f in fields]
     assert list(full) == list(empty) == expected
     assert all(v is None for v in empty.values())
@@ -181,7 +181,7 @@ def test_the_module_imports_no_torch_ray_or_dali():
 def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(reference_run, digit_shards):
     from soft_dist.config import load_config
     from soft_dist.data.format import load_manifest
-    from soft_dist.train import checkpoint as ckpt
+    from soft_dist.train.model_file import load_model
 
     cfg = load_config(reference_run / "config.yaml")
     results = json.loads((reference_run / "results.json").read_text())
@@ -191,7 +191,7 @@ def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(refe
     assert (chosen["epoch"], chosen["branch"], chosen["val_score"]) == (model["epoch"], model["branch"], model["score"])
     assert {"accuracy": chosen["accuracy"], "mean_class_accuracy": chosen["mean_class_accuracy"]} == {
         k: model["test"][k] for k in ("accuracy", "mean_class_accuracy")}
-    meta = ckpt.load_model(reference_run).meta
+    meta = load_model(reference_run).meta
     assert (meta["epoch"], meta["branch"]) == (chosen["epoch"], chosen["branch"])
     # last = results.json's test.chosen (the last epoch's validation choice)
     assert p["last"]["branch"] == results["chosen_branch"]
@@ -211,8 +211,8 @@ def test_demo_prints_every_protocol_branch_and_the_evidence_for_each_choice():
 
     ce_records = [record(e, {"student": v}, {"student": t}) for e, (v, t) in enumerate([(100, 250), (120, 300),
                                                                                         (110, 280)])]
-    rows = [("ce", {"protocols": compute_protocols(ce_records), "test": {"chosen": {"num_samples": 360}}}),
-            ("soft", {"protocols": compute_protocols(SIX), "test": {"chosen": {"num_samples": 360}}})]
+    rows = [("ce", {"protocols": compute_protocols(ce_records, "accuracy"), "test": {"chosen": {"num_samples": 360}}}),
+            ("soft", {"protocols": compute_protocols(SIX, "accuracy"), "test": {"chosen": {"num_samples": 360}}})]
     lines = protocol_table(rows)
     text = "\n".join(lines)
     assert "(360 images)" in lines[0]

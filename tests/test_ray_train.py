@@ -59,7 +59,7 @@ def test_two_workers_keep_identical_teachers(uninterrupted, digit_shards):
 
 
 def test_killed_worker_is_replaced_and_training_resumes(uninterrupted, digit_shards, ray_cluster, tmp_path):
-    from soft_dist.train.engine import FAILURE_MARKER
+    from soft_dist.train.run import FAILURE_MARKER
     from soft_dist.train.ray_trainer import run_training
 
     results = run_training(config(digit_shards, f"train.fail_at_step={FAIL_AT_STEP}", "train.max_failures=1"), tmp_path)

@@ -2,7 +2,7 @@
 endpoint (moto's HTTP server, the `s3_server` fixture), on a real local 2-CPU Ray cluster with 2 Train
 workers at tiny sizes. A clean run, and `--resume` of a run whose rank 0 died, continuing from the bucket
 alone (a replaced worker takes the same path: the newest complete checkpoint in the run directory; that
-path is exercised ten times in a row locally by tests/test_ray_train.py); and the single-process engine
+path is exercised ten times in a row locally by tests/test_ray_train.py); and the in-process run loop
 with an s3:// run directory."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def uninterrupted(s3, _shared_ray, shards_url, cache_dir, tmp_path_factory):
 def test_run_in_the_bucket_finishes_and_leaves_its_files_there(uninterrupted, s3):
     import torch
 
-    from soft_dist.train.checkpoint import MODEL_FORMAT, load_model
+    from soft_dist.train.model_file import MODEL_FORMAT, load_model
 
     url, results, cwd, lines = uninterrupted
     names = keys(s3, url)
@@ -193,18 +193,18 @@ def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted
     assert list(workdir.iterdir()) == []
 
 
-def test_single_process_engine_with_a_bucket_run_dir(s3, shards_url, cache_dir, workdir):
-    from soft_dist.train.checkpoint import load_model
-    from soft_dist.train.data import shard_loaders
+def test_in_process_run_loop_with_a_bucket_run_dir(s3, shards_url, cache_dir, workdir):
+    from soft_dist.train.model_file import load_model
+    from soft_dist.data.run_loaders import shard_loaders
     from soft_dist.noise.setup import make_noise_table
-    from soft_dist.train.single import fit_single
+    from soft_dist.train.local import fit_local
 
     url = run_url("single")
     cfg = config(shards_url, cache_dir, "train.epochs=2", "train.workers=1", "data.num_threads=1")
     table, num_classes = make_noise_table(cfg)
     loaders = shard_loaders(cfg, diagnostics=False)
     try:
-        results = fit_single(cfg, loaders, num_classes, table, url, progress=False, verbose=False)
+        results = fit_local(cfg, loaders, num_classes, table, url, progress=False, verbose=False)
     finally:
         loaders.close()
     names = keys(s3, url)

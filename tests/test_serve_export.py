@@ -14,7 +14,7 @@ from soft_dist.cli import main
 from soft_dist.serve.export import EXAMPLE_BATCH, ONNX_OPSET
 from soft_dist.serve.network import build_network, read_model
 from soft_dist.shard.digits import load_digits_rgb
-from soft_dist.train import checkpoint as ckpt
+from soft_dist.train import model_file
 
 PARITY = 1e-4  # largest absolute difference of class probabilities allowed
 
@@ -48,7 +48,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def test_onnx_and_torchscript_match_pytorch(reference_run, exported, batch):
     import onnxruntime as ort
 
-    size = ckpt.load_model(reference_run).meta["image_size"]
+    size = model_file.load_model(reference_run).meta["image_size"]
     images = digit_images(48, size)[:batch]
     assert batch != EXAMPLE_BATCH
     expected = reference_probabilities(reference_run, images)
@@ -70,7 +70,7 @@ def test_model_card_matches_model_pt(reference_run, exported):
 
     import onnx
 
-    meta = ckpt.load_model(reference_run).meta
+    meta = model_file.load_model(reference_run).meta
     card = json.loads((exported / "model_card.json").read_text())
     assert card["classes"] == meta["classes"] == [str(d) for d in range(10)]
     assert card["input"]["shape"] == ["batch", 3, meta["image_size"], meta["image_size"]]
@@ -79,7 +79,7 @@ def test_model_card_matches_model_pt(reference_run, exported):
     assert pre["normalisation"] == "inside the exported model"
     assert card["alignment"] == meta["alignment"] and card["alignment"]["method"] == "none"
     assert (card["branch"], card["epoch"], card["method"]) == (meta["branch"], meta["epoch"], meta["method"])
-    assert card["training_config_sha256"] == meta["config_sha256"] == ckpt.config_digest(meta["config"])
+    assert card["training_config_sha256"] == meta["config_sha256"] == model_file.config_digest(meta["config"])
     assert card["noise"] == meta["noise"] and card["noise"]["rate"] == 0.3
     assert card["metrics"]["val"] == meta["selection"]["val"] and card["metrics"]["test"]["num_samples"] == 360
     assert card["opset"] == ONNX_OPSET

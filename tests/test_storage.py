@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from soft_dist.config import DataConfig
 from soft_dist.data.format import MANIFEST_NAME, ManifestError, load_manifest
 from soft_dist.data.stage import local_shards
 from soft_dist.storage import RunStore, is_remote
 
 BUCKET = "soft-dist-test"
+CACHE_GB = DataConfig().cache_max_gb  # the shard cache bound of the default config (data.cache_max_gb)
 
 
 @pytest.fixture(scope="module")
@@ -166,14 +168,14 @@ def set_bytes(folder: Path) -> int:
 
 
 def test_local_path_is_returned_unchanged(digit_shards):
-    assert local_shards(str(digit_shards)) == digit_shards
+    assert local_shards(str(digit_shards), None, CACHE_GB) == digit_shards
     with pytest.raises(ManifestError, match="stage it first"):
         load_manifest("s3://bucket/shards/x")
 
 
 def test_staged_copy_is_identical_and_reused(s3_shards, digit_shards, s3_server, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    staged = local_shards(s3_shards, cache_dir=str(cache))
+    staged = local_shards(s3_shards, str(cache), CACHE_GB)
     assert staged.parent == cache and load_manifest(staged).dataset == load_manifest(digit_shards).dataset
     originals = sorted(p.name for p in digit_shards.iterdir() if p.is_file())
     assert sorted(p.name for p in staged.iterdir() if not p.name.startswith(".")) == originals
@@ -183,14 +185,14 @@ def test_staged_copy_is_identical_and_reused(s3_shards, digit_shards, s3_server,
 
     before = len(moto_requests(s3_server))
     mtimes = {p.name: p.stat().st_mtime_ns for p in staged.iterdir() if p.suffix in (".tar", ".idx")}
-    assert local_shards(s3_shards + "/", cache_dir=str(cache)) == staged  # same URL, same folder
+    assert local_shards(s3_shards + "/", str(cache), CACHE_GB) == staged  # same URL, same folder
     new = moto_requests(s3_server)[before:]
     assert new and not [line for line in new if "GET" in line and (".tar " in line or ".idx " in line)], new
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in staged.iterdir() if p.suffix in (".tar", ".idx")}
 
     # The default cache folder comes from $SOFT_DIST_CACHE.
     monkeypatch.setenv("SOFT_DIST_CACHE", str(cache))
-    assert local_shards(s3_shards) == staged
+    assert local_shards(s3_shards, None, CACHE_GB) == staged
 
 
 def test_corrupt_shard_is_named_and_not_kept(s3, digit_shards, tmp_path):
@@ -201,14 +203,14 @@ def test_corrupt_shard_is_named_and_not_kept(s3, digit_shards, tmp_path):
     s3.put_object(Bucket=BUCKET, Key=f"shards/corrupt/{shard.name}", Body=bytes(data))
     cache = tmp_path / "cache"
     with pytest.raises(ManifestError) as err:
-        local_shards(url, cache_dir=str(cache))
+        local_shards(url, str(cache), CACHE_GB)
     assert f"{url}/{shard.name}" in str(err.value) and shard.sha256 in str(err.value)
     (staged,) = [p for p in cache.iterdir() if p.is_dir()]
     assert not (staged / shard.name).exists() and not list(staged.glob("*.part")) and not (staged / MANIFEST_NAME).exists()
 
     # Repaired in the bucket: the next call stages the set (and only fetches what it lacks).
     s3.upload_file(str(digit_shards / shard.name), BUCKET, f"shards/corrupt/{shard.name}")
-    assert local_shards(url, cache_dir=str(cache)) == staged
+    assert local_shards(url, str(cache), CACHE_GB) == staged
     assert (staged / shard.name).read_bytes() == (digit_shards / shard.name).read_bytes()
 
 
@@ -235,7 +237,7 @@ def test_eviction_keeps_the_cache_under_its_bound(s3, digit_shards, tmp_path):
 
 def test_shard_loaders_read_an_s3_url(s3_shards, tmp_path):
     from soft_dist.config import load_config
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
 
     cfg = load_config(None, [f"data.shards={s3_shards}", f"data.cache_dir={tmp_path / 'cache'}", "data.cache_max_gb=1",
                              "data.image_size=32", "data.num_threads=1", "data.loader=dali", "train.batch_size=16"])
@@ -252,7 +254,7 @@ def test_two_processes_download_each_shard_once(s3, digit_shards, s3_server, tmp
     url = upload(s3, digit_shards, "shards/race")
     cache = tmp_path / "cache"
     before = len(moto_requests(s3_server))
-    code = f"from soft_dist.data.stage import local_shards; print(local_shards({url!r}, {str(cache)!r}))"
+    code = f"from soft_dist.data.stage import local_shards; print(local_shards({url!r}, {str(cache)!r}, {CACHE_GB!r}))"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and outputs[0] == outputs[1]

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from soft_dist.config import MethodConfig
 from soft_dist.method.model import ExpressionNet
 from soft_dist.method.teacher import EmaTeacher, module_digest
 
@@ -12,6 +13,13 @@ def tiny_student(seed=0, head=True):
     torch.manual_seed(seed)
     backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return ExpressionNet(backbone, 4, 3, uncertainty=head)
+
+
+def teacher_args(**changes):
+    """The default config's teacher settings (method.ema_decay, ema_warmup, teacher_buffers), with the
+    ``changes`` a test is about."""
+    m = MethodConfig()
+    return {"decay": m.ema_decay, "warmup": m.ema_warmup, "buffer_policy": m.teacher_buffers, **changes}
 
 
 def perturb(module, seed=1):
@@ -23,7 +31,7 @@ def perturb(module, seed=1):
 
 def test_decay_zero_copies_student():
     student = tiny_student()
-    ema = EmaTeacher.from_student(student, decay=0.0, warmup=False)
+    ema = EmaTeacher.from_student(student, **teacher_args(decay=0.0, warmup=False))
     perturb(student)
     ema.update()
     for name, p in ema.teacher.named_parameters():
@@ -32,7 +40,7 @@ def test_decay_zero_copies_student():
 
 def test_decay_one_keeps_teacher():
     student = tiny_student()
-    ema = EmaTeacher.from_student(student, decay=1.0, warmup=False)
+    ema = EmaTeacher.from_student(student, **teacher_args(decay=1.0, warmup=False))
     before = module_digest(ema.teacher)
     perturb(student)
     ema.update()
@@ -41,7 +49,7 @@ def test_decay_one_keeps_teacher():
 
 def test_pairs_by_name_with_head_present():
     student = tiny_student()
-    ema = EmaTeacher.from_student(student, decay=0.5, warmup=False)
+    ema = EmaTeacher.from_student(student, **teacher_args(decay=0.5, warmup=False))
     assert ema.student_only == ["uncertainty.bias", "uncertainty.weight"]
     assert ema.teacher.uncertainty is None and student.uncertainty is not None
     t0 = {n: p.clone() for n, p in ema.teacher.named_parameters()}
@@ -57,18 +65,18 @@ def test_unknown_student_only_parameter_is_an_error():
     teacher = student.without_head()
     student.extra = nn.Linear(2, 2)  # not a known head: must not be silently ignored
     with pytest.raises(ValueError, match="extra"):
-        EmaTeacher(student, teacher)
+        EmaTeacher(student, teacher, **teacher_args())
 
 
 def test_mismatched_shapes_are_an_error():
     student = tiny_student()
     teacher = ExpressionNet(tiny_student().backbone, 4, 5, uncertainty=False)  # 5 classes, not 3
     with pytest.raises(ValueError, match="shape mismatch for .classifier"):
-        EmaTeacher(student, teacher)
+        EmaTeacher(student, teacher, **teacher_args())
 
 
 def test_warmup_schedule():
-    ema = EmaTeacher.from_student(tiny_student(), decay=0.999, warmup=True)
+    ema = EmaTeacher.from_student(tiny_student(), **teacher_args(decay=0.999, warmup=True))
     used = [ema.update() for _ in range(4)]
     assert used == pytest.approx([0.0, 0.5, 2 / 3, 0.75])
     ema.num_updates = 10_000
@@ -77,7 +85,7 @@ def test_warmup_schedule():
 
 def test_teacher_gets_no_gradient():
     student = tiny_student()
-    ema = EmaTeacher.from_student(student)
+    ema = EmaTeacher.from_student(student, **teacher_args())
     assert not any(p.requires_grad for p in ema.teacher.parameters())
     x = torch.randn(2, 3, 8, 8)
     loss = student(x).sum() + ema.teacher(x).sum()

@@ -1,6 +1,6 @@
 """Reading a finished run for the audit and scoring its training samples, in this process or on Ray.
 
-What a run directory must hold (soft_dist.train.engine): ``config.yaml``, ``noise_table.csv`` (the given
+What a run directory must hold (soft_dist.train.run): ``config.yaml``, ``noise_table.csv`` (the given
 labels, and the clean ones where the noise was injected) and a complete resumable state under
 ``checkpoints/`` (the student WITH its uncertainty head and the teacher; kept unless train.keep_state
 was false). model.pt alone is not enough: it holds one branch and no head.
@@ -42,7 +42,7 @@ class AuditRun:
     manifest: Manifest
     shards_dir: Path
     train: SplitSelection  # the run's training samples (idx ascending)
-    state: dict  # the newest complete resumable state (soft_dist.train.checkpoint)
+    state: dict  # the newest complete resumable state (soft_dist.train.checkpoints)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -79,7 +79,7 @@ def load_run(run_dir: str | Path, shards: str | None = None, loader: str | None 
     from soft_dist.data.splits import run_splits
     from soft_dist.data.stage import local_shards
     from soft_dist.storage import RunStore
-    from soft_dist.train.checkpoint import CHECKPOINTS_DIR, latest_state
+    from soft_dist.train.checkpoints import CHECKPOINTS_DIR, latest_state
 
     store = RunStore(run_dir)
     for name in (CONFIG_FILE, TABLE_FILE):

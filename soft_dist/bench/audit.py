@@ -88,11 +88,11 @@ def cleanlab_ranking_score(issue_order: np.ndarray, quality: np.ndarray) -> np.n
 
 def _fit(cfg, loaders, num_classes: int, table, run_dir: Path) -> float:
     """Train into ``run_dir`` in this process; the wall seconds."""
-    from soft_dist.train.single import fit_single
+    from soft_dist.train.local import fit_local
 
     start = time.perf_counter()
     try:
-        fit_single(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
+        fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
     finally:
         loaders.close()
     return time.perf_counter() - start
@@ -110,7 +110,7 @@ def _cached(path: Path, compute) -> dict:
 
 def _soft_audit(cfg, table, num_classes, folder: Path) -> dict:
     from soft_dist.audit.main import audit_run
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
 
     train_s = _fit(cfg, shard_loaders(cfg, diagnostics=False), num_classes, table, folder / "run")
     start = time.perf_counter()
@@ -131,7 +131,7 @@ def with_headline(result: dict, score: str) -> dict:
 def _ce_loss(cfg, table, num_classes, folder: Path) -> dict:
     from soft_dist.audit.report import evaluate_scores
     from soft_dist.audit.run import load_run, network_outputs
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
 
     train_s = _fit(cfg, shard_loaders(cfg, diagnostics=False), num_classes, table, folder / "run")
     start = time.perf_counter()
@@ -158,7 +158,7 @@ def _cleanlab_kfold(cfg, table, num_classes, folder: Path, folds: int) -> dict:
     from soft_dist.data.splits import run_splits
     from soft_dist.data.stage import local_shards
     from soft_dist.storage import RunStore
-    from soft_dist.train.checkpoint import latest_state
+    from soft_dist.train.checkpoints import latest_state
 
     shards = local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb)
     manifest = load_manifest(shards)

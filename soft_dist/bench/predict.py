@@ -36,7 +36,7 @@ def write_untrained_model(folder: Path, image_size: int) -> Path:
     from soft_dist.method.model import build_student
     from soft_dist.shard.layouts import FER_CLASSES
     from soft_dist.storage import RunStore
-    from soft_dist.train.checkpoint import branch_weights, save_model
+    from soft_dist.train.model_file import branch_weights, save_model
 
     cfg = load_config("rafdb", [f"data.image_size={image_size}"])
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from soft_dist.config import load_config
 
 if TYPE_CHECKING:
-    from soft_dist.train.loop import SoftLearner
+    from soft_dist.train.step import SoftLearner
 
 METHODS = ("ce", "mt", "soft")
 
@@ -30,14 +30,14 @@ def _learner(method: str, args, device: str) -> SoftLearner:
     import torch
 
     from soft_dist.method.model import build_student
-    from soft_dist.train.loop import SoftLearner
+    from soft_dist.train.step import SoftLearner
 
     # Stage 2 from the first step so SOFT pays for its uncertainty head, and the ramp is at full weight.
     cfg = load_config(None, [f"method.name={method}", "method.stage1_epochs=0", "method.rampup_epochs=0",
                              f"data.image_size={args.image_size}", f"model.name={args.model}"])
     torch.manual_seed(0)
     student, _ = build_student(args.model, args.num_classes, args.image_size, args.small_stem,
-                               uncertainty=cfg.preset.head)
+                               cfg.model.pretrained, uncertainty=cfg.preset.head)
     learner = SoftLearner(cfg, student, device)
     if device == "cuda" and cfg.model.channels_last:
         learner.student.to(memory_format=torch.channels_last)

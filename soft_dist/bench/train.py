@@ -1,11 +1,11 @@
 """`soft-dist bench train`: Ray Train's overhead on one worker, in interleaved pairs.
 
 Each pair trains the same config twice, 1 worker owning the machine's cores: once in the plain
-single-process loop (``fit_single``) and once with Ray Train (``run_training``); the side that goes first
+single-process loop (``fit_local``) and once with Ray Train (``run_training``); the side that goes first
 alternates (plain-Ray, Ray-plain, ...) so that drift on a shared machine falls on both alike. The local
 Ray cluster starts once, before the first pair, so pairs time training and not cluster start-up.
 
-A run's images/s is the median of the engine's own ``per_epoch_images_per_s`` (timed around the step
+A run's images/s is the median of the run loop's own ``per_epoch_images_per_s`` (timed around the step
 loop only) over its epochs after the first, which is the warm-up. Per pair::
 
     ratio = plain_images_per_s / ray_images_per_s     (a time ratio: > 1 means Ray is slower)
@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> dict:
     from soft_dist.config import load_config
     from soft_dist.ray_cluster import init_ray
     from soft_dist.noise.setup import make_noise_table
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
     from soft_dist.train.ray_trainer import run_training
-    from soft_dist.train.single import fit_single
+    from soft_dist.train.local import fit_local
 
     if args.pairs < 5 or args.epochs < 2:
         raise SystemExit("soft-dist bench train: --pairs must be >= 5 and --epochs >= 2")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
             torch.set_num_threads(threads)  # as the Ray worker does
             loaders = shard_loaders(cfg)
             try:
-                return fit_single(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
+                return fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
             finally:
                 loaders.close()
 

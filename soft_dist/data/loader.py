@@ -74,7 +74,7 @@ def build_train_loader(
     *,
     rank: int = 0,
     world_size: int = 1,
-    seed: int = 0,
+    seed: int,
     device: str = "cpu",
 ) -> EpochLoader:
     """Two-view training batches (TwoViewBatch) of ``split``; ``device="cuda"`` decodes on the GPU."""

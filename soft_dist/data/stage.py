@@ -45,11 +45,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "soft-dist" / "shards").expanduser()
 
 
-def local_shards(shards: str, cache_dir: str | None = None, max_gb: float = 50.0, progress: bool = False) -> Path:
+def local_shards(shards: str, cache_dir: str | None, max_gb: float, progress: bool = False) -> Path:
     """A local folder holding the shard set ``shards``.
 
     A local path is returned unchanged. A URL is staged into ``<cache_dir>/<hash of the URL>/``
-    (``cache_dir`` defaults to $SOFT_DIST_CACHE, else ~/.cache/soft-dist/shards): manifest.json, every
+    (``cache_dir`` None: $SOFT_DIST_CACHE, else ~/.cache/soft-dist/shards): manifest.json, every
     shard listed in it (checked against its sha256) and its DALI index when the bucket has one.
     Other sets are evicted, least recently used first, while the cache would exceed ``max_gb``.
     """

@@ -22,7 +22,7 @@ def load_branch(run_dir: Path, cfg: Config, branch: str, num_classes: int) -> to
     from the newest complete checkpoint (the run must keep its state: train.keep_state)."""
     from soft_dist.method.model import build_student
     from soft_dist.storage import RunStore
-    from soft_dist.train.checkpoint import CHECKPOINTS_DIR, latest_state
+    from soft_dist.train.checkpoints import CHECKPOINTS_DIR, latest_state
 
     state = latest_state(RunStore(run_dir))
     if state is None:
@@ -45,7 +45,7 @@ def load_branch(run_dir: Path, cfg: Config, branch: str, num_classes: int) -> to
 def split_predictions(net: torch.nn.Module, cfg: Config, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(predictions [N], clean labels [N]) of ``net`` on every sample of ``split``."""
     from soft_dist.data.loader import build_eval_loader
-    from soft_dist.train.loop import predict
+    from soft_dist.train.epoch import predict
 
     loader = build_eval_loader(cfg.data.shards, split, cfg.data, cfg.train.eval_batch_size)
     try:

@@ -78,7 +78,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, refresh: bo
     ``refresh`` first rewrites the tables (cells.csv, summary.csv, summary.json, paired.csv; failed
     cells as summary.json listed them) and the table plots from the cell folders, so that a folder
     written by an older version gets the protocol columns; the SLS bar charts are left as they are."""
-    from soft_dist.experiment.plots import write_plots
+    from soft_dist.experiment.grid_plots import write_plots
 
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():

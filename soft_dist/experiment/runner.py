@@ -13,7 +13,7 @@ Layout of the experiment folder DIR (paths: soft_dist.experiment.layout)::
     paired.csv                method against method on the same runs, per protocol
     failed.csv                cells that failed in the latest invocation, with the error
     outcome.json              the latest invocation: trained/skipped/failed, grid, command, machine
-    plots/*.png               see soft_dist.experiment.plots
+    plots/*.png               see soft_dist.experiment.grid_plots
     report.md                 see soft_dist.experiment.report
 """
 
@@ -84,7 +84,7 @@ def write_tables_plots_report(grid: Grid, run_dir: Path, outcome: "GridOutcome",
     """After the cells: the tables, the plots, outcome.json (unless ``record_outcome`` is false) and
     report.md. A plot or report that fails is recorded in the outcome as a failed "(plots)" /
     "(report)" entry; the tables are always written."""
-    from soft_dist.experiment.plots import write_plots
+    from soft_dist.experiment.grid_plots import write_plots
     from soft_dist.experiment.report import write_report
     from soft_dist.experiment.summary import write_summary
 

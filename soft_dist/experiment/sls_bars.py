@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from soft_dist.config import load_config
-from soft_dist.experiment.figures import pyplot
+from soft_dist.headless_pyplot import pyplot
 
 NOISY_COLOR, CLEAN_COLOR, OTHER_COLOR = "tab:red", "tab:green", "tab:gray"
 

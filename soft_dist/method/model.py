@@ -136,12 +136,13 @@ def build_student(
     name: str,
     num_classes: int,
     image_size: int,
-    small_stem: bool | None = None,
-    pretrained: str | None = None,
+    small_stem: bool | None,
+    pretrained: str | None,
     uncertainty: bool = True,
 ) -> tuple[ExpressionNet, WeightReport | None]:
     """The student network (with the uncertainty head unless ``uncertainty`` is False) and the weight
-    report (None without pretraining)."""
+    report (None without pretraining). ``small_stem`` and ``pretrained`` as model.small_stem and
+    model.pretrained mean them."""
     small_stem = resolve_small_stem(small_stem, image_size)
     backbone, dim = build_backbone(name, small_stem)
     report = None

@@ -5,7 +5,7 @@
 z_s are the student's logits, alpha the uncertainty head's output (None before stage 2 or without a head),
 y the (noisy) label or its LSR, and ``target`` the consistency target made from the source logits (the EMA
 teacher's, or the student's own detached logits for sls_self) as the method's preset says. Forward passes,
-the optimizer and the EMA update are the learner's job (soft_dist.train.loop); this module only turns
+the optimizer and the EMA update are the learner's job (soft_dist.train.step); this module only turns
 logits into a loss, so it can be read and tested on its own.
 """
 

@@ -9,13 +9,13 @@ construction fails, so nothing is silently dropped or mis-paired. The update is 
 
 Buffer policies (BatchNorm statistics):
   own  - the teacher keeps its own statistics: it runs in train mode during training and its forward
-         pass updates them (what the paper's code does). Default.
+         pass updates them (what the paper's code does).
   copy - the student's buffers are copied after every update.
   ema  - float buffers follow the same EMA; integer buffers (num_batches_tracked) are copied.
 
 Under DDP every rank applies the same update to its own teacher from the all-reduced student, so
 teachers stay identical; with ``own`` the BN statistics are fed different data per rank and must be
-synchronised by the caller (see soft_dist.train.distributed).
+synchronised by the caller (see soft_dist.train.teacher_sync).
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ class EmaTeacher:
         self,
         student: nn.Module,
         teacher: nn.Module,
-        decay: float = 0.999,
-        warmup: bool = True,
-        buffer_policy: str = "own",
+        *,
+        decay: float,
+        warmup: bool,
+        buffer_policy: str,
         student_only_prefixes: tuple[str, ...] = ("uncertainty.",),
     ):
         if not 0.0 <= decay <= 1.0:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from soft_dist.headless_pyplot import pyplot
+
 
 def write_confusion_csv(cm: np.ndarray, classes: list[str], path: Path) -> Path:
     """First row: ``true \\ predicted`` and the class names; then one row per true class."""
@@ -23,11 +25,7 @@ def plot_class_matrix(colour: np.ndarray, text: list[list[str]], classes, path: 
                       xlabel: str, ylabel: str, cmap: str, dpi: int = 120) -> Path:
     """A [C, C] heat map with class names on both axes: ``colour`` [C, C] in [0, 1] sets each cell's
     shade, ``text`` [C][C] its label ("" for none). Written to ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on training nodes
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colour = np.asarray(colour, dtype=float)
     side = max(4.0, 0.6 * len(classes) + 2.0)
     fig, ax = plt.subplots(figsize=(side, side))

@@ -76,7 +76,7 @@ def predict_split(model: LoadedModel, shards: str | Path, split: str, data_cfg: 
     from soft_dist.data.loader import build_eval_loader
     from soft_dist.data.stage import local_shards
     from soft_dist.serve.network import build_network
-    from soft_dist.train.loop import predict
+    from soft_dist.train.epoch import predict
 
     net = build_network(model).to(device)
     folder = local_shards(str(shards), data_cfg.cache_dir, data_cfg.cache_max_gb)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from soft_dist.method.model import ExpressionNet, build_student
-from soft_dist.train.checkpoint import CheckpointError, ModelFile, parse_model, read_model_bytes
+from soft_dist.train.errors import CheckpointError
+from soft_dist.train.model_file import ModelFile, parse_model, read_model_bytes
 
 # What a consumer of model.pt needs from its metadata; checked up front so that a file written by an older
 # or foreign tool fails with the missing field named, not with a KeyError deep inside.

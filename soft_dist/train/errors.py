@@ -1,5 +1,5 @@
 """Errors of run files, in a module without torch so that the command line can catch them while
-`soft-dist --help` and `config show` stay light (soft_dist.train.checkpoint imports torch)."""
+`soft-dist --help` and `config show` stay light (the checkpoint and model-file modules import torch)."""
 
 from __future__ import annotations
 

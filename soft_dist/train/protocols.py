@@ -5,7 +5,7 @@ more than the methods do on small test sets, so a run records all of them side b
 
 * ``val_selected`` (the headline): the epoch AND branch with the best validation score over the whole
   run (ties: the earlier epoch; within an epoch the teacher, as :func:`choose_branch`). This is what the
-  engine writes to model.pt and ``results["model"]``;
+  run loop writes to model.pt and ``results["model"]``;
 * ``last``: the last epoch, the branch chosen on validation at that epoch (what results.json's
   ``test.chosen`` holds);
 * ``mean_last_5``: the mean over the last 5 epochs (fewer when the run is shorter; ``num_epochs`` says how
@@ -38,7 +38,7 @@ class ProtocolError(ValueError):
     """Per-epoch records that cannot be evaluated (missing keys, repeated epochs, ...)."""
 
 
-def choose_branch(val_reports: dict[str, dict], metric: str = "accuracy") -> str:
+def choose_branch(val_reports: dict[str, dict], metric: str) -> str:
     """The branch with the best VALIDATION ``metric``; ties go to the teacher (the steadier branch)."""
     order = sorted(val_reports, key=lambda b: (val_reports[b][metric], b == TEACHER), reverse=True)
     return order[0]
@@ -49,7 +49,7 @@ def correct_count(report: dict) -> int:
     return int(round(report["accuracy"] * report["num_samples"]))
 
 
-def branch_choice(val_reports: dict[str, dict], metric: str = "accuracy") -> dict:
+def branch_choice(val_reports: dict[str, dict], metric: str) -> dict:
     """The validation choice at one epoch and the evidence for it.
 
     val_reports: branch -> {accuracy, mean_class_accuracy, num_samples}.
@@ -101,7 +101,7 @@ def _per_branch(test: dict | None, branches) -> dict:
     return {b: _scores(test, b) for b in branches}
 
 
-def compute_protocols(records: list[dict], metric: str = "accuracy") -> dict:
+def compute_protocols(records: list[dict], metric: str) -> dict:
     """Every protocol's test numbers from a run's per-epoch records.
 
     records: the metrics.jsonl records of one run (any order), each at least {"epoch": int,
@@ -118,7 +118,7 @@ def compute_protocols(records: list[dict], metric: str = "accuracy") -> dict:
     ordered, has_test = _check(records, metric)
     branches = list(ordered[-1]["val"])
 
-    # val_selected: exactly the engine's running selection (a later epoch must be strictly better).
+    # val_selected: exactly the running selection of soft_dist.train.selection (a later epoch must be strictly better).
     best_record, best_choice = None, None
     for record in ordered:
         choice = branch_choice(record["val"], metric)

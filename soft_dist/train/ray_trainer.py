@@ -1,10 +1,10 @@
-"""SOFT on Ray Train: the worker adapter around the training engine, and the driver (noise table,
+"""SOFT on Ray Train: the worker adapter around the run loop, and the driver (noise table,
 TorchTrainer, console, results.json).
 
-Every worker runs :class:`soft_dist.train.engine.Trainer`; this module only tells it its rank, world size
+Every worker runs :class:`soft_dist.train.run.Trainer`; this module only tells it its rank, world size
 and device, wraps the student in DDP and hands each epoch's report and rank 0's checkpoint folder to
 ``ray.train.report``. Ray Train's storage is the run directory itself (RunConfig name ``checkpoints``),
-so its checkpoints are the engine's ``RUN/checkpoints/epoch_NNNN`` folders; see engine.py for the layout.
+so its checkpoints are the run loop's ``RUN/checkpoints/epoch_NNNN`` folders; see run.py for the layout.
 The run directory may be a local path (shared by all nodes for multi-node runs) or s3://bucket/prefix.
 """
 
@@ -24,10 +24,10 @@ from soft_dist.method.sls import tau_above_uniform_note
 from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
-from soft_dist.train import checkpoint as ckpt
-from soft_dist.train.engine import RESULTS_FILE, DatasetInfo, Placement, Trainer, write_run_inputs
-from soft_dist.train.fit import epoch_summary_line
-from soft_dist.train.runlog import read_metrics
+from soft_dist.train import checkpoints as ckpt
+from soft_dist.train.run import Placement, Trainer, write_run_inputs
+from soft_dist.train.runlog import RESULTS_FILE, epoch_summary_line, read_metrics
+from soft_dist.train.selection import DatasetInfo
 
 # Worker environment: no print patching (it echoes every line twice), unbuffered output.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONUNBUFFERED": "1"}
@@ -40,7 +40,7 @@ def _ddp_wrapper(device: torch.device, compile_model: bool):
     """Returns wrap(module) for SoftLearner: DDP when distributed, then torch.compile if asked."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from soft_dist.train.distributed import is_distributed
+    from soft_dist.train.collectives import is_distributed
 
     def wrap(module):
         if is_distributed():
@@ -55,7 +55,7 @@ def _ddp_wrapper(device: torch.device, compile_model: bool):
 
 
 def _ray_report(metrics: dict, folder: Path | None, epoch: int) -> None:
-    """The engine's report: Ray Train uploads rank 0's folder to RUN/checkpoints/epoch_NNNN."""
+    """The run loop's report: Ray Train uploads rank 0's folder to RUN/checkpoints/epoch_NNNN."""
     import ray.train
 
     checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
@@ -63,7 +63,7 @@ def _ray_report(metrics: dict, folder: Path | None, epoch: int) -> None:
 
 
 def _state_outside_run(store: RunStore) -> dict | None:
-    """Ray's latest registered checkpoint when it lies outside the run directory (the engine scans the
+    """Ray's latest registered checkpoint when it lies outside the run directory (the run loop scans the
     run's own checkpoints/ folder, which is where Ray writes them here, so this is normally None).
 
     Ray names a checkpoint by its path inside the storage filesystem it was given (build_trainer), e.g.
@@ -87,12 +87,12 @@ def _in_run(checkpoint_path: str, store: RunStore) -> bool:
 
 
 def worker_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: the engine with this worker's place in the run."""
+    """Runs on every Ray Train worker: the run loop with this worker's place in the run."""
     import ray.train
     import ray.train.torch
 
     from soft_dist.data.format import load_manifest
-    from soft_dist.train.data import shard_loaders
+    from soft_dist.data.run_loaders import shard_loaders
 
     cfg = from_dict(config["config"])
     store = RunStore(config["run_dir"])
@@ -145,7 +145,7 @@ def build_trainer(cfg: Config, run_dir: str | Path, table: NoiseTable, callbacks
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=t.max_failures),
-            # The engine keeps only the newest complete checkpoint itself (Ray would keep the newest
+            # The run loop keeps only the newest complete checkpoint itself (Ray would keep the newest
             # REGISTERED one, which after a worker death can be older than one already on storage).
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             worker_runtime_env={"env_vars": WORKER_ENV},

@@ -1,14 +1,16 @@
-"""metrics.jsonl and TensorBoard events of a run, in a local folder or in object storage.
+"""What rank 0 records of a run as it goes, in a local folder or in object storage: metrics.jsonl,
+TensorBoard events, one console line per epoch and, after the last epoch, results.json.
 
 metrics.jsonl is rewritten whole (atomically) every epoch rather than appended to: object storage has
 no append, and a resumed run first drops the lines of epochs it is about to train again, so the file
-never holds an epoch twice or skips one."""
+never holds an epoch twice or skips one. The other ranks hold a :class:`SilentLog`, which records nothing."""
 
 from __future__ import annotations
 
 import json
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from soft_dist.storage import RunStore
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+RESULTS_FILE = "results.json"
 
 
 def read_metrics(store: RunStore) -> list[dict]:
@@ -25,45 +28,91 @@ def read_metrics(store: RunStore) -> list[dict]:
     return [json.loads(line) for line in store.read_text(METRICS_FILE).splitlines() if line.strip()]
 
 
-class RunLog:
-    """Rank 0's per-epoch log; ``start_epoch`` > 0 keeps only the lines of the epochs before it."""
+def read_results(store: RunStore) -> dict:
+    """RUN/results.json ({} when there is none)."""
+    return json.loads(store.read_text(RESULTS_FILE)) if store.exists(RESULTS_FILE) else {}
 
-    def __init__(self, store: RunStore, start_epoch: int = 0, tensorboard: bool = True):
-        self.store = store
-        self.lines = [json.dumps(r) for r in read_metrics(store) if r["epoch"] < start_epoch]
-        self.store.write_text(METRICS_FILE, "".join(f"{line}\n" for line in self.lines))
+
+class SilentLog:
+    """The log of a rank other than 0: it trains and evaluates like rank 0, but records and prints nothing."""
+
+    def say(self, text: str) -> None:
+        """A line for the console."""
+
+    def start(self, start_epoch: int) -> None:
+        """Open the log for a run that trains from ``start_epoch`` on."""
+
+    def record(self, epoch: int, record: dict) -> None:
+        """One finished epoch: its metrics line (``record`` holds at least ``train`` and ``val``)."""
+
+    def finish(self, results: dict) -> None:
+        """The last epoch's results record."""
+
+    def close(self) -> None:
+        pass
+
+
+class RunLog(SilentLog):
+    """Rank 0's log of a run of ``epochs`` epochs; ``echo`` (None: silent) gets the console lines."""
+
+    def __init__(self, store: RunStore, epochs: int, echo: Callable[[str], None] | None = None,
+                 tensorboard: bool = True):
+        self.store, self.epochs, self.echo, self.tensorboard = store, epochs, echo, tensorboard
+        self.lines: list[str] = []
         self.writer = None
         self._scratch = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard not installed: jsonl only
-                return
-            if store.is_local:
-                folder = store.path(TENSORBOARD_DIR)
-            else:  # events are written locally and uploaded after every epoch
-                self._scratch = tempfile.TemporaryDirectory(prefix="soft-dist-tb-")
-                folder = self._scratch.name
-            # purge_step: TensorBoard hides events of a previous attempt from start_epoch on.
-            self.writer = SummaryWriter(folder, purge_step=start_epoch or None)
 
-    def log(self, epoch: int, record: dict) -> None:
+    def say(self, text: str) -> None:
+        if self.echo is not None:
+            self.echo(text)
+
+    def start(self, start_epoch: int) -> None:
+        """Keep only the metrics lines of the epochs before ``start_epoch`` and open the TensorBoard writer."""
+        self.lines = [json.dumps(r) for r in read_metrics(self.store) if r["epoch"] < start_epoch]
+        self.store.write_text(METRICS_FILE, "".join(f"{line}\n" for line in self.lines))
+        if not self.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard not installed: jsonl only
+            return
+        if self.store.is_local:
+            folder = self.store.path(TENSORBOARD_DIR)
+        else:  # events are written locally and uploaded after every epoch
+            self._scratch = tempfile.TemporaryDirectory(prefix="soft-dist-tb-")
+            folder = self._scratch.name
+        # purge_step: TensorBoard hides events of a previous attempt from start_epoch on.
+        self.writer = SummaryWriter(folder, purge_step=start_epoch or None)
+
+    def record(self, epoch: int, record: dict) -> None:
         self.lines.append(json.dumps({"epoch": epoch, **record}))
         self.store.write_text(METRICS_FILE, "".join(f"{line}\n" for line in self.lines))
-        if self.writer is None:
-            return
-        for key, value in _flatten(record).items():
-            self.writer.add_scalar(key, value, epoch)
-        self.writer.flush()
-        if self._scratch is not None:
-            for path in Path(self._scratch.name).iterdir():
-                self.store.upload_file(path, f"{TENSORBOARD_DIR}/{path.name}")
+        if self.writer is not None:
+            for key, value in _flatten(record).items():
+                self.writer.add_scalar(key, value, epoch)
+            self.writer.flush()
+            if self._scratch is not None:
+                for path in Path(self._scratch.name).iterdir():
+                    self.store.upload_file(path, f"{TENSORBOARD_DIR}/{path.name}")
+        self.say(epoch_summary_line(epoch, self.epochs, record["train"], record["val"]))
+
+    def finish(self, results: dict) -> None:
+        self.store.write_text(RESULTS_FILE, json.dumps(results, indent=2))
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         if self._scratch is not None:
             self._scratch.cleanup()
+
+
+def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict, workers: int | None = None) -> str:
+    parts = [f"epoch {epoch + 1}/{epochs}", f"loss {train.get('loss', float('nan')):.3f}"]
+    if "share_k_gt_1" in train:
+        parts.append(f"k>1 {train['share_k_gt_1']:.2f}")
+    parts += [f"val {b} {r['accuracy']:.3f}" for b, r in val.items()]
+    parts.append(f"{train['images_per_s']:.0f} img/s" + (f" x {workers} workers" if workers else ""))
+    return " | ".join(parts)
 
 
 def _flatten(node: dict, prefix: str = "") -> dict[str, float]:

@@ -1,5 +1,5 @@
 """What a sweep leaves behind: trials.csv (one row per trial), best.yaml (a training config ready for
-`soft-dist train --config`), parameter importances, and the plots (soft_dist.tune.plots)."""
+`soft-dist train --config`), parameter importances, and the plots (soft_dist.tune.sweep_plots)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def param_importances(sweep: Sweep, table: pd.DataFrame) -> dict[str, float]:
 
 def write_outputs(sweep: Sweep, run_dir: Path) -> dict:
     """trials.csv always; best.yaml and the PNG plots once every trial has ended. Returns a summary."""
-    from soft_dist.tune.plots import plot_importances, plot_metric_vs_params
+    from soft_dist.tune.sweep_plots import plot_importances, plot_metric_vs_params
 
     table = trials_table(sweep, run_dir)
     table.to_csv(run_dir / "trials.csv", index=False)

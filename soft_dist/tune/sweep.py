@@ -36,7 +36,7 @@ _LIVE: dict[str, dict] = {}
 
 def _report_callback(trial_dir: Path):
     """Ray Train callback (runs in the Train controller): forwards rank 0's per-epoch report to Tune with
-    ``epochs_done`` added (the engine writes results.json itself before the last report)."""
+    ``epochs_done`` added (the run loop writes results.json itself before the last report)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class EpochReport(TuneReportCallback):

@@ -5,7 +5,7 @@ A sweep file (see configs/sweeps/) looks like::
 
     base: ../digits_cpu.yaml          # training config, relative to this file (omitted: built-in defaults)
     overrides: {train.epochs: 2}      # dotted overrides applied to the base config
-    space:                            # dotted training-config key -> distribution
+    space:                            # dotted training-config key -> distribution (omitted: DEFAULT_SPACE)
       method.tau: {type: uniform, low: 0.05, high: 0.5}
       method.lambda: {type: loguniform, low: 0.1, high: 30}
       optim.name: {type: choice, values: [adam, sgd]}
@@ -19,7 +19,9 @@ A sweep file (see configs/sweeps/) looks like::
     resources: {workers: 1, cpus_per_worker: 1, use_gpu: false}    # per trial (Ray Train workers)
     optuna_storage: optuna.db         # optional: SQLite file (relative to the run dir) or database URL
 
-Errors are :class:`soft_dist.config.ConfigError` naming the sweep field and the sweep file.
+Every key but ``space`` has its default in :class:`Sweep` (and :class:`SchedulerSpec`); the default space
+is the ``space`` of the bundled default sweep (:data:`SPACE_HOME`). Errors are
+:class:`soft_dist.config.ConfigError` naming the sweep field and the sweep file.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from soft_dist.config import Config, ConfigError, bundled_names, from_dict, load_config, locate_config, to_dict
+from soft_dist.config import (BUNDLED_CONFIGS, Config, ConfigError, bundled_names, from_dict, load_config,
+                               locate_config, to_dict)
 
 # The flat keys the training worker reports every epoch (soft_dist.train.ray_trainer.worker_loop).
 REPORTED_METRICS = ("val_accuracy", "val_mean_class_accuracy")
@@ -42,12 +45,9 @@ SCHEDULERS = ("asha", "none")
 TOP_KEYS = ("base", "overrides", "space", "points_to_evaluate", "metric", "mode", "num_samples",
             "max_concurrent", "scheduler", "seed", "resources", "optuna_storage", "study_name")
 
-# The issue's default space: the three hyper-parameters the paper's Fig. 3 shows sharp peaks for.
-DEFAULT_SPACE = {
-    "method.tau": {"type": "uniform", "low": 0.05, "high": 0.5},
-    "method.epsilon": {"type": "uniform", "low": 0.0, "high": 0.6},
-    "method.lambda": {"type": "loguniform", "low": 0.1, "high": 30.0},
-}
+# The file that declares the default search space (the issue's: the three hyper-parameters the paper's
+# Fig. 3 shows sharp peaks for) as its `space`; a sweep file without `space` searches DEFAULT_SPACE.
+SPACE_HOME = BUNDLED_CONFIGS / "sweeps" / "default.yaml"
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,21 @@ def _only_keys(data: dict, allowed: tuple[str, ...], prefix: str, source: str) -
             raise ConfigError(f"{prefix}{key}", f"unknown key; known keys here: {sorted(allowed)}", source)
 
 
+def read_sweep_file(path: Path) -> dict:
+    """The mapping in sweep file ``path``; errors name the file."""
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError("--config", f"sweep file not found: {path} (bundled sweeps: {', '.join(bundled_names('sweeps'))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("(file)", f"not valid YAML: {err}", source) from err
+    return _mapping(data, "(file)", source)
+
+
+DEFAULT_SPACE: dict = _mapping(read_sweep_file(SPACE_HOME).get("space"), "space", str(SPACE_HOME))
+
+
 # ----------------------------------------------------------------------------- parsing
 
 
@@ -248,8 +263,8 @@ def _parse_points(raw: Any, space: list[Dimension], source: str) -> list[dict[st
 
 
 def _default_points(space: list[Dimension]) -> list[dict[str, Any]]:
-    """The paper's defaults (the training config's built-in defaults: tau 1/8, epsilon 0.3, lambda 10)
-    as the first point, when every searched key's default lies in its range."""
+    """The training config's built-in defaults (the paper's values) as the first point, when every
+    searched key's default lies in its range."""
     defaults = to_dict(Config())
     point = {}
     for d in space:
@@ -287,16 +302,16 @@ def parse_sweep(data: dict, source: str, base_path: Path | None, extra_overrides
     names = short_names([d.key for d in dims])
     dims = [Dimension(d.key, d.type, d.low, d.high, d.values, names[d.key]) for d in dims]
 
-    metric = data.get("metric", "val_accuracy")
+    metric = data.get("metric", Sweep.metric)
     if metric not in REPORTED_METRICS:
         raise ConfigError("metric", f"training reports {list(REPORTED_METRICS)} per epoch, got {metric!r}", source)
-    mode = data.get("mode", "max")
+    mode = data.get("mode", Sweep.mode)
     if mode not in ("max", "min"):
         raise ConfigError("mode", f"must be max or min, got {mode!r}", source)
 
-    sched = _mapping(data.get("scheduler") or {"type": "asha"}, "scheduler", source)
+    sched = _mapping(data.get("scheduler") or {}, "scheduler", source)
     _only_keys(sched, ("type", "grace_period", "reduction_factor"), "scheduler.", source)
-    scheduler = SchedulerSpec(type=sched.get("type", "asha"))
+    scheduler = SchedulerSpec(type=sched.get("type", SchedulerSpec.type))
     if scheduler.type not in SCHEDULERS:
         raise ConfigError("scheduler.type", f"must be one of {list(SCHEDULERS)}, got {scheduler.type!r}", source)
     if "grace_period" in sched:
@@ -310,8 +325,8 @@ def parse_sweep(data: dict, source: str, base_path: Path | None, extra_overrides
         raise ConfigError("scheduler.reduction_factor", f"must be > 1, got {scheduler.reduction_factor}", source)
 
     ints = {}
-    for key, default in (("num_samples", 20), ("max_concurrent", 2), ("seed", 0)):
-        ints[key] = _number(data.get(key, default), key, source, integer=True)
+    for key in ("num_samples", "max_concurrent", "seed"):
+        ints[key] = _number(data.get(key, getattr(Sweep, key)), key, source, integer=True)
     for key in ("num_samples", "max_concurrent"):
         if ints[key] < 1:
             raise ConfigError(key, f"must be >= 1, got {ints[key]}", source)
@@ -332,13 +347,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and validate a sweep file; ``overrides`` (``key=value``) apply to the base training config."""
     path = locate_config(path, "sweeps").resolve()  # a bare name: the bundled one of that name
     source = str(path)
-    if not path.is_file():
-        raise ConfigError("--config", f"sweep file not found: {path} (bundled sweeps: {', '.join(bundled_names('sweeps'))})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError("(file)", f"not valid YAML: {err}", source) from err
-    data = _mapping(data, "(file)", source)
+    data = read_sweep_file(path)
     base_path = None  # no base: the built-in defaults (the paper's ResNet-18 / 224 px / 86-epoch setup)
     if data.get("base") is not None:
         base_path = path.parent / str(data["base"])

@@ -1,14 +1,15 @@
-"""The two kinds of file a run leaves, and how they are written, found and read.
+"""A run's resumable state (its checkpoints): how it is written, found, read, resumed from and pruned.
 
-* Resumable state, ``RUN/checkpoints/epoch_NNNN/`` with ``state.pt`` (student, teacher, optimizer, step,
-  epoch, RNG states, config, noise-table digest, best-so-far) and ``meta.json`` (epoch, size and sha256
-  of state.pt). A checkpoint counts as complete only when meta.json parses and state.pt has exactly
-  that size and digest, so a folder half-copied by a dying worker (or half-uploaded to object storage)
-  is never resumed from. Only the newest complete one is kept.
-* ``RUN/model.pt``: the epoch and branch chosen on the VALIDATION split; the branch's weights without
-  the uncertainty head, plus plain metadata (classes, image size, normalisation, alignment, ...).
+The run loop holds a :class:`Checkpoints` (every rank: resume, report each epoch to the launcher) or, on
+rank 0, a :class:`CheckpointWriter` (which also writes each epoch's state and drops the older ones).
 
-Both files hold only tensors, numbers, strings, lists and dicts: they load with
+``RUN/checkpoints/epoch_NNNN/`` holds ``state.pt`` (student, teacher, optimizer, step, epoch, RNG states,
+config, noise-table digest, history) and ``meta.json`` (epoch, size and sha256 of state.pt). A checkpoint
+counts as complete only when meta.json parses and state.pt has exactly that size and digest, so a folder
+half-copied by a dying worker (or half-uploaded to object storage) is never resumed from. Only the newest
+complete one is kept. (RUN/model.pt, the model chosen on validation, is soft_dist.train.model_file.)
+
+state.pt holds only tensors, numbers, strings, lists and dicts: it loads with
 ``torch.load(..., weights_only=True)`` (RNG states are stored as tensors and lists, not pickled objects).
 No Ray and no DALI here: Ray Train uploads the same folders through ``ray.train.report``.
 """
@@ -21,27 +22,29 @@ import json
 import random
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from soft_dist.storage import RunStore, is_remote
-from soft_dist.train.errors import CheckpointError  # noqa: F401 - raised here, caught by the CLI
+from soft_dist.config import Config, to_dict
+from soft_dist.storage import RunStore
+from soft_dist.train.errors import CheckpointError
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-MODEL_FILE = "model.pt"
 STATE_FORMAT = "soft-dist-state/1"
-MODEL_FORMAT = "soft-dist-model/1"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 PARTIAL_PREFIX = ".partial-"
 # What a process killed while writing a checkpoint leaves in RUN/checkpoints: its scratch folder, or
 # RunStore.put_folder's hidden staging / set-aside copies (.epoch_0003.<hex>.tmp|old).
 _LEFTOVER = re.compile(rf"^({re.escape(PARTIAL_PREFIX)}|\.epoch_\d{{4,}}\.)")
+
+# report(metrics, checkpoint_folder, epoch): hand one epoch's flat metrics on and, on rank 0, make the
+# local checkpoint folder durable as RUN/checkpoints/epoch_NNNN before returning (other ranks get None).
+ReportFn = Callable[[dict, "Path | None", int], None]
 
 
 def epoch_dir_name(epoch: int) -> str:
@@ -174,69 +177,6 @@ def prune_checkpoints(store: RunStore, keep_epoch: int) -> None:
             store.delete(f"{CHECKPOINTS_DIR}/{name}")
 
 
-# ------------------------------------------------------------------------------------- model.pt
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """A loaded model.pt: ``state_dict`` of the chosen branch (no uncertainty head) and ``meta``."""
-
-    state_dict: dict[str, torch.Tensor]
-    meta: dict
-
-
-def branch_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The inference weights of a branch: its state dict without the uncertainty head, on CPU."""
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if not k.startswith("uncertainty.")}
-
-
-def save_model(store: RunStore, weights: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write RUN/model.pt atomically (replaces the previous best)."""
-    buffer = io.BytesIO()
-    torch.save({"format": MODEL_FORMAT, "state_dict": weights, "meta": meta}, buffer)
-    store.write_bytes(MODEL_FILE, buffer.getvalue())
-
-
-def read_model_bytes(location: str | Path) -> tuple[bytes, str]:
-    """(bytes, where) of a model.pt: a file ending in .pt, or a run directory holding one (local or
-    s3://...); ``where`` names the file in errors. CheckpointError when there is no such file."""
-    location = str(location)
-    # A local file under another name (model.bin, a download without its suffix) is read as a file too.
-    if location.endswith(".pt") or (not is_remote(location) and Path(location).is_file()):
-        folder, _, name = location.rpartition("/")
-        store, rel = RunStore(folder or "."), name
-    else:
-        store, rel = RunStore(location), MODEL_FILE
-    where = store.path(rel)
-    try:
-        return store.read_bytes(rel), where
-    except OSError as err:  # FileNotFoundError included
-        raise CheckpointError(f"{where}: no model file ({err})") from err
-
-
-def load_model(location: str | Path) -> ModelFile:
-    """Read a model.pt: a file ending in .pt, or a run directory holding one (local or s3://...).
-    Errors name the file and the problem."""
-    data, where = read_model_bytes(location)
-    return parse_model(data, where)
-
-
-def parse_model(data: bytes, where: str) -> ModelFile:
-    """A model.pt's bytes as a ModelFile; CheckpointError naming ``where`` when they are not one."""
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises several types for a foreign or truncated file
-        raise CheckpointError(f"{where}: not a readable model file ({type(err).__name__}: {err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{where}: not a soft-dist model file (expected format {MODEL_FORMAT!r})")
-    return ModelFile(payload["state_dict"], payload["meta"])
-
-
-def config_digest(config: dict) -> str:
-    """sha256 of the config's canonical JSON: the same on every process and machine."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def scratch_folder(store: RunStore) -> tempfile.TemporaryDirectory:
     """A local folder to write a checkpoint in before it is put into the run (removed afterwards).
 
@@ -247,3 +187,72 @@ def scratch_folder(store: RunStore) -> tempfile.TemporaryDirectory:
     parent = Path(store.path(CHECKPOINTS_DIR))
     parent.mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryDirectory(prefix=PARTIAL_PREFIX, dir=parent)
+
+
+# ------------------------------------------------------------------------------- the run's checkpoints
+
+
+def put_into_run(store: RunStore) -> ReportFn:
+    """The report of a run without a launcher: put rank 0's checkpoint folder into the run directory."""
+
+    def report(metrics: dict, folder: Path | None, epoch: int) -> None:
+        if folder is not None:
+            save_checkpoint(store, folder, epoch)
+
+    return report
+
+
+class Checkpoints:
+    """A rank's side of the run's checkpoints: the state to resume from, and each epoch reported to the
+    launcher. Ranks other than 0 use this class as it is: they write no state (``report`` gets None)."""
+
+    def __init__(self, store: RunStore, report: ReportFn, cfg: Config, table_digest: str,
+                 restored: dict | None = None, say: Callable[[str], None] | None = None):
+        self.store, self.report, self.cfg, self.table_digest = store, report, cfg, table_digest
+        self.restored = restored  # a state handed over by the launcher (Ray Train's checkpoint)
+        self.say = say
+
+    def newest_state(self) -> dict | None:
+        """The newest complete state: the launcher's, or the newest complete one in the run directory
+        (Ray may not have registered the last checkpoint a dying worker wrote)."""
+        on_disk = latest_state(self.store, skipped=self.say)
+        candidates = [s for s in (self.restored, on_disk) if s is not None]
+        if not candidates:
+            return None
+        state = max(candidates, key=lambda s: s["epoch"])
+        if state["noise_table_sha256"] != self.table_digest:
+            raise CheckpointError(f"{self.store.path(CHECKPOINTS_DIR)}: the checkpoint was made with "
+                                  "a different noise table; refusing to resume")
+        return state
+
+    def resume(self, learner, sync) -> tuple[int, list]:
+        """Restore ``learner`` (a SoftLearner), the RNG states and ``sync``'s counts from the newest state
+        -> (first epoch to train, history of the epochs before it); (0, []) for a new run."""
+        state = self.newest_state()
+        if state is None:
+            return 0, []
+        learner.load_state_dict(state["learner"])
+        set_rng_state(state["rng"])
+        sync.restore(state["teacher_sync"])
+        return state["epoch"] + 1, state["history"]
+
+    def save(self, epoch: int, metrics: dict, learner, sync, history: list) -> None:
+        """The end of ``epoch``: report ``metrics`` to the launcher."""
+        self.report(metrics, None, epoch)
+
+    def report_again(self, epoch: int, metrics: dict) -> None:
+        """Report an epoch whose checkpoint already exists (the launcher stopped before hearing of it)."""
+        self.report(metrics, None, epoch)
+
+
+class CheckpointWriter(Checkpoints):
+    """Rank 0's checkpoints: each epoch's state is written to a scratch folder, reported (which makes it
+    durable in RUN/checkpoints), and then every older checkpoint is deleted."""
+
+    def save(self, epoch: int, metrics: dict, learner, sync, history: list) -> None:
+        state = {"learner": learner.state_dict(), "epoch": epoch, "rng": rng_state(), "history": history,
+                 "config": to_dict(self.cfg), "noise_table_sha256": self.table_digest,
+                 "teacher_sync": sync.state()}
+        with scratch_folder(self.store) as folder:
+            self.report(metrics, write_state_folder(state, Path(folder)), epoch)
+        prune_checkpoints(self.store, keep_epoch=epoch)

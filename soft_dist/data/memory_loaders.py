@@ -1,6 +1,7 @@
-"""An in-memory two-view source for small arrays (the digits demo and unit tests of the loop).
+"""Loaders over small arrays held in memory, without shards (unit tests of the training loop): the
+two-view :class:`MemoryLoader`, and the digits set as a run's Loaders (:func:`digits_memory_loaders`).
 
-It follows the EpochLoader semantics of the shard loaders: ``len()`` batches per epoch, fixed batch
+MemoryLoader follows the EpochLoader semantics of the shard loaders: ``len()`` batches per epoch, fixed batch
 shape with ``valid`` marking padding, and an order that is a pure function of (seed, epoch). The
 augmentation is a random crop from a reflect-padded image plus a horizontal flip, drawn independently
 for the two views.
@@ -14,7 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from soft_dist.config import Config
 from soft_dist.data.batches import EvalBatch, TwoViewBatch
+from soft_dist.data.loader import Loaders
+from soft_dist.shard.digits import DIGIT_CLASSES, load_digits_rgb, split_indices
+
+DIGIT_SPLITS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
 
 def to_normalised_tensor(images: np.ndarray, mean, std) -> torch.Tensor:
@@ -38,9 +44,9 @@ class MemoryLoader:
         idx: torch.Tensor,
         batch_size: int,
         train: bool,
-        seed: int = 0,
+        seed: int,
+        flip: bool,
         pad_fraction: float = 0.125,
-        flip: bool = True,
     ):
         self.images, self.labels, self.idx = images, labels.long(), idx.long()
         self.batch_size = batch_size
@@ -82,3 +88,28 @@ class MemoryLoader:
 
     def close(self) -> None:
         pass
+
+
+def digits_memory_loaders(cfg: Config, seed: int = 0) -> tuple[Loaders, int, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(loaders, num_classes, {split: (idx, clean labels)} for train and val) at cfg.data.image_size.
+
+    idx is the position in scikit-learn's digits array, so it is stable across runs."""
+    images, labels = load_digits_rgb(cfg.data.image_size)
+    x = to_normalised_tensor(images, cfg.data.mean, cfg.data.std)
+    y = torch.from_numpy(labels)
+    parts = split_indices(labels, DIGIT_SPLITS, seed=seed)
+
+    def loader(split: str, train: bool, batch_size: int) -> MemoryLoader:
+        rows = torch.from_numpy(parts[split])
+        return MemoryLoader(x[rows], y[rows], rows.clone(), batch_size, train=train, seed=cfg.train.seed,
+                            flip=cfg.data.augment.flip)
+
+    bs, ebs = cfg.train.batch_size, cfg.train.eval_batch_size
+    loaders = Loaders(
+        train=loader("train", True, bs),
+        val=loader("val", False, ebs),
+        test=loader("test", False, ebs),
+        train_eval=loader("train", False, ebs),
+    )
+    noise_splits = {s: (parts[s], labels[parts[s]]) for s in ("train", "val")}
+    return loaders, len(DIGIT_CLASSES), noise_splits

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from soft_dist.experiment.figures import pyplot
+from soft_dist.headless_pyplot import pyplot
 from soft_dist.experiment.grid import Cell, Grid
 from soft_dist.experiment.layout import PLOTS_DIR, cell_dir, is_finished, read_cell_metrics
 from soft_dist.experiment.summary import collect, summarise

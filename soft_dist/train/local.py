@@ -1,4 +1,4 @@
-"""Training in this process, without Ray: the engine with rank 0 of 1 and checkpoints written straight
+"""Training in this process, without Ray: the run loop as rank 0 of 1, with checkpoints written straight
 into the run directory. Used by tests, `soft-dist bench train` and small runs."""
 
 from __future__ import annotations
@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from soft_dist.config import Config
+from soft_dist.data.loader import Loaders
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
-from soft_dist.train.checkpoint import drop_resumable_state
-from soft_dist.train.engine import DatasetInfo, Placement, Trainer, write_run_inputs
-from soft_dist.data.loader import Loaders
+from soft_dist.train.checkpoints import drop_resumable_state
+from soft_dist.train.run import Placement, Trainer, write_run_inputs
+from soft_dist.train.selection import DatasetInfo
 
 
-def fit_single(
+def fit_local(
     cfg: Config,
     loaders: Loaders,
     num_classes: int,

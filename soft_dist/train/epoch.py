@@ -1,20 +1,21 @@
-"""Epoch-level training and evaluation shared by the single-process run and the Ray workers
-(no Ray, no DALI imports): one training epoch, evaluation of both branches, the results record and
-the per-run logs."""
+"""One epoch of the learner: its training pass, and the evaluation of its branches (predictions, accuracy
+reports, the Table 2 noise diagnostics). Shared by the in-process run and the Ray workers; no Ray, no DALI."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from torch import nn
 
-from soft_dist.config import Config
-from soft_dist.metrics import noisy_part_diagnostics
+from soft_dist.metrics import classification_report, noisy_part_diagnostics
 from soft_dist.noise.table import NoiseTable
-from soft_dist.train.loop import RunningMeans, SoftLearner, choose_branch, predict, report_predictions
+from soft_dist.train.collectives import all_gather_objects
+from soft_dist.train.step import RunningMeans, SoftLearner
 
 
 def train_epoch(
@@ -54,6 +55,40 @@ def train_epoch(
     return out
 
 
+@torch.no_grad()
+def predict(module: nn.Module, batches: Iterable, device: torch.device | str = "cpu", autocast: bool = False):
+    """Arg-max predictions of ``module`` in eval mode over batches with ``image``/``label``/``idx``/``valid``.
+
+    Returns numpy arrays (preds, labels, idx) [N] over the valid rows."""
+    device = torch.device(device)
+    was_training = module.training
+    module.eval()
+    preds, labels, idxs = [], [], []
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast and device.type == "cuda" else contextlib.nullcontext()
+    try:
+        for batch in batches:
+            with ctx:
+                logits = module(batch.image.to(device, non_blocking=True))
+            keep = batch.valid.to(device) if getattr(batch, "valid", None) is not None else None
+            pred = logits.argmax(dim=-1)
+            lab, idx = batch.label.to(device), batch.idx.to(device)
+            if keep is not None:
+                pred, lab, idx = pred[keep], lab[keep], idx[keep]
+            preds.append(pred.cpu())
+            labels.append(lab.cpu())
+            idxs.append(idx.cpu())
+    finally:
+        module.train(was_training)
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return cat(preds), cat(labels), cat(idxs)
+
+
+def report_predictions(preds, labels, idx, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
+    """Accuracy and mean class accuracy; ``label_lookup`` [max idx + 1] replaces labels by idx (noisy val)."""
+    targets = label_lookup[idx] if label_lookup is not None else labels
+    return classification_report(targets, preds, num_classes)
+
+
 def predictions(learner: SoftLearner, loader) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """branch -> (preds, labels, idx) over ``loader``'s valid rows (this process's share)."""
     return {
@@ -65,6 +100,16 @@ def predictions(learner: SoftLearner, loader) -> dict[str, tuple[np.ndarray, np.
 def reports(preds_by_branch: dict, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
     """branch -> {accuracy, mean_class_accuracy, num_samples}."""
     return {b: report_predictions(*p, num_classes, label_lookup) for b, p in preds_by_branch.items()}
+
+
+def evaluate(learner: SoftLearner, loader, num_classes: int,
+             label_lookup: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Every branch's predictions on this rank's share, gathered from all ranks (a collective: every rank
+    calls it) -> (reports, predictions by branch); ``label_lookup`` as in :func:`report_predictions`."""
+    mine = predictions(learner, loader)
+    everyone = all_gather_objects(mine)
+    merged = {b: tuple(np.concatenate([p[b][i] for p in everyone]) for i in range(3)) for b in mine}
+    return reports(merged, num_classes, label_lookup), merged
 
 
 def noise_diagnostics(preds_by_branch: dict, table: NoiseTable) -> dict:
@@ -80,50 +125,3 @@ def noise_diagnostics(preds_by_branch: dict, table: NoiseTable) -> dict:
         pos = pos[keep]
         out[branch] = noisy_part_diagnostics(preds[keep], clean[pos], noisy[pos])
     return out
-
-
-def with_chosen(reports_by_branch: dict, chosen: str) -> dict:
-    return {**reports_by_branch, "chosen": dict(reports_by_branch[chosen])}
-
-
-def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict, workers: int | None = None) -> str:
-    parts = [f"epoch {epoch + 1}/{epochs}", f"loss {train.get('loss', float('nan')):.3f}"]
-    if "share_k_gt_1" in train:
-        parts.append(f"k>1 {train['share_k_gt_1']:.2f}")
-    parts += [f"val {b} {r['accuracy']:.3f}" for b, r in val.items()]
-    parts.append(f"{train['images_per_s']:.0f} img/s" + (f" x {workers} workers" if workers else ""))
-    return " | ".join(parts)
-
-
-def final_results(
-    cfg: Config,
-    val: dict,
-    test: dict | None,
-    table: NoiseTable | None,
-    diagnostics: dict | None,
-    throughput: dict,
-    epochs_run: int,
-    wall_time_s: float,
-    teacher_sync: dict | None = None,
-) -> dict:
-    """The results.json record (see README 'Results')."""
-    chosen = choose_branch(val, cfg.train.select_metric)
-    return {
-        "method": cfg.method.name,
-        "chosen_branch": chosen,
-        "select_metric": cfg.train.select_metric,
-        "val": with_chosen(val, chosen),
-        "test": with_chosen(test, chosen) if test else None,
-        "noise": {
-            "kind": table.kind if table is not None else "none",
-            "rate": table.rate if table is not None else 0.0,
-            "seed": table.seed if table is not None else None,
-            "flipped": int(table.flipped.sum()) if table is not None else 0,
-            "table_sha256": table.digest() if table is not None else None,
-            "diagnostics": diagnostics,
-        },
-        "teacher_sync": teacher_sync or {"checks": 0, "mismatches": 0},
-        "throughput": throughput,
-        "epochs": epochs_run,
-        "wall_time_s": wall_time_s,
-    }

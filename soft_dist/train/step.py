@@ -1,4 +1,4 @@
-"""The SOFT training step (forward passes, optimizer, EMA update) and evaluation; no Ray, no DALI.
+"""The learner's step: forward passes, the SOFT objective, the optimizer and the EMA update (no Ray, no DALI).
 
 :class:`SoftLearner` owns the student, the EMA teacher and the optimizer and performs one step on a
 batch with attributes ``view_s``, ``view_t`` [B, 3, H, W], ``label``, ``idx`` [B] int64 and ``valid`` [B]
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,10 +22,6 @@ from soft_dist.method.losses import masked_mean
 from soft_dist.method.model import ExpressionNet
 from soft_dist.method.objective import soft_objective
 from soft_dist.method.teacher import EmaTeacher
-from soft_dist.metrics import classification_report
-# choose_branch lives with the evaluation protocols (no torch there), which must choose exactly as training
-# does; it is re-exported here for the engine and older callers.
-from soft_dist.train.protocols import choose_branch  # noqa: F401
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -189,37 +184,3 @@ class RunningMeans:
 
     def result(self) -> dict[str, float]:
         return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
-
-
-@torch.no_grad()
-def predict(module: nn.Module, batches: Iterable, device: torch.device | str = "cpu", autocast: bool = False):
-    """Arg-max predictions of ``module`` in eval mode over batches with ``image``/``label``/``idx``/``valid``.
-
-    Returns numpy arrays (preds, labels, idx) [N] over the valid rows."""
-    device = torch.device(device)
-    was_training = module.training
-    module.eval()
-    preds, labels, idxs = [], [], []
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast and device.type == "cuda" else contextlib.nullcontext()
-    try:
-        for batch in batches:
-            with ctx:
-                logits = module(batch.image.to(device, non_blocking=True))
-            keep = batch.valid.to(device) if getattr(batch, "valid", None) is not None else None
-            pred = logits.argmax(dim=-1)
-            lab, idx = batch.label.to(device), batch.idx.to(device)
-            if keep is not None:
-                pred, lab, idx = pred[keep], lab[keep], idx[keep]
-            preds.append(pred.cpu())
-            labels.append(lab.cpu())
-            idxs.append(idx.cpu())
-    finally:
-        module.train(was_training)
-    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
-    return cat(preds), cat(labels), cat(idxs)
-
-
-def report_predictions(preds, labels, idx, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
-    """Accuracy and mean class accuracy; ``label_lookup`` [max idx + 1] replaces labels by idx (noisy val)."""
-    targets = label_lookup[idx] if label_lookup is not None else labels
-    return classification_report(targets, preds, num_classes)

@@ -7,22 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from soft_dist.headless_pyplot import pyplot
 from soft_dist.tune.sweep_config import Sweep
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # sweeps run headless on cluster nodes
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_metric_vs_params(sweep: Sweep, table: pd.DataFrame, out_dir: Path, best_id: str | None) -> list[Path]:
     """One ``metric_vs_<param>.png`` per searched parameter. Trials that trained every epoch and trials
     ASHA stopped early are drawn differently (their metric is from an earlier epoch); the best is starred."""
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     scored = table[table[sweep.metric].notna()]
     complete = scored[~scored["stopped_early"]]
@@ -65,7 +57,7 @@ def plot_metric_vs_params(sweep: Sweep, table: pd.DataFrame, out_dir: Path, best
 
 def plot_importances(importances: dict[str, float], path: Path, metric: str) -> Path:
     """Horizontal bars of Optuna's (normalised) importances; a note when they could not be computed."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 0.5 + 0.5 * max(len(importances), 2)), dpi=110)
     if importances:
         names = list(importances)[::-1]  # most important on top

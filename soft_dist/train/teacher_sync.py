@@ -5,6 +5,9 @@ gradients DDP has all-reduced. What drifts are the teacher's BatchNorm statistic
 buffer policy, because each rank's teacher sees different images; they are averaged across ranks
 with one flattened all-reduce. A periodic check compares per-tensor checksums across ranks and
 names the first tensor that differs.
+
+The run loop gets a :class:`TeacherSync` for a preset with a teacher and a :class:`NoTeacherSync`
+(which calls no collective) for one without, from :func:`teacher_sync`.
 """
 
 from __future__ import annotations
@@ -15,21 +18,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from soft_dist.config import TrainConfig
+from soft_dist.method.teacher import EmaTeacher, module_digest
+from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0, is_distributed
 
 
 class TeacherSyncError(RuntimeError):
     pass
 
 
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class TeacherSync:
     """All-reduce of the teacher's float buffers every ``buffer_every`` steps and a cross-rank
     checksum check every ``check_every`` steps (0 disables either). Counts checks and the time spent."""
 
-    def __init__(self, teacher: nn.Module, buffer_every: int = 1, check_every: int = 50):
+    def __init__(self, teacher: nn.Module, buffer_every: int, check_every: int):
         self.teacher = teacher
         self.buffer_every = buffer_every
         self.check_every = check_every
@@ -90,25 +92,54 @@ class TeacherSync:
         return {"checks": self.checks, "mismatches": self.mismatches, "buffer_syncs": self.buffer_syncs,
                 "seconds": self.seconds}
 
+    def digests(self) -> list[str]:
+        """Every rank's digest of its teacher (a collective: every rank calls it)."""
+        return all_gather_objects(module_digest(self.teacher))
 
-@torch.no_grad()
-def broadcast_from_rank0(module: nn.Module, parameters: bool = False) -> None:
-    """Copy rank 0's buffers (and parameters when asked) to every rank.
+    def state(self) -> dict:
+        """What a checkpoint keeps of the sync (its counts, restored by :meth:`restore`)."""
+        return self.summary()
 
-    Used on the student before evaluation and checkpoints: DDP keeps parameters identical, but each
-    rank's last forward pass moved its own BatchNorm statistics; after this every rank holds exactly
-    the state rank 0 checkpoints, so a restored run continues as the uninterrupted one would."""
-    if not is_distributed():
-        return
-    tensors = list(module.buffers()) + (list(module.parameters()) if parameters else [])
-    for t in tensors:
-        dist.broadcast(t.data, src=0)
+    def restore(self, state: dict) -> None:
+        self.checks, self.mismatches = state["checks"], state["mismatches"]
+
+    def results(self, train_seconds: float) -> dict:
+        """results.json's ``teacher_sync``: the counts and the share of this process's training time spent
+        in teacher synchronisation (buffer all-reduce and checksum checks, timed with perf_counter)."""
+        return {**self.summary(), "share_of_train_time": self.seconds / max(train_seconds, 1e-9)}
 
 
-def all_gather_objects(obj) -> list:
-    """Every rank's ``obj`` (a list of world-size items; [obj] when not distributed)."""
-    if not is_distributed():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+class NoTeacherSync:
+    """The sync of a preset without a teacher: nothing to keep identical, and no collective calls (the
+    same on every rank, since every rank runs the same preset)."""
+
+    def after_step(self, global_step: int) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def broadcast_from_rank0(self) -> None:
+        pass
+
+    def digests(self) -> list[str]:
+        return []
+
+    def summary(self) -> None:
+        return None
+
+    def state(self) -> dict:
+        return {"checks": 0, "mismatches": 0}
+
+    def restore(self, state: dict) -> None:
+        pass
+
+    def results(self, train_seconds: float) -> None:
+        return None
+
+
+def teacher_sync(teacher: EmaTeacher | None, cfg: TrainConfig) -> TeacherSync | NoTeacherSync:
+    """The sync for a learner's teacher (None: a preset without one)."""
+    if teacher is None:
+        return NoTeacherSync()
+    return TeacherSync(teacher.teacher, cfg.teacher_buffer_sync_every, cfg.sync_check_every)

@@ -1,0 +1,37 @@
+"""The collectives the run loop calls, as no-ops in one process (torch.distributed only; no Ray here).
+
+Every rank must call each of them, in the same order: a collective that only some ranks reach blocks
+the others for ever."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def broadcast_from_rank0(module: nn.Module, parameters: bool = False) -> None:
+    """Copy rank 0's buffers (and parameters when asked) to every rank.
+
+    Used on the student before evaluation and checkpoints: DDP keeps parameters identical, but each
+    rank's last forward pass moved its own BatchNorm statistics; after this every rank holds exactly
+    the state rank 0 checkpoints, so a restored run continues as the uninterrupted one would."""
+    if not is_distributed():
+        return
+    tensors = list(module.buffers()) + (list(module.parameters()) if parameters else [])
+    for t in tensors:
+        dist.broadcast(t.data, src=0)
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj`` (a list of world-size items; [obj] when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,203 @@
+"""The run loop: :class:`Trainer` takes a run from "here are the loaders" to "here is results.json".
+
+It builds the learner (soft_dist.train.step), resumes, and for every epoch trains and evaluates
+(train.epoch), keeps the teachers identical across ranks (train.teacher_sync), chooses model.pt on
+validation (train.selection), records the epoch (train.runlog) and checkpoints it (train.checkpoints).
+Which rank writes what is settled once, in the constructor: rank 0 gets the objects that write, the other
+ranks objects that keep the same record and write nothing. The loop itself has no rank conditionals, so
+every rank makes the same collective calls in the same order (one that only some ranks reach blocks DDP).
+
+Two thin adapters say where this process stands and how an epoch leaves it: ``train/local.py`` (one
+process, checkpoints written straight into the run) and ``train/ray_trainer.py`` (a Ray Train worker: DDP
+wrapping, ``ray.train.report``). No Ray and no DALI are imported here; collectives go through
+``train/collectives.py`` and are no-ops in one process.
+
+Run directory (a local folder or s3://bucket/prefix, see soft_dist.storage)::
+
+    config.yaml  noise_table.csv   written by the driver before training
+    metrics.jsonl                  one JSON line per epoch (rewritten atomically; after a resume it holds
+                                   every epoch exactly once)
+    tensorboard/                   TensorBoard events
+    checkpoints/epoch_NNNN/        the newest complete resumable state (state.pt + meta.json); Ray
+                                   Train's own bookkeeping files live beside it
+    model.pt                       the best epoch on validation (weights of the chosen branch + metadata)
+    results.json                   written when the last epoch ends
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from soft_dist.config import Config, config_yaml
+from soft_dist.data.loader import Loaders
+from soft_dist.method.model import build_student
+from soft_dist.noise.table import NoiseTable
+from soft_dist.storage import RunStore
+from soft_dist.train.checkpoints import CheckpointWriter, Checkpoints, ReportFn, put_into_run, seed_everything
+from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0
+from soft_dist.train.epoch import evaluate, noise_diagnostics, train_epoch
+from soft_dist.train.protocols import choose_branch
+from soft_dist.train.results import run_results
+from soft_dist.train.runlog import RunLog, SilentLog, read_metrics, read_results
+from soft_dist.train.selection import DatasetInfo, ModelSelection, ModelWriter
+from soft_dist.train.step import SoftLearner
+from soft_dist.train.teacher_sync import NoTeacherSync, TeacherSync, teacher_sync
+
+FAILURE_MARKER = ".failure_injected"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this process stands in the run."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    # Builds the module the student's forward pass goes through (e.g. DDP); None: the student itself.
+    wrap: Callable[[nn.Module], nn.Module] | None = None
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+def write_run_inputs(store: RunStore, cfg: Config, table: NoiseTable) -> None:
+    """The driver's part of a new run: the resolved config and the noise table every rank uses."""
+    store.write_text("config.yaml", config_yaml(cfg))
+    store.write_text("noise_table.csv", table.to_csv())
+
+
+class Trainer:
+    """Trains ``cfg`` on ``loaders`` (this rank's share) into the run ``store``; see the module docstring.
+
+    ``report`` hands each epoch to the launcher (default: rank 0's checkpoint goes straight into the run),
+    ``restored`` is a state the launcher handed over, ``echo`` gets rank 0's console lines."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: RunStore,
+        table: NoiseTable,
+        data: DatasetInfo,
+        loaders: Loaders,
+        placement: Placement = Placement(),
+        report: ReportFn | None = None,
+        restored: dict | None = None,
+        echo: Callable[[str], None] | None = None,
+        progress: bool = False,
+    ):
+        self.cfg, self.store, self.table, self.loaders = cfg, store, table, loaders
+        self.place = placement
+        self.num_classes = len(data.classes)
+        chief = placement.is_chief  # rank 0 writes the run's files; the other ranks keep the same record
+        self.log = RunLog(store, cfg.train.epochs, echo) if chief else SilentLog()
+        self.checkpoints = (CheckpointWriter if chief else Checkpoints)(
+            store, report or put_into_run(store), cfg, table.digest(), restored, self.log.say)
+        self.selection = ModelWriter(cfg, store, table, data) if chief else ModelSelection(cfg.train.select_metric)
+        self.fail_at_step = cfg.train.fail_at_step if chief else None  # failure injection: rank 0 dies
+        self.progress = progress and chief
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> dict:
+        """Train the remaining epochs; returns the results record (written to results.json by rank 0)."""
+        cfg, loaders, world_size = self.cfg, self.loaders, self.place.world_size
+        learner, weights = self._build_learner()
+        sync = teacher_sync(learner.teacher, cfg.train)
+        start_epoch, history = self.checkpoints.resume(learner, sync)
+        if start_epoch > 0:
+            self.log.say(f"resumed from epoch {start_epoch} (world size {world_size})")
+        else:
+            sync.broadcast_from_rank0()
+        if start_epoch >= cfg.train.epochs:
+            return self._report_finished_run()
+        self.selection.resume(start_epoch)
+        self.log.start(start_epoch)
+        on_step = self._on_step(sync)
+        val_lookup = self.table.lookup() if cfg.data.val_labels == "noisy" else None
+        train_seconds = 0.0  # in this process (a restarted worker starts again from 0)
+        for epoch in range(start_epoch, cfg.train.epochs):
+            train = train_epoch(learner, loaders.train, epoch, on_step=on_step, progress=self.progress)
+            train_seconds += train["seconds"]
+            speeds, images = zip(*all_gather_objects((train["images_per_s"], train["images"])))
+            speeds = list(speeds)
+            broadcast_from_rank0(learner.student)  # every rank evaluates and would checkpoint the same student
+            val = evaluate(learner, loaders.val, self.num_classes, val_lookup)[0]
+            test = evaluate(learner, loaders.test, self.num_classes)[0] if loaders.test is not None else None
+            sync.check()  # before every checkpoint
+            digests = sync.digests()
+            # val/test ride in the history because it survives a resume inside the checkpoint, while
+            # metrics.jsonl is cut back on resume: the protocols of results.json read the history.
+            history.append({"epoch": epoch, "images_per_s_per_worker": speeds, "seconds": train["seconds"],
+                            "world_size": world_size, "val": val, "test": test})
+            best = self.selection.consider(epoch, val, test, learner)
+            last = epoch == cfg.train.epochs - 1
+            results = self._results(learner, weights, sync, val, test, history, train_seconds, digests) if last else {}
+            self.log.record(epoch, {
+                "train": train, "val": val, "test": test, "head": learner.head_on,
+                "lr": learner.optimizer.param_groups[0]["lr"], "world_size": world_size,
+                # valid rows trained on by all ranks: the split's size whatever the world size
+                "images_all_ranks": int(sum(images)),
+                "images_per_s_per_worker": speeds,
+                "teacher_sync": sync.summary(), "selected_epoch": best["epoch"]})
+            if last:
+                self.log.finish(results)
+            self.checkpoints.save(epoch, self._launcher_metrics(epoch, val, last), learner, sync, history)
+        self.log.close()
+        return results
+
+    # ------------------------------------------------------------------ its pieces
+    def _build_learner(self) -> tuple[SoftLearner, object]:
+        cfg, device = self.cfg, self.place.device
+        seed_everything(cfg.train.seed)  # identical initial weights on every rank
+        student, weights = build_student(cfg.model.name, self.num_classes, cfg.data.image_size,
+                                         cfg.model.small_stem, cfg.model.pretrained, uncertainty=cfg.preset.head)
+        if cfg.train.sync_batchnorm and self.place.world_size > 1:
+            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        student = student.to(device)
+        if device.type == "cuda" and cfg.model.channels_last:
+            student = student.to(memory_format=torch.channels_last)
+        learner = SoftLearner(cfg, student, device, noisy_labels=torch.from_numpy(self.table.lookup()),
+                              wrap=self.place.wrap)
+        return learner, weights
+
+    def _on_step(self, sync: TeacherSync | NoTeacherSync) -> Callable[[int], None]:
+        store, fail_at_step = self.store, self.fail_at_step
+
+        def on_step(step: int) -> None:
+            sync.after_step(step)
+            if step == fail_at_step and not store.exists(FAILURE_MARKER):
+                store.write_text(FAILURE_MARKER, f"rank 0 exited at step {step}\n")
+                os._exit(1)  # a real process death, not an exception
+
+        return on_step
+
+    def _launcher_metrics(self, epoch: int, val: dict, last: bool) -> dict:
+        """What the launcher is told each epoch: flat keys (for Ray Tune), with the validation numbers of
+        the branch validation would choose now."""
+        chosen = choose_branch(val, self.cfg.train.select_metric)
+        return {"epoch": epoch, "world_size": self.place.world_size, "done": last,
+                "val_accuracy": val[chosen]["accuracy"], "val_mean_class_accuracy": val[chosen]["mean_class_accuracy"]}
+
+    def _report_finished_run(self) -> dict:
+        """Resumed after the last epoch's checkpoint (the launcher stopped before hearing of it): tell
+        the launcher about that epoch again instead of training nothing and saying nothing."""
+        last = read_metrics(self.store)[-1]
+        self.checkpoints.report_again(last["epoch"], self._launcher_metrics(last["epoch"], last["val"], True))
+        return read_results(self.store)
+
+    def _results(self, learner: SoftLearner, weights, sync, val: dict, test: dict | None, history: list,
+                 train_seconds: float, digests: list) -> dict:
+        """The last epoch's results record; the noise diagnostics evaluate the training split (every rank)."""
+        diagnostics = None
+        if self.loaders.train_eval is not None:
+            diagnostics = noise_diagnostics(evaluate(learner, self.loaders.train_eval, self.num_classes)[1],
+                                            self.table)
+        return run_results(self.cfg, self.table, self.store, val=val, test=test,
+                           diagnostics=diagnostics, history=history, world_size=self.place.world_size,
+                           teacher_sync=sync.results(train_seconds), model=self.selection.best,
+                           teacher_digests=digests, weights=weights)
