@@ -1,13 +1,14 @@
 # Commands for a fresh machine; each sets up what it needs in .venv first.
 #   make demo   - the embedded default run
-#   make test   - the test suite (what CI runs)
+#   make test   - the test suite (what CI runs); its 15 slowest tests are listed at the end
+#   make test-quick - the tests that start no Ray cluster (the inner loop)
 #   make docs   - rewrite the generated documents (docs/config.md) from the code
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit clean-venv
+.PHONY: setup demo test test-quick docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit clean-venv
 
 setup: $(STAMP)
 
@@ -24,7 +25,11 @@ demo: $(STAMP)
 	$(VENV)/bin/soft-dist demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=15
+
+# Every test that starts no Ray cluster: training in this process, loaders, shards, export, eval, audit.
+test-quick: $(STAMP)
+	$(PY) -m pytest -q tests -m "not ray" --durations=5
 
 # Every generated document (a test fails while one is stale); written through a temporary file so a
 # failed run leaves the committed one intact.

@@ -20,6 +20,29 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_RAY_TMPDIR, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def stopped_in_background():
+    """``stop(proc)``: SIGTERM a process group started by a test (a `ray start --block` head) and let it
+    shut down while the next tests run; the session waits for it at its end (SIGKILL after 60 s). A Ray
+    head's graceful stop takes about 30 s, most of it waiting."""
+    import signal
+    import subprocess
+
+    stopping: list[subprocess.Popen] = []
+
+    def stop(proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        stopping.append(proc)
+
+    yield stop
+    for proc in stopping:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_temp_folders_after_a_clean_session(request, tmp_path_factory):
     """Folders made by module and session fixtures (shards, whole runs with checkpoints, a sweep: about
@@ -159,8 +182,17 @@ def reference_export(reference_run, tmp_path_factory) -> Path:
     return out
 
 
+_RAY_FIXTURES = {"ray_cluster", "_shared_ray", "no_ray_in_this_process"}
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Tests that need this process free of Ray (a multi-node cluster of their own, a command that must
-    not start Ray) run last, so that the shared cluster is started once rather than again after them.
-    A stable sort: every other test keeps its place, module fixtures are built once."""
+    """Every test that uses a Ray cluster fixture is marked ``ray`` (`make test-quick` leaves them out), as
+    are the modules that start clusters of their own (they say so with ``pytestmark``).
+
+    Tests that need this process free of Ray (a multi-node cluster of their own, a command that must not
+    start Ray) run last, so that the shared cluster is started once rather than again after them. A stable
+    sort: every other test keeps its place, module fixtures are built once."""
+    for item in items:
+        if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
     items.sort(key=lambda item: "no_ray_in_this_process" in getattr(item, "fixturenames", ()))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -54,8 +53,12 @@ def wait_for_job_agent(env: dict, timeout: float = 180.0) -> None:
 
 
 @pytest.fixture()
-def head(tmp_path):
-    """A Ray head with the job API on 127.0.0.1 and token auth; yields the client environment."""
+def head(tmp_path, stopped_in_background, no_ray_in_this_process):
+    """A Ray head with the job API on 127.0.0.1 and token auth; yields the client environment.
+
+    The session's shared cluster is stopped first: a second cluster on the machine holds the dashboard
+    agent's port, and this head's job agent never comes up ("No available agent to submit job"), as on
+    a real node that already runs Ray."""
     bin_dir = Path(sys.executable).parent
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
@@ -73,11 +76,7 @@ def head(tmp_path):
         wait_for_job_agent(client_env)
         yield client_env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stopped_in_background(proc)
 
 
 def test_job_submit_runs_a_tiny_training(head, tmp_path):

@@ -113,9 +113,11 @@ def test_elastic_run_shrinks_to_the_surviving_node_and_grows_back(two_node_clust
     thread, outcome = _train_in_background(cfg, tmp_path)
     # Elastic means the run may also START on one worker: on a loaded machine Ray Train's 60 s start-up
     # timeout for two workers can pass, and the run begins with the one it has. So the node is killed
-    # only after an epoch trained by both workers, not after epoch 0.
-    _wait_for(lambda: any(x["world_size"] == 2 for x in _epochs(tmp_path)) or not thread.is_alive(), 300,
-              "an epoch trained by 2 workers")
+    # only once an epoch trained by both workers is CHECKPOINTED: its metrics line is written before its
+    # checkpoint, and a kill in between rightly makes the run train that epoch again, alone, and the log
+    # would no longer show the two workers (seen once under a load of 11).
+    _wait_for(lambda: _two_worker_epoch_checkpointed(tmp_path) or not thread.is_alive(), 300,
+              "a checkpointed epoch trained by 2 workers")
     assert thread.is_alive(), "training ended before the node could be killed"
     time.sleep(1.0)
     cluster.remove_node(node, allow_graceful=False)
@@ -130,6 +132,22 @@ def test_elastic_run_shrinks_to_the_surviving_node_and_grows_back(two_node_clust
     assert _shrank_after_two([{"world_size": n} for n in sizes]), sizes
     shrunk = sizes.index(2) + sizes[sizes.index(2):].index(1)
     assert 2 in sizes[shrunk:] and sizes[-1] == 2, sizes
+
+
+def _two_worker_epoch_checkpointed(run_dir: Path) -> bool:
+    """True when the run's newest complete checkpoint is of an epoch at or after one trained by 2 workers."""
+    from soft_dist.storage import RunStore
+    from soft_dist.train.checkpoints import CHECKPOINTS_DIR, META_FILE, STATE_FILE, checkpoint_epochs, epoch_dir_name
+
+    two = [x["epoch"] for x in _epochs(run_dir) if x["world_size"] == 2]
+    for epoch in checkpoint_epochs(RunStore(run_dir)):
+        folder = run_dir / CHECKPOINTS_DIR / epoch_dir_name(epoch)
+        try:
+            complete = json.loads((folder / META_FILE).read_text())["bytes"] == (folder / STATE_FILE).stat().st_size
+        except (OSError, ValueError, KeyError):  # being written right now
+            continue
+        return complete and bool(two) and epoch >= min(two)
+    return False
 
 
 def _shrank_after_two(lines: list[dict]) -> bool:
