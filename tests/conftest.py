@@ -165,10 +165,27 @@ def reference_run(digit_shards, tmp_path_factory) -> Path:
     predict, audit, the protocols of results.json): 3 epochs of SOFT (the first without the uncertainty
     head) at 16 px on the digit shards with 30% symmetric noise, trained in this process through the torch
     loader; keeps its resumable state (the audit reads the last checkpoint). model.pt names the shards'
-    classes. About 40 s on a 2-core machine."""
-    from run_fixtures import REFERENCE_RUN, train_in_process
+    classes. About 25 s on a 2-core machine. Noise seed 3 is the noise draw the audit was measured on."""
+    from soft_dist.config import load_config
+    from soft_dist.data.format import load_manifest
+    from soft_dist.data.run_loaders import shard_loaders
+    from soft_dist.noise.setup import make_noise_table
+    from soft_dist.train.local import fit_local
+    from soft_dist.train.selection import DatasetInfo
 
-    return train_in_process(tmp_path_factory.mktemp("reference-run"), digit_shards, REFERENCE_RUN)
+    run_dir = tmp_path_factory.mktemp("reference-run")
+    cfg = load_config("digits_cpu", [
+        f"data.shards={digit_shards}", "data.loader=torch", "data.image_size=16", "data.num_threads=1",
+        "train.batch_size=128", "train.epochs=3", "method.stage1_epochs=1", "method.rampup_epochs=1",
+        "noise.kind=symmetric", "noise.rate=0.3", "noise.seed=3"])
+    table, num_classes = make_noise_table(cfg)
+    loaders = shard_loaders(cfg, diagnostics=False)
+    try:
+        fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False,
+                  data=DatasetInfo.from_manifest(load_manifest(loaders.shards_dir)))
+    finally:
+        loaders.close()
+    return run_dir
 
 
 @pytest.fixture(scope="session")

@@ -135,19 +135,21 @@ def test_elastic_run_shrinks_to_the_surviving_node_and_grows_back(two_node_clust
 
 
 def _two_worker_epoch_checkpointed(run_dir: Path) -> bool:
-    """True when the run's newest complete checkpoint is of an epoch at or after one trained by 2 workers."""
+    """True when a complete checkpoint exists of an epoch at or after one trained by 2 workers.
+
+    Complete as the engine counts it (meta.json's size of state.pt), without hashing 180 MB every poll."""
     from soft_dist.storage import RunStore
     from soft_dist.train.checkpoints import CHECKPOINTS_DIR, META_FILE, STATE_FILE, checkpoint_epochs, epoch_dir_name
 
-    two = [x["epoch"] for x in _epochs(run_dir) if x["world_size"] == 2]
-    for epoch in checkpoint_epochs(RunStore(run_dir)):
+    def complete(epoch: int) -> bool:
         folder = run_dir / CHECKPOINTS_DIR / epoch_dir_name(epoch)
         try:
-            complete = json.loads((folder / META_FILE).read_text())["bytes"] == (folder / STATE_FILE).stat().st_size
-        except (OSError, ValueError, KeyError):  # being written right now
-            continue
-        return complete and bool(two) and epoch >= min(two)
-    return False
+            return json.loads((folder / META_FILE).read_text())["bytes"] == (folder / STATE_FILE).stat().st_size
+        except (OSError, ValueError, KeyError):  # being written or pruned right now
+            return False
+
+    two = [x["epoch"] for x in _epochs(run_dir) if x["world_size"] == 2]
+    return bool(two) and any(e >= min(two) and complete(e) for e in checkpoint_epochs(RunStore(run_dir)))
 
 
 def _shrank_after_two(lines: list[dict]) -> bool:

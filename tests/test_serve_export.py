@@ -19,11 +19,6 @@ from soft_dist.train import model_file
 PARITY = 1e-4  # largest absolute difference of class probabilities allowed
 
 
-@pytest.fixture
-def exported(reference_export):
-    return reference_export
-
-
 def digit_images(count: int, size: int) -> torch.Tensor:
     """The first ``count`` real digits as RGB in [0, 1], [count, 3, size, size] (the exports' input)."""
     images, _ = load_digits_rgb(size)
@@ -45,7 +40,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("batch", [48, 1, 5])  # 48 real images; 1 and 5 differ from the export's example batch
-def test_onnx_and_torchscript_match_pytorch(reference_run, exported, batch):
+def test_onnx_and_torchscript_match_pytorch(reference_run, reference_export, batch):
     import onnxruntime as ort
 
     size = model_file.load_model(reference_run).meta["image_size"]
@@ -54,24 +49,24 @@ def test_onnx_and_torchscript_match_pytorch(reference_run, exported, batch):
     expected = reference_probabilities(reference_run, images)
     assert expected.shape == (batch, 10) and len(set(expected.argmax(1))) > (1 if batch > 5 else 0)
 
-    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(reference_export / "model.onnx"), providers=["CPUExecutionProvider"])
     (onnx_logits,) = session.run(["logits"], {"image": images.numpy()})
     onnx_diff = np.abs(softmax(onnx_logits) - expected).max()
 
-    scripted = torch.jit.load(str(exported / "model.torchscript.pt"))
+    scripted = torch.jit.load(str(reference_export / "model.torchscript.pt"))
     with torch.no_grad():
         ts_diff = np.abs(torch.softmax(scripted(images), dim=1).numpy() - expected).max()
     print(f"batch {batch}: max |p_onnx - p_torch| = {onnx_diff:.2e}, max |p_torchscript - p_torch| = {ts_diff:.2e}")
     assert onnx_diff <= PARITY and ts_diff <= PARITY
 
 
-def test_model_card_matches_model_pt(reference_run, exported):
+def test_model_card_matches_model_pt(reference_run, reference_export):
     import hashlib
 
     import onnx
 
     meta = model_file.load_model(reference_run).meta
-    card = json.loads((exported / "model_card.json").read_text())
+    card = json.loads((reference_export / "model_card.json").read_text())
     assert card["classes"] == meta["classes"] == [str(d) for d in range(10)]
     assert card["input"]["shape"] == ["batch", 3, meta["image_size"], meta["image_size"]]
     pre = card["preprocessing"]
@@ -87,11 +82,11 @@ def test_model_card_matches_model_pt(reference_run, exported):
     assert card["source"]["sha256"] == hashlib.sha256(model_pt).hexdigest()
     assert {f["name"] for f in card["files"]} == {"model.onnx", "model.torchscript.pt"}
     for f in card["files"]:
-        assert f["sha256"] == hashlib.sha256((exported / f["name"]).read_bytes()).hexdigest()
-    proto = onnx.load(str(exported / "model.onnx"))
+        assert f["sha256"] == hashlib.sha256((reference_export / f["name"]).read_bytes()).hexdigest()
+    proto = onnx.load(str(reference_export / "model.onnx"))
     assert {o.domain: o.version for o in proto.opset_import}[""] == ONNX_OPSET
     assert json.loads({p.key: p.value for p in proto.metadata_props}["soft_dist.classes"]) == meta["classes"]
-    text = (exported / "MODEL_CARD.md").read_text()
+    text = (reference_export / "MODEL_CARD.md").read_text()
     assert "inside the model" in text and f"epoch {meta['epoch']}" in text and "model.onnx" in text
 
 
