@@ -135,8 +135,16 @@ class MethodConfig:
 
     name: str = setting("soft", "method preset (soft_dist/method/presets.py, table below)",
                         choices=tuple(METHOD_PRESETS))
-    tau: float = setting(0.125, "SLS confidence threshold: classes above it keep their relative confidence "
-                                "(keep it below 1/C)", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    tau: float | None = setting(None, "SLS confidence threshold: classes above it keep their relative confidence "
+                                      "(keep it below 1/C); null: method.tau_relative / C, resolved from the "
+                                      "shards' class count and saved as the value that ran",
+                                lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    # The paper's tau = 1/8 for RAF-DB's 7 classes is 7/8 of uniform. Stated relative to uniform, one default
+    # carries over to any class count; an absolute 1/8 lies above uniform from 9 classes on, where SLS
+    # targets turn into hard pseudo-labels (docs/experiments.md, "SOFT against MT").
+    tau_relative: float = setting(0.875, "tau as a share of uniform confidence 1/C, used when method.tau is null "
+                                         "(0.875: the paper's 1/8 at 7 classes)",
+                                  lo=0.0, hi=2.0, lo_open=True, hi_open=True)
     epsilon: float = setting(0.3, "smoothing mass given to the low-confidence classes (SLS, LSR, LSR*); "
                                   "sls0 pins it at 0", lo=0.0, hi=1.0, hi_open=True)
     lambda_: float = setting(10.0, "weight of the consistency loss after the ramp-up", lo=0.0, key="lambda")
@@ -149,6 +157,10 @@ class MethodConfig:
                                     "(paper 4.2)", lo=0)
     sls_start_epoch: int = setting(0, "epochs an SLS method trains as a plain mean teacher before SLS targets "
                                       "start", lo=0)
+
+    def tau_for(self, num_classes: int) -> float:
+        """The tau that runs on ``num_classes`` classes: method.tau if given, else tau_relative / C."""
+        return self.tau if self.tau is not None else self.tau_relative / num_classes
 
 
 @dataclass
@@ -501,6 +513,17 @@ def _apply_pins(cfg: Config) -> None:
     """Set the method fields the preset pins (e.g. sls0: epsilon 0), so the resolved config is what runs."""
     for name, value in cfg.preset.pinned:
         setattr(cfg.method, name, value)
+
+
+def resolve_for_classes(cfg: Config, num_classes: int) -> Config:
+    """A copy of ``cfg`` with the settings that depend on the dataset's class count filled in, as they
+    will run and be saved: ``method.tau = method.tau_relative / num_classes`` when method.tau is null.
+    A method.tau the user gave is kept."""
+    if num_classes < 2:
+        raise ConfigError("data.shards", f"a classifier needs at least 2 classes, the shards have {num_classes}")
+    resolved = copy.deepcopy(cfg)
+    resolved.method.tau = resolved.method.tau_for(num_classes)
+    return resolved
 
 
 def from_dict(data: dict, sources: dict[str, str] | None = None) -> Config:

@@ -21,10 +21,27 @@ def test_base_yaml_is_the_papers_setting():
     # default changed in soft_dist/config.py must not silently change the paper's setting.
     cfg = load_config(CONFIGS / "base.yaml")
     m = cfg.method
-    assert (m.name, m.tau, m.epsilon, m.lambda_, m.rampup_epochs, m.ema_decay, m.stage1_epochs) == (
+    assert (m.name, m.tau_for(7), m.epsilon, m.lambda_, m.rampup_epochs, m.ema_decay, m.stage1_epochs) == (
         "soft", 0.125, 0.3, 10.0, 5.0, 0.999, 6)
     assert (cfg.optim.name, cfg.optim.lr, cfg.train.batch_size, cfg.train.epochs) == ("adam", 1e-4, 64, 86)
     assert cfg.model.name == "resnet18" and cfg.data.image_size == 224
+
+
+def test_tau_follows_the_class_count_unless_given():
+    from soft_dist.config import resolve_for_classes
+
+    cfg = load_config(CONFIGS / "base.yaml")
+    assert cfg.method.tau is None and cfg.method.tau_relative == 0.875  # no bundled config pins tau
+    assert resolve_for_classes(cfg, 7).method.tau == pytest.approx(1 / 8)  # the paper's value on RAF-DB
+    assert resolve_for_classes(cfg, 10).method.tau == pytest.approx(0.0875)
+    assert resolve_for_classes(cfg, 100).method.tau == pytest.approx(0.00875)
+    assert cfg.method.tau is None  # resolving returns a copy
+    given = load_config(CONFIGS / "base.yaml", ["method.tau=0.2"])
+    assert resolve_for_classes(given, 10).method.tau == 0.2  # an explicit tau wins
+    with pytest.raises(ConfigError, match="method.tau_relative"):
+        load_config(None, ["method.tau_relative=2.5"])  # tau must stay below 1 for any C >= 2
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        resolve_for_classes(cfg, 1)
 
 
 def test_dotted_override_applied(tmp_path):

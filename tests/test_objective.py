@@ -41,6 +41,20 @@ def test_mean_teacher_adds_lambda_times_kl_to_the_source_softmax():
     assert "share_k_gt_1" not in parts
 
 
+def test_teacher_agreement_with_the_given_labels_is_logged():
+    _, parts, (_, source, labels, _) = _loss("soft", tau=0.3)
+    assert float(parts["teacher_agrees"]) == float((source.argmax(-1) == labels).float().mean())
+    assert "teacher_agrees" not in _loss("ce")[1]
+
+
+def test_without_a_given_tau_the_class_count_sets_it():
+    # 5 classes: tau = 0.875 / 5 = 0.175, the value a run resolves and saves
+    _, parts, (student, source, _, cfg) = _loss("soft")
+    target = soft_label_smoothing(source, 0.875 / 5, cfg.method.epsilon)
+    kl = (torch.xlogy(target, target) - target * torch.log_softmax(student, -1)).sum(-1).mean()
+    assert cfg.method.tau is None and torch.allclose(parts["loss_cons"], kl.detach(), atol=1e-6)
+
+
 def test_the_ramp_scales_the_consistency_weight():
     _, parts, (_, _, _, cfg) = _loss("mt", progress=2.5)
     assert float(parts["lambda"]) == pytest.approx(cfg.method.lambda_ * math.exp(-5 * 0.5 ** 2))

@@ -43,8 +43,8 @@ def write_sweep(folder: Path, **changes) -> Path:
 
 def test_shipped_sweeps_load():
     tiny = load_sweep(SWEEP, ["data.shards=/nowhere"])
-    assert [d.name for d in tiny.space] == ["tau", "epsilon", "lambda"]
-    assert tiny.points_to_evaluate == [{"method.tau": 0.125, "method.epsilon": 0.3, "method.lambda": 10.0}]
+    assert [d.name for d in tiny.space] == ["tau_relative", "epsilon", "lambda"]
+    assert tiny.points_to_evaluate == [{"method.tau_relative": 0.875, "method.epsilon": 0.3, "method.lambda": 10.0}]
     assert (tiny.num_samples, tiny.max_concurrent, tiny.epochs) == (4, 2, 2)
     assert (tiny.scheduler.type, tiny.scheduler.grace_period) == ("asha", 1)
     assert (tiny.base.train.workers, tiny.base.train.cpus_per_worker) == (1, 1)  # resources win over the base
@@ -57,7 +57,13 @@ def test_default_space_and_first_point(tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, space=None, points_to_evaluate=None))
     assert sweep.to_dict()["space"] == DEFAULT_SPACE
     # the paper's defaults are the first point even when the sweep file does not say so
-    assert sweep.points_to_evaluate == [{"method.tau": 0.125, "method.epsilon": 0.3, "method.lambda": 10.0}]
+    assert sweep.points_to_evaluate == [{"method.tau_relative": 0.875, "method.epsilon": 0.3, "method.lambda": 10.0}]
+
+
+def test_searching_tau_relative_over_a_base_that_pins_tau_is_refused(tmp_path):
+    # method.tau wins over tau_relative: every trial would train the same tau
+    with pytest.raises(ConfigError, match="space.method.tau_relative.*method.tau=0.1"):
+        load_sweep(write_sweep(tmp_path, overrides={"train.epochs": 2, "method.tau": 0.1}))
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -176,18 +182,21 @@ def test_interrupted_sweep_reports_and_resume_keeps_finished_trials(resumed_swee
 def test_trials_csv_asha_and_plots(resumed_sweep):
     table = resumed_sweep["table"]
     run_dir = resumed_sweep["run_dir"]
-    for column in ("trial", "trial_id", "tau", "epsilon", "lambda", "val_accuracy", "val_mean_class_accuracy",
+    for column in ("trial", "trial_id", "tau_relative", "epsilon", "lambda", "val_accuracy", "val_mean_class_accuracy",
                    "epochs", "status", "stopped_early"):
         assert column in table.columns
     assert len(table) == 4 and (table["status"] == "TERMINATED").all()
     first = table[table["trial"] == 1].iloc[0]
-    assert (first["tau"], first["epsilon"], first["lambda"]) == (0.125, 0.3, 10.0)  # the paper's defaults first
-    assert table["tau"].between(0.05, 0.5).all() and table["epsilon"].between(0.0, 0.6).all()
+    assert (first["tau_relative"], first["epsilon"], first["lambda"]) == (0.875, 0.3, 10.0)  # the paper's first
+    assert table["tau_relative"].between(0.35, 1.4).all() and table["epsilon"].between(0.0, 0.6).all()
+    for _, row in table.iterrows():  # each trial saved the tau it ran: relative to digits' 10 classes
+        cfg = load_config(Path(row["trial_dir"]) / "config.yaml")
+        assert cfg.method.tau == pytest.approx(row["tau_relative"] / 10)
     assert table["lambda"].between(0.1, 30.0).all()
     assert table["val_accuracy"].between(0.0, 1.0).all()
     assert (table["epochs"] < 2).sum() >= 1, table  # ASHA stopped at least one trial after its first epoch
     assert table["stopped_early"].equals(table["epochs"] < 2)
-    for name in ("metric_vs_tau.png", "metric_vs_epsilon.png", "metric_vs_lambda.png", "param_importances.png"):
+    for name in ("metric_vs_tau_relative.png", "metric_vs_epsilon.png", "metric_vs_lambda.png", "param_importances.png"):
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "stopped early by ASHA" in resumed_sweep["out"]
 
@@ -201,7 +210,7 @@ def test_optuna_storage_holds_the_study(resumed_sweep):
     study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4
-    assert done[0].params == {"tau": 0.125, "epsilon": 0.3, "lambda": 10.0}
+    assert done[0].params == {"tau_relative": 0.875, "epsilon": 0.3, "lambda": 10.0}
 
 
 @pytest.mark.ray
@@ -214,8 +223,8 @@ def test_best_yaml_trains(resumed_sweep, tmp_path, ray_cluster):
     complete = table[table["epochs"] == 2]
     best = complete.loc[complete["val_accuracy"].idxmax()]
     cfg = load_config(run_dir / "best.yaml", ["train.epochs=1"])
-    assert (cfg.method.tau, cfg.method.epsilon, cfg.method.lambda_) == pytest.approx(
-        (best["tau"], best["epsilon"], best["lambda"]))
+    assert (cfg.method.tau_relative, cfg.method.epsilon, cfg.method.lambda_) == pytest.approx(
+        (best["tau_relative"], best["epsilon"], best["lambda"]))
     assert cfg.data.image_size == 16 and cfg.train.workers == 1  # the sweep's base config, overrides included
     results = run_training(cfg, tmp_path / "best")
     assert results["epochs"] == 1 and 0.0 <= results["test"]["chosen"]["accuracy"] <= 1.0

@@ -58,13 +58,14 @@ def plot_sls_targets(run_dir: Path, count: int, path: Path) -> Path:
     cfg = load_config(run_dir / "config.yaml")
     manifest = load_manifest(local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
     classes = manifest.classes
+    tau = cfg.method.tau_for(manifest.num_classes)  # runs save the resolved value; older ones too
     table = NoiseTable.load(run_dir / "noise_table.csv")
     teacher = load_branch(run_dir, cfg, "teacher", manifest.num_classes)
     images, idx = pick_images(cfg, table, count)
     with torch.no_grad():
         logits = teacher(images)  # [n, C]
     q = torch.softmax(logits.float(), dim=-1)
-    target = soft_label_smoothing(logits, cfg.method.tau, cfg.method.epsilon)  # [n, C]
+    target = soft_label_smoothing(logits, tau, cfg.method.epsilon)  # [n, C]
     position = {int(i): p for p, i in enumerate(table.idx.tolist())}
 
     plt = pyplot()
@@ -83,12 +84,12 @@ def plot_sls_targets(run_dir: Path, count: int, path: Path) -> Path:
         x = range(len(classes))
         ax.bar(x, target[n].numpy(), color=colors)
         ax.plot(x, q[n].numpy(), "k.", markersize=4)
-        ax.axhline(cfg.method.tau, color="k", linestyle="--", linewidth=0.7)
+        ax.axhline(tau, color="k", linestyle="--", linewidth=0.7)
         ax.set_xticks(list(x), [str(c) for c in classes], rotation=90 if len(classes) > 10 else 0, fontsize=7)
         ax.set_ylim(0, 1)
         state = "flipped" if given != clean else "clean"
         ax.set_title(f"#{int(idx[n])} given {classes[given]}, clean {classes[clean]} ({state})", fontsize=8)
-    fig.suptitle(f"SLS targets of the final teacher (tau={cfg.method.tau:g}, eps={cfg.method.epsilon:g}); "
+    fig.suptitle(f"SLS targets of the final teacher (tau={tau:g}, eps={cfg.method.epsilon:g}); "
                  f"red: given label, green: clean label, dots: softmax, dashed: tau", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

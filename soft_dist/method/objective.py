@@ -76,7 +76,8 @@ def soft_objective(
     labels: [B] int64 training labels (noisy); source_logits: [B, C] without gradient, or None when the
         preset has no consistency term; valid: [B] bool (False marks padding rows) or None;
     epoch: the 0-based epoch; progress_epochs: epochs done including the fraction of this one (the ramp).
-    Returns (loss scalar with gradient, {loss_ce, loss_cons, lambda, share_k_gt_1: detached scalars}).
+    Returns (loss scalar with gradient, {loss_ce, loss_cons, lambda, share_k_gt_1, teacher_agrees: detached
+    scalars}); teacher_agrees is the share of rows whose given label is the consistency source's arg-max.
     """
     num_classes = student_logits.shape[-1]
     ce_target = label_smoothing(labels, num_classes, method.epsilon) if preset.ce_target == "lsr" else labels
@@ -87,13 +88,16 @@ def soft_objective(
     if source_logits is None:
         raise ValueError(f"a preset with target {preset.target!r} needs source_logits")
     target, student_log_probs, k = consistency_target(
-        preset, source_logits, student_logits, tau=method.tau, epsilon=method.epsilon,
+        preset, source_logits, student_logits, tau=method.tau_for(num_classes), epsilon=method.epsilon,
         sls_active=epoch >= method.sls_start_epoch,
     )
     loss_cons = masked_mean(consistency_kl(target, student_log_probs), valid)
     weight = method.lambda_ * sigmoid_rampup(progress_epochs, method.rampup_epochs)
     parts["loss_cons"] = loss_cons.detach()
     parts["lambda"] = torch.tensor(weight)
+    # Lock-in shows here: a teacher that stops agreeing with the given labels while its SLS targets turn
+    # hard (share_k_gt_1 falls) is training the student on its own mistakes.
+    parts["teacher_agrees"] = masked_mean((source_logits.argmax(dim=-1) == labels).float(), valid).detach()
     if k is not None:
         parts["share_k_gt_1"] = masked_mean((k > 1).float(), valid).detach()
     return loss_ce + weight * loss_cons, parts

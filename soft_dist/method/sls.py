@@ -73,7 +73,8 @@ def tau_above_uniform_note(tau: float, num_classes: int) -> str | None:
     of uniform for its 7 classes; the same ratio for C classes is 0.875 / C."""
     if tau * num_classes <= 1.0 + 1e-9:
         return None
-    return (f"method.tau={tau:g} is above uniform (1/{num_classes} = {1 / num_classes:.4f}) for {num_classes} "
-            f"classes: as the teacher grows confident most SLS targets keep one high class; on long runs from "
-            f"scratch this locked SOFT onto its early mistakes. The paper's 1/8 is 7/8 of uniform for 7 classes; "
-            f"the same ratio here is {0.875 / num_classes:.4f} (docs/experiments.md, 'SOFT against MT').")
+    return (f"tau={tau:g} is above uniform (1/{num_classes} = {1 / num_classes:.4f}) for {num_classes} classes: "
+            f"as the teacher grows confident most SLS targets keep one high class; on long runs from scratch "
+            f"this locked SOFT onto its early mistakes. The paper's 1/8 is 7/8 of uniform for 7 classes, which "
+            f"the default gives any class count (method.tau null, method.tau_relative 0.875: here "
+            f"{0.875 / num_classes:.4f}; docs/experiments.md, 'SOFT against MT').")

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from soft_dist.config import Config, ConfigError, config_from_yaml, from_dict, to_dict
+from soft_dist.config import Config, ConfigError, config_from_yaml, from_dict, resolve_for_classes, to_dict
 from soft_dist.method.sls import tau_above_uniform_note
 from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
@@ -200,11 +200,14 @@ class EpochPrinter:
                 self.last = record["epoch"]
                 line = epoch_summary_line(record["epoch"], self.epochs, record["train"], record["val"],
                                           workers=record.get("world_size"))
+                lines = [line, record["note"]] if record.get("note") else [line]
+                for text in lines:
+                    if self._bar is not None:
+                        self._bar.write(text)
+                    else:
+                        self.echo(text)
                 if self._bar is not None:
-                    self._bar.write(line)
                     self._bar.update(1)
-                else:
-                    self.echo(line)
 
 
 @contextlib.contextmanager
@@ -244,6 +247,7 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
             raise ConfigError("--run-dir", f"{store.location} already holds a run; "
                               f"use `soft-dist train --resume {store.location}`")
         table, num_classes = make_noise_table(cfg)
+        cfg = resolve_for_classes(cfg, num_classes)  # config.yaml holds the tau that runs
         note = tau_above_uniform_note(cfg.method.tau, num_classes)
         if echo and note and cfg.preset.target == "sls":
             echo(f"note: {note}")

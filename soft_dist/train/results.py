@@ -32,6 +32,7 @@ def final_results(
     chosen = choose_branch(val, cfg.train.select_metric)
     return {
         "method": cfg.method.name,
+        "tau": cfg.method.tau,  # the value that ran (resolved from method.tau_relative unless given)
         "chosen_branch": chosen,
         "select_metric": cfg.train.select_metric,
         "val": with_chosen(val, chosen),

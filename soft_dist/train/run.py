@@ -26,6 +26,7 @@ Run directory (a local folder or s3://bucket/prefix, see soft_dist.storage)::
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -33,9 +34,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from soft_dist.config import Config, config_yaml
+from soft_dist.config import Config, config_yaml, resolve_for_classes
 from soft_dist.data.loader import Loaders
 from soft_dist.method.model import build_student
+from soft_dist.method.lock_in import lock_in_note
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoints import CheckpointWriter, Checkpoints, ReportFn, put_into_run, seed_everything
@@ -91,9 +93,11 @@ class Trainer:
         echo: Callable[[str], None] | None = None,
         progress: bool = False,
     ):
+        self.num_classes = len(data.classes)
+        # Launchers resolve before they save config.yaml; this keeps a Trainer built directly runnable.
+        cfg = resolve_for_classes(cfg, self.num_classes)
         self.cfg, self.store, self.table, self.loaders = cfg, store, table, loaders
         self.place = placement
-        self.num_classes = len(data.classes)
         chief = placement.is_chief  # rank 0 writes the run's files; the other ranks keep the same record
         self.log = RunLog(store, cfg.train.epochs, echo) if chief else SilentLog()
         self.checkpoints = (CheckpointWriter if chief else Checkpoints)(
@@ -132,8 +136,10 @@ class Trainer:
             digests = sync.digests()
             # val/test ride in the history because it survives a resume inside the checkpoint, while
             # metrics.jsonl is cut back on resume: the protocols of results.json read the history.
+            # The k > 1 share rides there too, so the lock-in guard sees every epoch after a resume.
             history.append({"epoch": epoch, "images_per_s_per_worker": speeds, "seconds": train["seconds"],
-                            "world_size": world_size, "val": val, "test": test})
+                            "world_size": world_size, "val": val, "test": test,
+                            "share_k_gt_1": train.get("share_k_gt_1")})
             best = self.selection.consider(epoch, val, test, learner)
             last = epoch == cfg.train.epochs - 1
             results = self._results(learner, weights, sync, val, test, history, train_seconds, digests) if last else {}
@@ -143,7 +149,8 @@ class Trainer:
                 # valid rows trained on by all ranks: the split's size whatever the world size
                 "images_all_ranks": int(sum(images)),
                 "images_per_s_per_worker": speeds,
-                "teacher_sync": sync.summary(), "selected_epoch": best["epoch"]})
+                "teacher_sync": sync.summary(), "selected_epoch": best["epoch"],
+                **self._lock_in(history)})
             if last:
                 self.log.finish(results)
             self.checkpoints.save(epoch, self._launcher_metrics(epoch, val, last), learner, sync, history)
@@ -151,6 +158,14 @@ class Trainer:
         return results
 
     # ------------------------------------------------------------------ its pieces
+    def _lock_in(self, history: list[dict]) -> dict:
+        """{"note": the lock-in warning} at the epoch where the k > 1 share collapses, else {}."""
+        method = self.cfg.method
+        shares = [h.get("share_k_gt_1") for h in history]
+        watch_from = max(math.ceil(method.rampup_epochs), method.sls_start_epoch)
+        note = lock_in_note(shares, method.tau, self.num_classes, watch_from)
+        return {"note": note} if note else {}
+
     def _build_learner(self) -> tuple[SoftLearner, object]:
         cfg, device = self.cfg, self.place.device
         seed_everything(cfg.train.seed)  # identical initial weights on every rank

@@ -95,6 +95,8 @@ class RunLog(SilentLog):
                 for path in Path(self._scratch.name).iterdir():
                     self.store.upload_file(path, f"{TENSORBOARD_DIR}/{path.name}")
         self.say(epoch_summary_line(epoch, self.epochs, record["train"], record["val"]))
+        if record.get("note"):
+            self.say(record["note"])
 
     def finish(self, results: dict) -> None:
         self.store.write_text(RESULTS_FILE, json.dumps(results, indent=2))
@@ -110,6 +112,8 @@ def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict, workers:
     parts = [f"epoch {epoch + 1}/{epochs}", f"loss {train.get('loss', float('nan')):.3f}"]
     if "share_k_gt_1" in train:
         parts.append(f"k>1 {train['share_k_gt_1']:.2f}")
+    if "teacher_agrees" in train:
+        parts.append(f"teacher=label {train['teacher_agrees']:.2f}")
     parts += [f"val {b} {r['accuracy']:.3f}" for b, r in val.items()]
     parts.append(f"{train['images_per_s']:.0f} img/s" + (f" x {workers} workers" if workers else ""))
     return " | ".join(parts)

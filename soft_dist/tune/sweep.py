@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soft_dist.config import Config, ConfigError, save_config, to_dict
+from soft_dist.config import Config, ConfigError, resolve_for_classes, save_config, to_dict
 from soft_dist.noise.table import NoiseTable
 from soft_dist.tune.layout import (ASHA_STATE_FILE, BASE_FILE, LAST_REPORT_FILE, STARTS_FILE, SWEEP_FILE, TABLE_FILE,
                                    TRIALS_DIR, TUNE_RUN_NAME)
@@ -127,6 +127,7 @@ def run_trial(params: dict[str, Any], *, sweep_dir: str, base: dict, keys: dict[
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_params(from_dict(base), {keys[name]: value for name, value in params.items()})
+    cfg = resolve_for_classes(cfg, num_classes)  # the trial's config.yaml holds the tau that runs
     trial_dir = Path(sweep_dir) / TRIALS_DIR / trial_id
     trial_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, trial_dir / "config.yaml")

@@ -6,7 +6,7 @@ A sweep file (see configs/sweeps/) looks like::
     base: ../digits_cpu.yaml          # training config, relative to this file (omitted: built-in defaults)
     overrides: {train.epochs: 2}      # dotted overrides applied to the base config
     space:                            # dotted training-config key -> distribution (omitted: DEFAULT_SPACE)
-      method.tau: {type: uniform, low: 0.05, high: 0.5}
+      method.tau_relative: {type: uniform, low: 0.35, high: 1.4}   # tau = tau_relative / C
       method.lambda: {type: loguniform, low: 0.1, high: 30}
       optim.name: {type: choice, values: [adam, sgd]}
       method.stage1_epochs: {type: int, low: 0, high: 6}
@@ -234,6 +234,10 @@ def _check_against_config(dim: Dimension, base: Config, source: str) -> None:
                           source) from None
     if isinstance(current, dict):
         raise ConfigError(f"space.{dim.key}", "is a config section, not a value", source)
+    if dim.key == "method.tau_relative" and base.method.tau is not None:
+        # A given method.tau wins over tau_relative: every trial would train the same tau.
+        raise ConfigError(f"space.{dim.key}", f"the base config sets method.tau={base.method.tau:g}, which wins "
+                          "over tau_relative; drop it from the base (or search method.tau instead)", source)
     for value in dim.extremes():
         trial = copy.deepcopy(data)
         set_dotted(trial, dim.key, value)

@@ -1,0 +1,25 @@
+"""The lock-in guard (soft_dist.method.lock_in): when it warns, that it warns once, and what it says."""
+
+from soft_dist.method.lock_in import lock_in_note
+
+
+def test_warns_once_at_the_epoch_the_share_halves():
+    shares = [0.80, 0.74, 0.60, 0.45, 0.36, 0.30]  # 0.36 < 0.5 x 0.80 at epoch index 4
+    notes = [lock_in_note(shares[:n + 1], 0.125, 10) for n in range(len(shares))]
+    assert [n is not None for n in notes] == [False, False, False, False, True, False]
+    assert "0.80 (epoch 1) to 0.36" in notes[4] and "method.tau_relative" in notes[4]
+    assert "tau now 0.125 = 1.25 / 10 classes" in notes[4]
+
+
+def test_a_slow_decline_or_a_low_start_is_not_lock_in():
+    assert lock_in_note([0.86, 0.80, 0.70, 0.60, 0.50, 0.47], 0.0875, 10) is None  # above half of its peak
+    assert lock_in_note([0.15, 0.10, 0.05, 0.02], 0.0875, 10) is None  # never had k > 1 to lose
+
+
+def test_the_ramp_up_and_epochs_without_sls_are_not_watched():
+    # From random weights the share starts near 1 and falls while the teacher learns anything at all.
+    falling_from_random = [0.99, 0.70, 0.40, 0.38, 0.36]
+    assert lock_in_note(falling_from_random[:3], 0.0875, 10) is not None  # it would warn if watched
+    assert lock_in_note(falling_from_random, 0.0875, 10, watch_from=2) is None
+    assert lock_in_note([None, None, 0.8, 0.3], 0.0875, 10) is not None  # epochs before SLS do not count
+    assert lock_in_note([None, None, 0.8, 0.3], 0.0875, 10, watch_from=3) is None
