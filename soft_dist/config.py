@@ -36,11 +36,13 @@ class ConfigError(ValueError):
 
 def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple | None = None,
             lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-            key: str | None = None, factory: Callable[[], Any] | None = None, extra: dict | None = None) -> Any:
+            key: str | None = None, factory: Callable[[], Any] | None = None, extra: dict | None = None,
+            length: int | None = None) -> Any:
     """Declare one config field: its default, a one-line meaning (``doc``, shown by `soft-dist config docs`),
     the allowed values (``choices``) or range (``lo``/``hi``, open ends with ``lo_open``/``hi_open``), and
     the YAML key when it differs from the attribute (``lambda``), and ``extra`` metadata for one user's
-    needs (the shard options' help groups). Validation, overrides, sweeps, grids and
+    needs (the shard options' help groups). For a list field (``list[float]``) the range applies to every
+    element and ``length`` fixes how many there are. Validation, overrides, sweeps, grids and
     the docs all read this one declaration."""
     if not doc:
         raise TypeError("every config field needs a doc")
@@ -51,6 +53,8 @@ def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple
         meta["range"] = (lo, hi, lo_open, hi_open)
     if key is not None:
         meta["key"] = key
+    if length is not None:
+        meta["length"] = length
     meta.update(extra or {})
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -109,8 +113,10 @@ class DataConfig:
                                                "null keeps the shards' val split (with folds: 0.1)",
                                          lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     split_seed: int = setting(0, "seed of the carve (folds and validation)")
-    mean: list = setting(doc="per-channel (RGB) mean for normalisation", factory=lambda: [0.485, 0.456, 0.406])
-    std: list = setting(doc="per-channel (RGB) standard deviation for normalisation",
+    mean: list[float] = setting(doc="per-channel (RGB) mean for normalisation, of pixels scaled to [0, 1]",
+                                factory=lambda: [0.485, 0.456, 0.406], lo=0.0, hi=1.0, length=3)
+    std: list[float] = setting(doc="per-channel (RGB) standard deviation for normalisation", lo=0.0, lo_open=True,
+                               length=3,
                         factory=lambda: [0.229, 0.224, 0.225])
     eval_crop_fraction: float = setting(1.0, "evaluation view: resize to image_size / f, centre-crop image_size "
                                              "(1.0 keeps the whole aligned face)", lo=0.0, hi=1.0, lo_open=True)
@@ -202,7 +208,8 @@ class TrainConfig:
     workers: int = setting(2, "Ray Train workers (DDP ranks)", lo=1)
     use_gpu: bool = setting(False, "one GPU per worker (DALI mixed decoding, NCCL)")
     cpus_per_worker: int = setting(1, "CPUs reserved per worker", lo=1)
-    torch_threads: int | None = setting(None, "intra-op torch threads per worker; null: train.cpus_per_worker")
+    torch_threads: int | None = setting(None, "intra-op torch threads per worker; null: train.cpus_per_worker",
+                                        lo=1)
     bf16: bool = setting(True, "bf16 autocast (GPU only)")
     compile: bool = setting(False, "torch.compile the student")
     max_failures: int = setting(2, "worker failures Ray Train recovers from (-1: unlimited)", lo=-1)
@@ -219,8 +226,8 @@ class TrainConfig:
     sync_batchnorm: bool = setting(False, "SyncBatchNorm in the student")
     select_metric: str = setting("accuracy", "validation metric that chooses the epoch and branch of model.pt",
                                  choices=("accuracy", "mean_class_accuracy"))
-    fail_at_step: int | None = setting(None, "test hook: rank 0 exits at this global step (once per run "
-                                             "directory) to exercise recovery")
+    fail_at_step: int | None = setting(None, lo=0, doc="test hook: rank 0 exits at this global step (once per "
+                                                       "run directory) to exercise recovery")
 
 
 @dataclass
@@ -280,7 +287,8 @@ def _coerce(value: Any, hint: Any, path: str, source: str | None) -> Any:
             return str(value)
     elif origin is list:
         if isinstance(value, (list, tuple)):
-            return list(value)
+            item = get_args(hint)  # list[float]: every element is checked as a float
+            return [_coerce(v, item[0], f"{path}[{i}]", source) for i, v in enumerate(value)] if item else list(value)
     elif origin is dict:
         if isinstance(value, dict):
             return dict(value)
@@ -298,6 +306,12 @@ def _range_text(bounds: tuple) -> str:
 
 def _check_range(value: Any, meta: dict, path: str, source: str | None) -> None:
     if value is None:
+        return
+    if isinstance(value, list):  # the length, then every element against the range
+        if "length" in meta and len(value) != meta["length"]:
+            raise ConfigError(path, f"needs {meta['length']} values, got {len(value)}: {value!r}", source)
+        for i, item in enumerate(value):
+            _check_range(item, {k: v for k, v in meta.items() if k != "length"}, f"{path}[{i}]", source)
         return
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(path, f"must be one of {list(meta['choices'])}, got {value!r}", source)
@@ -392,8 +406,6 @@ def _cross_checks(cfg: Config, sources: dict[str, str]) -> None:
         raise ConfigError(
             "data.augment.erasing_scale_min", "must be <= erasing_scale_max", sources.get("data.augment.erasing_scale_min")
         )
-    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
-        raise ConfigError("data.mean", "mean and std need 3 values (RGB)", sources.get("data.mean"))
     if cfg.train.min_workers is not None and cfg.train.min_workers > cfg.train.workers:
         raise ConfigError("train.min_workers", f"must be <= train.workers ({cfg.train.workers})",
                           sources.get("train.min_workers"))
@@ -574,18 +586,22 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 
 def _type_name(hint: Any) -> str:
-    args = [a for a in get_args(hint) if a is not type(None)]
-    base = args[0] if args else hint
+    optional = type(None) in get_args(hint)
+    base = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
     name = getattr(get_origin(base) or base, "__name__", str(base))
-    return f"{name} or null" if type(None) in get_args(hint) else name
+    if get_origin(base) is list and get_args(base):
+        name = f"list of {get_args(base)[0].__name__}"
+    return f"{name} or null" if optional else name
 
 
 def _allowed(meta: dict) -> str:
     if "choices" in meta:
         return " \\| ".join(str(c) for c in meta["choices"])
+    each = "each in " if "length" in meta else ""
+    length = f"{meta['length']} values" + (", " if "range" in meta else "") if "length" in meta else ""
     if "range" in meta:
-        return _range_text(meta["range"])
-    return ""
+        return f"{length}{each}{_range_text(meta['range'])}"
+    return length
 
 
 def field_rows(cls: type = Config, prefix: str = "", name_of: Callable[[str], str] | None = None,

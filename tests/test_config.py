@@ -74,6 +74,15 @@ def test_unknown_key_rejected_with_name_and_file(tmp_path):
         ("noise.file_format=csv", "noise.file_format"),
         ("method.name=dmue", "method.name"),
         ("train.epochs=two", "train.epochs"),
+        # lists: every element gets the field's type and range, and the length is fixed
+        ("data.std=[0,0,0]", "data.std[0]"),  # would divide by zero: NaN training
+        ("data.mean=[a,b,c]", "data.mean[0]"),
+        ("data.mean=[0.5,0.5]", "data.mean"),
+        ("data.mean=[0.5,0.5,2]", "data.mean[2]"),
+        ("data.std=[.nan,1,1]", "data.std[0]"),
+        ("method.lambda=.inf", "method.lambda"),
+        ("train.torch_threads=-4", "train.torch_threads"),  # workers crashed
+        ("train.fail_at_step=-1", "train.fail_at_step"),
     ],
 )
 def test_out_of_range_values_named(tmp_path, override, field):
