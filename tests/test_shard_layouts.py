@@ -173,6 +173,23 @@ def test_digits_and_carved_val():
     assert np.bincount([r.label for r in val], minlength=10).min() >= 12
 
 
+def test_harder_digits_are_the_same_samples_with_a_lost_patch_and_noise():
+    easy, hard = read_layout("digits", None, seed=0), read_layout("digits_hard", None, seed=0)
+    assert [(r.source, r.split, r.label) for r in hard.records] == [(r.source, r.split, r.label) for r in easy.records]
+    again = read_layout("digits_hard", None, seed=0)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(hard.records, again.records))  # seeded
+    diff = np.stack([h.pixels.astype(int) - e.pixels.astype(int) for h, e in zip(hard.records, easy.records)])
+    assert 5 < np.abs(diff).mean() < 40  # changed, but still digits
+
+
+def test_a_lost_patch_is_black_before_the_noise():
+    from soft_dist.shard.digits import harden_digits
+
+    grey = np.full((50, 8, 8), 200, dtype=np.uint8)
+    out = harden_digits(grey, seed=1, noise_sd=0.0)
+    assert ((out == 0).sum(axis=(1, 2)) == 4).all() and ((out == 200).sum(axis=(1, 2)) == 60).all()
+
+
 @pytest.mark.parametrize("layout,expected", [
     ("rafdb", "EmoLabel/list_patition_label.txt"), ("affectnet", "training.csv"),
     ("ferplus", "fer2013new.csv"), ("imagefolder", "train/<class>/<image>"), ("csv", "labels.csv")])

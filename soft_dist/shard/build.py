@@ -36,7 +36,7 @@ SHARD_FILE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)(\.partial)?$")
 FORMAT_VERSION = 1
 
 
-LAYOUTS = ("rafdb", "affectnet", "ferplus", "imagefolder", "csv", "digits")
+LAYOUTS = ("rafdb", "affectnet", "ferplus", "imagefolder", "csv", "digits", "digits_hard")
 
 
 def _option(default, doc: str, group: str, **constraints):

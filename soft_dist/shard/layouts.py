@@ -11,6 +11,7 @@ Every reader returns splits named ``train``/``val``/``test``; a missing ``val`` 
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,15 +332,18 @@ def read_csv_layout(root: Path, csv_file: str | None = None, classes: list[str] 
 # --------------------------------------------------------------------------------------------- digits
 
 
-def read_digits(root=None, digits_fractions=(0.7, 0.1, 0.2), seed: int = 0, **_) -> Dataset:
+def read_digits(root=None, digits_fractions=(0.7, 0.1, 0.2), seed: int = 0, hard: bool = False, **_) -> Dataset:
     """scikit-learn's bundled digits (1,797 8x8 images), split train/val/test 70/10/20, stratified and
-    seeded. Pixels (0..16) are stretched to 0..255; resizing to ``--size`` happens in the encoder."""
+    seeded. Pixels (0..16) are stretched to 0..255; resizing to ``--size`` happens in the encoder.
+    ``hard``: shifted, partly occluded and noisy copies (soft_dist.shard.digits.harden_digits)."""
     from sklearn.datasets import load_digits
 
-    from soft_dist.shard.digits import DIGIT_CLASSES, split_indices
+    from soft_dist.shard.digits import DIGIT_CLASSES, harden_digits, split_indices
 
     digits = load_digits()
     grey = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    if hard:
+        grey = harden_digits(grey, seed=seed)
     labels = digits.target.astype(np.int64)
     parts = split_indices(labels, dict(zip(SPLITS, digits_fractions)), seed=seed)
     records = []
@@ -357,13 +361,16 @@ READERS = {
     "imagefolder": read_imagefolder,
     "csv": read_csv_layout,
     "digits": read_digits,
+    "digits_hard": functools.partial(read_digits, hard=True),
 }
+# Layouts that read bundled data and need no --root.
+BUNDLED_LAYOUTS = ("digits", "digits_hard")
 
 
 def read_layout(layout: str, root, **options) -> Dataset:
     if layout not in READERS:
         raise LayoutError(f"unknown layout {layout!r}; choose one of {sorted(READERS)}")
-    if layout != "digits":
+    if layout not in BUNDLED_LAYOUTS:
         if root is None:
             raise LayoutError(f"{layout} layout: --root is required")
         if not Path(root).is_dir():
