@@ -223,7 +223,7 @@ class TrainConfig:
                                                 "(0: never)", lo=0)
     sync_check_every: int = setting(50, "steps between checks that every rank holds the same teacher (0: never)",
                                     lo=0)
-    sync_batchnorm: bool = setting(False, "SyncBatchNorm in the student")
+    sync_batchnorm: bool = setting(False, "SyncBatchNorm in the student (not the teacher); GPU only")
     select_metric: str = setting("accuracy", "validation metric that chooses the epoch and branch of model.pt",
                                  choices=("accuracy", "mean_class_accuracy"))
     fail_at_step: int | None = setting(None, lo=0, doc="test hook: rank 0 exits at this global step (once per "
@@ -409,6 +409,9 @@ def _cross_checks(cfg: Config, sources: dict[str, str]) -> None:
     if cfg.train.min_workers is not None and cfg.train.min_workers > cfg.train.workers:
         raise ConfigError("train.min_workers", f"must be <= train.workers ({cfg.train.workers})",
                           sources.get("train.min_workers"))
+    if cfg.train.sync_batchnorm and not cfg.train.use_gpu and cfg.train.workers > 1:
+        raise ConfigError("train.sync_batchnorm", "needs train.use_gpu=true: torch's SyncBatchNorm runs on GPU only",
+                          sources.get("train.sync_batchnorm"))
     if cfg.data.folds == 1:
         raise ConfigError("data.folds", "must be 0 (the shards' splits) or at least 2", sources.get("data.folds"))
     if cfg.data.fold >= max(cfg.data.folds, 1):

@@ -83,6 +83,7 @@ def test_unknown_key_rejected_with_name_and_file(tmp_path):
         ("method.lambda=.inf", "method.lambda"),
         ("train.torch_threads=-4", "train.torch_threads"),  # workers crashed
         ("train.fail_at_step=-1", "train.fail_at_step"),
+        ("train.sync_batchnorm=true", "train.sync_batchnorm"),  # torch's SyncBatchNorm is GPU only; 2 CPU workers
     ],
 )
 def test_out_of_range_values_named(tmp_path, override, field):

@@ -108,3 +108,23 @@ def test_buffer_policies(policy):
     torch.testing.assert_close(got, expected)
     if policy != "own":
         assert ema.teacher.backbone[1].num_batches_tracked.item() == student.backbone[1].num_batches_tracked.item()
+
+
+def test_sync_batchnorm_converts_the_student_only_and_the_ema_still_follows_it():
+    from soft_dist.config import load_config
+    from soft_dist.method.model import build_student
+    from soft_dist.train.step import SoftLearner
+
+    cfg = load_config(None, ["data.image_size=16"])
+    student, _ = build_student("resnet18", 4, 16, True, None, uncertainty=True)
+    learner = SoftLearner(cfg, student, sync_batchnorm=True)
+    kinds = lambda m: {type(x).__name__ for x in m.modules()}  # noqa: E731
+    assert "SyncBatchNorm" in kinds(learner.student) and "BatchNorm2d" not in kinds(learner.student)
+    assert "SyncBatchNorm" not in kinds(learner.teacher.teacher)  # no collective in the teacher's forward
+    # the converted layers kept the tensors the EMA reads: a change to the student reaches the teacher
+    bn = next(m for m in learner.student.modules() if type(m).__name__ == "SyncBatchNorm")
+    with torch.no_grad():
+        bn.weight.add_(1.0)
+    before = sum(float(p.sum()) for p in learner.teacher.teacher.parameters())
+    learner.teacher.update()
+    assert sum(float(p.sum()) for p in learner.teacher.teacher.parameters()) > before

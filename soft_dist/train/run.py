@@ -130,6 +130,7 @@ class Trainer:
             speeds, images = zip(*all_gather_objects((train["images_per_s"], train["images"])))
             speeds = list(speeds)
             broadcast_from_rank0(learner.student)  # every rank evaluates and would checkpoint the same student
+            sync.end_epoch()  # ... and the same teacher
             val = evaluate(learner, loaders.val, self.num_classes, val_lookup)[0]
             test = evaluate(learner, loaders.test, self.num_classes)[0] if loaders.test is not None else None
             sync.check()  # before every checkpoint
@@ -171,13 +172,12 @@ class Trainer:
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         student, weights = build_student(cfg.model.name, self.num_classes, cfg.data.image_size,
                                          cfg.model.small_stem, cfg.model.pretrained, uncertainty=cfg.preset.head)
-        if cfg.train.sync_batchnorm and self.place.world_size > 1:
-            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
         student = student.to(device)
         if device.type == "cuda" and cfg.model.channels_last:
             student = student.to(memory_format=torch.channels_last)
         learner = SoftLearner(cfg, student, device, noisy_labels=torch.from_numpy(self.table.lookup()),
-                              wrap=self.place.wrap)
+                              wrap=self.place.wrap,
+                              sync_batchnorm=cfg.train.sync_batchnorm and self.place.world_size > 1)
         return learner, weights
 
     def _on_step(self, sync: TeacherSync | NoTeacherSync) -> Callable[[int], None]:

@@ -58,6 +58,7 @@ class SoftLearner:
         device: torch.device | str = "cpu",
         noisy_labels: torch.Tensor | None = None,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
+        sync_batchnorm: bool = False,
     ):
         self.cfg = cfg
         self.preset = cfg.preset
@@ -74,6 +75,11 @@ class SoftLearner:
                 warmup=cfg.method.ema_warmup,
                 buffer_policy=cfg.method.teacher_buffers,
             )
+        if sync_batchnorm:
+            # After the teacher is made, so only the student's BatchNorm is synchronised: a SyncBN teacher
+            # would add a collective to every teacher forward. The converted layers keep the same parameter
+            # and buffer tensors, which the EMA teacher holds.
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
         self.optimizer = build_optimizer(cfg.optim, self.student.parameters())
         self.autocast = self.device.type == "cuda" and cfg.train.bf16
         self.global_step = 0

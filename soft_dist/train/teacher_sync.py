@@ -4,7 +4,11 @@ Parameters stay identical by construction: every rank applies the same EMA to a 
 gradients DDP has all-reduced. What drifts are the teacher's BatchNorm statistics under the ``own``
 buffer policy, because each rank's teacher sees different images; they are averaged across ranks
 with one flattened all-reduce. A periodic check compares per-tensor checksums across ranks and
-names the first tensor that differs.
+names the first tensor that differs: the parameters always, the buffers only while they are meant to be
+identical, i.e. when no teacher update happened since their last all-reduce (with
+``train.teacher_buffer_sync_every`` k > 1 they drift between syncs; with 0 every rank keeps its own).
+At an epoch's end buffers that are synced at all are synced once more, so that every rank evaluates
+and rank 0 checkpoints the same teacher.
 
 The run loop gets a :class:`TeacherSync` for a preset with a teacher and a :class:`NoTeacherSync`
 (which calls no collective) for one without, from :func:`teacher_sync`.
@@ -40,6 +44,9 @@ class TeacherSync:
         self.mismatches = 0
         self.seconds = 0.0
         self.buffer_syncs = 0
+        # True while the buffers are identical on every rank: after a sync or a broadcast, until the
+        # next teacher update (every training step).
+        self.buffers_identical = True
 
     @torch.no_grad()
     def sync_buffers(self) -> None:
@@ -52,12 +59,15 @@ class TeacherSync:
         for buf, synced in zip(self.float_buffers, torch._utils._unflatten_dense_tensors(flat, self.float_buffers)):
             buf.copy_(synced)
         self.buffer_syncs += 1
+        self.buffers_identical = True
 
     def check(self) -> None:
         """Compare checksums of every teacher tensor across ranks; raise naming the first mismatch."""
         if not is_distributed():
             return
-        named = list(self.teacher.named_parameters()) + list(self.teacher.named_buffers())
+        named = list(self.teacher.named_parameters())
+        if self.buffers_identical:
+            named += list(self.teacher.named_buffers())
         names = [n for n, _ in named]
         # One float64 sum per tensor, stacked on the teacher's device: a single collective and no
         # per-tensor host sync (NCCL only moves CUDA tensors; gloo takes either).
@@ -78,15 +88,25 @@ class TeacherSync:
 
     def after_step(self, global_step: int) -> None:
         start = time.perf_counter()
+        self.buffers_identical = not is_distributed()  # the step updated every rank's teacher
         if self.buffer_every and global_step % self.buffer_every == 0:
             self.sync_buffers()
         if self.check_every and global_step % self.check_every == 0:
             self.check()
         self.seconds += time.perf_counter() - start
 
+    def end_epoch(self) -> None:
+        """Before evaluation and the checkpoint: buffers that are synced at all are synced now if the last
+        step did not (train.teacher_buffer_sync_every > 1)."""
+        if self.buffer_every and not self.buffers_identical:
+            start = time.perf_counter()
+            self.sync_buffers()
+            self.seconds += time.perf_counter() - start
+
     def broadcast_from_rank0(self) -> None:
         """Make every rank's teacher equal to rank 0's (at start, so identical init is guaranteed)."""
         broadcast_from_rank0(self.teacher, parameters=True)
+        self.buffers_identical = True
 
     def summary(self) -> dict:
         return {"checks": self.checks, "mismatches": self.mismatches, "buffer_syncs": self.buffer_syncs,
@@ -114,6 +134,9 @@ class NoTeacherSync:
     same on every rank, since every rank runs the same preset)."""
 
     def after_step(self, global_step: int) -> None:
+        pass
+
+    def end_epoch(self) -> None:
         pass
 
     def check(self) -> None:
