@@ -37,12 +37,13 @@ class ConfigError(ValueError):
 def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple | None = None,
             lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
             key: str | None = None, factory: Callable[[], Any] | None = None, extra: dict | None = None,
-            length: int | None = None) -> Any:
+            length: int | None = None, resumable: bool = False) -> Any:
     """Declare one config field: its default, a one-line meaning (``doc``, shown by `soft-dist config docs`),
     the allowed values (``choices``) or range (``lo``/``hi``, open ends with ``lo_open``/``hi_open``), and
     the YAML key when it differs from the attribute (``lambda``), and ``extra`` metadata for one user's
     needs (the shard options' help groups). For a list field (``list[float]``) the range applies to every
-    element and ``length`` fixes how many there are. Validation, overrides, sweeps, grids and
+    element and ``length`` fixes how many there are. ``resumable``: the value may change when a run is
+    resumed (it does not change what is learned: epochs, workers, caches). Validation, overrides, sweeps, grids and
     the docs all read this one declaration."""
     if not doc:
         raise TypeError("every config field needs a doc")
@@ -55,6 +56,8 @@ def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple
         meta["key"] = key
     if length is not None:
         meta["length"] = length
+    if resumable:
+        meta["resumable"] = True
     meta.update(extra or {})
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -94,13 +97,13 @@ class DataConfig:
 
     shards: str | None = setting(None, "shard folder (or s3:// URL) with manifest.json, written by `soft-dist shard`")
     cache_dir: str | None = setting(None, "node-local cache for shards given as a URL; null: $SOFT_DIST_CACHE, "
-                                          "else ~/.cache/soft-dist/shards")
+                                          "else ~/.cache/soft-dist/shards", resumable=True)
     cache_max_gb: float = setting(50.0, "bound of that cache in GB; least recently used shard sets are evicted",
-                                  lo=0.0, lo_open=True)
+                                  lo=0.0, lo_open=True, resumable=True)
     image_size: int = setting(224, "side of the square network input in pixels", lo=8, hi=1024)
     loader: str = setting("dali", "input pipeline: DALI (CPU or GPU decoding) or the torch fallback",
                           choices=("dali", "torch"))
-    num_threads: int = setting(2, "decoding/augmentation threads per loader", lo=1, hi=256)
+    num_threads: int = setting(2, "decoding/augmentation threads per loader", lo=1, hi=256, resumable=True)
     val_labels: str = setting("noisy", "labels validation is scored against: the noisy ones (realistic) or clean",
                               choices=("noisy", "clean"))
     train_split: str = setting("train", "shard split used for training")
@@ -132,7 +135,7 @@ class ModelConfig:
                                             "null: on when data.image_size <= 64")
     pretrained: str | None = setting(None, "null, a local weight file (a state_dict or {'state_dict': ...}; "
                                            "'module.' stripped; loaded strictly), or \"imagenet\" (needs network)")
-    channels_last: bool = setting(True, "channels-last memory format (applied on GPU only)")
+    channels_last: bool = setting(True, "channels-last memory format (applied on GPU only)", resumable=True)
 
 
 @dataclass
@@ -201,33 +204,33 @@ class OptimConfig:
 class TrainConfig:
     """The run: schedule, workers, recovery and teacher synchronisation."""
 
-    epochs: int = setting(86, "epochs to train (the paper: 6 + 80)", lo=1)
+    epochs: int = setting(86, "epochs to train (the paper: 6 + 80)", lo=1, resumable=True)
     batch_size: int = setting(64, "training batch per worker", lo=1)
-    eval_batch_size: int = setting(256, "evaluation batch per worker", lo=1)
+    eval_batch_size: int = setting(256, "evaluation batch per worker", lo=1, resumable=True)
     seed: int = setting(0, "seed of torch, numpy and Python on every rank, and of the data order")
-    workers: int = setting(2, "Ray Train workers (DDP ranks)", lo=1)
-    use_gpu: bool = setting(False, "one GPU per worker (DALI mixed decoding, NCCL)")
-    cpus_per_worker: int = setting(1, "CPUs reserved per worker", lo=1)
+    workers: int = setting(2, "Ray Train workers (DDP ranks)", lo=1, resumable=True)
+    use_gpu: bool = setting(False, "one GPU per worker (DALI mixed decoding, NCCL)", resumable=True)
+    cpus_per_worker: int = setting(1, "CPUs reserved per worker", lo=1, resumable=True)
     torch_threads: int | None = setting(None, "intra-op torch threads per worker; null: train.cpus_per_worker",
-                                        lo=1)
+                                        lo=1, resumable=True)
     bf16: bool = setting(True, "bf16 autocast (GPU only)")
-    compile: bool = setting(False, "torch.compile the student")
-    max_failures: int = setting(2, "worker failures Ray Train recovers from (-1: unlimited)", lo=-1)
+    compile: bool = setting(False, "torch.compile the student", resumable=True)
+    max_failures: int = setting(2, "worker failures Ray Train recovers from (-1: unlimited)", lo=-1, resumable=True)
     min_workers: int | None = setting(None, "elastic training: run with any count in [min_workers, workers]; "
-                                            "null keeps exactly `workers`", lo=1)
+                                            "null keeps exactly `workers`", lo=1, resumable=True)
     elastic_resize_interval_s: float = setting(60.0, "seconds between Ray Train's looks for room to grow an "
-                                                     "elastic run", lo=0.0)
+                                                     "elastic run", lo=0.0, resumable=True)
     keep_state: bool = setting(True, "keep the resumable checkpoints/ after the last epoch; false leaves model.pt "
-                                     "and logs")
+                                     "and logs", resumable=True)
     teacher_buffer_sync_every: int = setting(1, "steps between broadcasts of the teacher's BatchNorm buffers "
                                                 "(0: never)", lo=0)
     sync_check_every: int = setting(50, "steps between checks that every rank holds the same teacher (0: never)",
-                                    lo=0)
+                                    lo=0, resumable=True)
     sync_batchnorm: bool = setting(False, "SyncBatchNorm in the student (not the teacher); GPU only")
     select_metric: str = setting("accuracy", "validation metric that chooses the epoch and branch of model.pt",
                                  choices=("accuracy", "mean_class_accuracy"))
     fail_at_step: int | None = setting(None, lo=0, doc="test hook: rank 0 exits at this global step (once per "
-                                                       "run directory) to exercise recovery")
+                                                       "run directory) to exercise recovery", resumable=True)
 
 
 @dataclass
@@ -541,6 +544,34 @@ def resolve_for_classes(cfg: Config, num_classes: int) -> Config:
     return resolved
 
 
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and field_declaration(f"{prefix}{key}") is None:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resumable_keys() -> list[str]:
+    """The dotted keys a resumed run may change (declared ``resumable``)."""
+    return [row["key"] for row in field_rows() if field_declaration(row["key"])[0].metadata.get("resumable")]
+
+
+def check_resume_changes(saved: Config, resumed: Config, source: str | None = None) -> None:
+    """Refuse a resume whose overrides change what is being learned: every key that differs between the
+    run's saved config and the resumed one must be declared ``resumable`` (epochs, workers, caches, ...).
+    The error names the key and the value the run was started with."""
+    before, after = _flat(to_dict(saved)), _flat(to_dict(resumed))
+    for key, value in after.items():
+        if before.get(key) == value or field_declaration(key)[0].metadata.get("resumable"):
+            continue
+        raise ConfigError(key, f"cannot change when resuming: the run was started with {key}={before.get(key)!r} "
+                          f"and its checkpoints learned with it (start a new run instead; keys a resume may "
+                          f"change: {', '.join(resumable_keys())})", source)
+
+
 def from_dict(data: dict, sources: dict[str, str] | None = None) -> Config:
     sources = sources or {}
     cfg = _build(Config, data, "", sources)
@@ -623,8 +654,9 @@ def field_rows(cls: type = Config, prefix: str = "", name_of: Callable[[str], st
             rows.extend(field_rows(hint, f"{key}."))
             continue
         default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True)
+        meaning = f.metadata.get("doc", "") + (" (may change on `--resume`)" if f.metadata.get("resumable") else "")
         rows.append({"key": key, "type": _type_name(hint), "default": default.strip().removesuffix("...").strip(),
-                     "allowed": _allowed(f.metadata), "meaning": f.metadata.get("doc", "")})
+                     "allowed": _allowed(f.metadata), "meaning": meaning})
     return rows
 
 

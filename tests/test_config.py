@@ -351,3 +351,24 @@ def test_the_wheel_ships_the_bundled_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in CONFIGS.rglob("*.yaml"):
         assert f"soft_dist/configs/{path.relative_to(CONFIGS).as_posix()}" in names
+
+
+def test_resume_refuses_a_change_to_what_is_learned_and_names_the_started_value(reference_run, capsys):
+    from soft_dist.cli import main
+
+    saved = (reference_run / "config.yaml").read_text()
+    for override, started in (("optim.lr=0.1", "optim.lr=0.001"), ("method.tau=0.2", "method.tau=0.0875"),
+                              ("noise.rate=0.5", "noise.rate=0.3"), ("data.image_size=32", "data.image_size=16")):
+        assert main(["train", "--resume", str(reference_run), override]) == 2
+        err = capsys.readouterr().err
+        assert f"config field '{override.split('=')[0]}'" in err and started in err and "train.epochs" in err
+    assert (reference_run / "config.yaml").read_text() == saved  # the saved config stays what ran
+
+
+def test_the_keys_a_resume_may_change_do_not_change_what_is_learned():
+    from soft_dist.config import resumable_keys
+
+    keys = resumable_keys()
+    assert {"train.epochs", "train.workers", "data.cache_max_gb", "train.keep_state"} <= set(keys)
+    assert not [k for k in keys if k.split(".")[0] in ("method", "noise", "optim")]
+    assert not {"data.shards", "data.image_size", "train.batch_size", "train.seed", "model.name"} & set(keys)

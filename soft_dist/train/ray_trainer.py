@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from soft_dist.config import Config, ConfigError, config_from_yaml, from_dict, resolve_for_classes, to_dict
+from soft_dist.config import (Config, ConfigError, check_resume_changes, config_from_yaml, from_dict,
+                              resolve_for_classes, to_dict)
 from soft_dist.method.sls import tau_above_uniform_note
 from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
@@ -277,5 +278,7 @@ def resume_training(run_dir: str | Path, overrides: list[str] | None = None,
     store = RunStore(run_dir)
     if not store.exists("config.yaml"):
         raise ConfigError("--resume", f"{store.location} is not a run directory (no config.yaml)")
+    saved = config_from_yaml(store.read_text("config.yaml"), store.path("config.yaml"))
     cfg = config_from_yaml(store.read_text("config.yaml"), store.path("config.yaml"), overrides)
+    check_resume_changes(saved, cfg, "command line")
     return run_training(cfg, store.location, resume=True, echo=echo)
