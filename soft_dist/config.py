@@ -21,6 +21,7 @@ from typing import Any, Callable, get_args, get_origin, get_type_hints
 import yaml
 
 from soft_dist.method.presets import METHOD_PRESETS, MethodPreset
+from soft_dist.url_secrets import credentials_problem
 
 class ConfigError(ValueError):
     """A configuration problem, naming the dotted field and (when known) the file."""
@@ -287,6 +288,9 @@ def _coerce(value: Any, hint: Any, path: str, source: str | None) -> Any:
             return float(value)
     elif origin is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            problem = credentials_problem(str(value))
+            if problem:  # before the value is copied anywhere (config.yaml, model cards, Ray's arguments)
+                raise ConfigError(path, problem, source)
             return str(value)
     elif origin is list:
         if isinstance(value, (list, tuple)):

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from soft_dist.config import ConfigError
+from soft_dist.url_secrets import credentials_problem
+
 _COPY_CHUNK = 8 << 20
 
 
@@ -36,6 +39,9 @@ class RunStore:
 
     def __init__(self, location: str | os.PathLike):
         text = os.fspath(location)
+        problem = credentials_problem(text)
+        if problem:
+            raise ConfigError("run directory", problem)
         self.is_local = not is_remote(text)
         if self.is_local:
             if text.startswith("file://"):

@@ -108,6 +108,9 @@ def no_ray_in_this_process(_shared_ray):
     yield
 
 
+S3_SECRET_CANARY = "soft-dist-canary-7f3a9c"
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 endpoint (moto's HTTP server on loopback) for the whole session.
@@ -137,7 +140,8 @@ def s3_server(tmp_path_factory):
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        # A canary, not "testing": the S3 run test greps every file and console line for it.
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_CANARY,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     saved_env = {k: os.environ.get(k) for k in [*env, "AWS_SESSION_TOKEN", "AWS_PROFILE"]}

@@ -166,6 +166,16 @@ def test_run_in_the_bucket_finishes_and_leaves_its_files_there(uninterrupted, s3
     assert list(cwd.iterdir()) == []  # nothing written to the local working directory
 
 
+def test_the_secret_key_in_the_environment_is_in_no_file_and_no_console_line(uninterrupted, s3):
+    from conftest import S3_SECRET_CANARY
+
+    url, _, _, lines = uninterrupted
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == S3_SECRET_CANARY  # what the run's workers used
+    names = keys(s3, url)
+    assert names and not [n for n in names if S3_SECRET_CANARY.encode() in read(s3, url, n)]
+    assert not [line for line in lines if S3_SECRET_CANARY in line]
+
+
 def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted, s3, s3_server, shards_url,
                                                                    cache_dir, workdir, ray_cluster):
     from soft_dist.train.ray_trainer import resume_training, run_training

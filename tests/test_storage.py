@@ -277,3 +277,31 @@ def test_noise_table_from_an_s3_url(s3_shards, digit_shards, tmp_path):
     assert len(table.idx) == manifest.split("train").num_samples + manifest.split("val").num_samples
     with pytest.raises(ConfigError, match="cache_max_gb"):
         load_config(None, ["data.cache_max_gb=0"])
+
+
+CANARY = "canarySECRET42"
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--config", "digits_cpu", "--run-dir", f"s3://AKIAX:{CANARY}@bucket/run"],
+    ["train", "--config", "digits_cpu", "--run-dir", "RUN", f"data.shards=s3://AKIAX:{CANARY}@bucket/shards"],
+    ["train", "--config", "digits_cpu", "--run-dir", "RUN",
+     f"data.shards=https://bucket.s3.amazonaws.com/shards?X-Amz-Credential=AKIAX&X-Amz-Signature={CANARY}"],
+    ["eval", "--shards", "SHARDS", f"s3://AKIAX:{CANARY}@bucket/run"],
+    ["eval", "--shards", f"s3://AKIAX:{CANARY}@bucket/shards", "MODEL"],
+    ["export", "--out", "OUT", f"s3://AKIAX:{CANARY}@bucket/run"],
+    ["audit", "--out", "OUT", f"s3://AKIAX:{CANARY}@bucket/run"],
+    ["shard", "--layout", "digits", "--out", f"s3://AKIAX:{CANARY}@bucket/shards"],
+], ids=["train-run-dir", "train-shards", "train-presigned", "eval-model", "eval-shards", "export", "audit", "shard"])
+def test_a_url_with_credentials_is_refused_before_anything_is_written(args, reference_run, digit_shards, tmp_path,
+                                                                       monkeypatch, capsys):
+    from soft_dist.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    places = {"RUN": str(tmp_path / "run"), "SHARDS": str(digit_shards), "MODEL": str(reference_run),
+              "OUT": str(tmp_path / "out")}
+    assert main([places.get(a, a) for a in args]) == 2
+    out, err = capsys.readouterr()
+    assert "carries credentials" in err and "AWS_ACCESS_KEY_ID" in err
+    assert CANARY not in out + err and "AKIAX" not in out + err  # the error shows the URL redacted
+    assert list(tmp_path.iterdir()) == []  # no run directory, export or cache was started
