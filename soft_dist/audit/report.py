@@ -14,6 +14,7 @@ import numpy as np
 from soft_dist.audit.scores import (NetworkOutputs, available_scores, compute_score, estimate_noise, measure,
                                     noise_from_truth, ranking, score_source)
 from soft_dist.noise.table import NoiseTable
+from soft_dist.safe_text import csv_row
 
 CSV_FILE = "audit.csv"
 JSON_FILE = "audit.json"
@@ -68,14 +69,14 @@ def write_csv(audit: Audit, classes: tuple[str, ...], sources: dict[int, str], p
 
     with path.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(CSV_COLUMNS + (TRUTH_COLUMNS if audit.clean is not None else ()))
+        w.writerow(csv_row(CSV_COLUMNS + (TRUTH_COLUMNS if audit.clean is not None else ())))
         for r in range(len(audit)):
             i, g, s = int(audit.idx[r]), int(audit.given[r]), int(audit.suggested[r])
             row = [i, sample_key(i), g, s, f"{audit.score[r]:.6f}", classes[g], classes[s], sources.get(i, "")]
             if audit.clean is not None:
                 c = int(audit.clean[r])
                 row += [c, classes[c], int(c != g)]
-            w.writerow(row)
+            w.writerow(csv_row(row))
     return path
 
 

@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from soft_dist.headless_pyplot import pyplot
+from soft_dist.safe_text import csv_row
 
 
 def write_confusion_csv(cm: np.ndarray, classes: list[str], path: Path) -> Path:
     """First row: ``true \\ predicted`` and the class names; then one row per true class."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *classes])
+        writer.writerow(csv_row(["true \\ predicted", *classes]))
         for name, row in zip(classes, np.asarray(cm)):
-            writer.writerow([name, *(int(v) for v in row)])
+            writer.writerow(csv_row([name, *(int(v) for v in row)]))
     return path
 
 

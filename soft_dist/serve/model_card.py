@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from soft_dist.safe_text import markdown_text
 from soft_dist.serve.network import LoadedModel
 
 CARD_FORMAT = "soft-dist-model-card/1"
@@ -70,7 +71,7 @@ def card_markdown(card: dict) -> str:
     size = card["input"]["image_size"]
     noise = card["noise"] or {}
     lines = [
-        f"# soft-dist model: {card['dataset']} ({card['num_classes']} classes)",
+        f"# soft-dist model: {markdown_text(card['dataset'])} ({card['num_classes']} classes)",
         "",
         f"{arch['name']} (small stem: {arch.get('small_stem')}), method `{card['method']}`, the `{card['branch']}` "
         f"branch of epoch {card['epoch']} (0-based), chosen on validation by {card['metrics']['selected_by']}. "
@@ -79,7 +80,7 @@ def card_markdown(card: dict) -> str:
         "",
         "## Classes (output order)",
         "",
-        *[f"- {i}: {name}" for i, name in enumerate(card["classes"])],
+        *[f"- {i}: {markdown_text(name)}" for i, name in enumerate(card["classes"])],
         "",
         "## Input",
         "",

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from soft_dist.config import ConfigError
+from soft_dist.safe_text import csv_row
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
@@ -79,15 +80,15 @@ class PredictionWriter:
         self.file = open(self.partial, "w", newline="")
         if self.format == "csv":
             self.csv = csv.writer(self.file)
-            self.csv.writerow(["path", "status", "face_found", *BOX_COLUMNS, "face_prob", "predicted",
-                               *(f"prob_{c}" for c in self.classes), "error"])
+            self.csv.writerow(csv_row(["path", "status", "face_found", *BOX_COLUMNS, "face_prob", "predicted",
+                                       *(f"prob_{c}" for c in self.classes), "error"]))
         return self
 
     def write(self, batch_rows: list[dict]) -> None:
         for row in batch_rows:
             self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
             if self.format == "csv":
-                self.csv.writerow(_csv_row(row, self.classes))
+                self.csv.writerow(csv_row(_csv_row(row, self.classes)))
             else:
                 self.file.write(json.dumps(row) + "\n")
 
