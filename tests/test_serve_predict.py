@@ -194,6 +194,18 @@ def test_face_photos_through_the_command(reference_run, tmp_path):
     assert coins["status"] == "no_face_centre_crop" and coins["face_found"] == "False" and coins["predicted"]
 
 
+def test_nothing_classified_exits_1_and_still_writes_its_csv(reference_run, tmp_path, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"not a jpeg")
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(reference_run), str(folder), "--runner", "local", "--no-progress",
+                 "--out", str(out)]) == 1
+    assert "none of the 2 photos could be classified" in capsys.readouterr().err
+    assert [r["status"] for r in _read_csv(out)] == ["unreadable", "unreadable"]
+
+
 def test_bad_options_exit_2_naming_the_problem(reference_run, digit_photos, tmp_path, capsys):
     assert main(["predict", str(reference_run), str(digit_photos), "--out", str(tmp_path / "p.txt")]) == 2
     assert "option '--out'" in capsys.readouterr().err

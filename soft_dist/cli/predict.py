@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from soft_dist.cli.model_arg import add_model_argument
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from soft_dist.serve.classifier import load_spec
-    from soft_dist.serve.faces import AlignSettings
+    from soft_dist.serve.faces import CENTRE_CROP, OK, AlignSettings
     from soft_dist.serve.inputs import collect_inputs
     from soft_dist.serve.predict import PredictPlan, choose_runner, predict_local, predict_ray
     from soft_dist.serve.prediction_files import PredictionWriter, output_format, rows
@@ -97,4 +98,10 @@ def run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(writer.counts.items()))
     print(f"wrote {args.out}: {len(inputs.paths)} rows ({counts}) in {seconds:.1f} s "
           f"({len(inputs.paths) / max(seconds, 1e-9):.1f} img/s)")
+    classified = writer.counts.get(OK, 0) + writer.counts.get(CENTRE_CROP, 0)
+    if inputs.paths and classified == 0:
+        # A script that checks the exit status must not take a file of errors for predictions.
+        print(f"predict: none of the {len(inputs.paths)} photos could be classified ({counts}); see the status "
+              f"and error columns of {args.out}", file=sys.stderr)
+        return 1
     return 0
