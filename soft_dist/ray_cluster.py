@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Callable
 
 WORKER_LOGS_ENV = "SOFT_DIST_WORKER_LOGS"  # "1": forward workers' output to the driver's console
@@ -41,6 +42,10 @@ def init_ray(log_to_driver: bool | None = None) -> None:
 
     if ray.is_initialized():
         return
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # Worker lines and dead-worker reports reach a log file or CI without ANSI colour codes (Ray reads
+        # this variable in the driver each time it prints one).
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if log_to_driver is None:
         log_to_driver = os.environ.get(WORKER_LOGS_ENV, "") == "1"
     # The console is for soft-dist's epoch lines (printed by the driver from metrics.jsonl): the workers'

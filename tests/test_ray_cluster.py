@@ -21,11 +21,13 @@ pytestmark = pytest.mark.ray
 SCRIPT = textwrap.dedent(
     """
     import time
+    import ray
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
     from soft_dist.ray_cluster import init_ray
 
     init_ray()
+    ray.get(ray.remote(lambda: print("HELLO FROM A WORKER", flush=True)).remote())
     TorchTrainer(lambda: time.sleep(8), scaling_config=ScalingConfig(num_workers=1)).fit()
     print("RUN FINISHED")
     """
@@ -48,6 +50,8 @@ def test_local_cluster_run_has_no_state_api_warnings():
     output = run.stdout + run.stderr
     assert run.returncode == 0 and "RUN FINISHED" in output, output[-3000:]
     assert "Failed to query Ray Train Controller" not in output, output[-3000:]
+    # a worker's line reached this console (not a terminal) with its prefix but without colour codes
+    assert "HELLO FROM A WORKER" in output and "pid=" in output and "\x1b" not in output, output[-3000:]
 
 
 def test_train_console_is_one_line_per_epoch(digit_shards, tmp_path):
