@@ -130,3 +130,25 @@ def test_cut_short_run_continues_exactly(uninterrupted, tmp_path):
     assert results["model"]["epoch"] == whole["model"]["epoch"]
     assert results["protocols"] == whole["protocols"] and results["protocols"]["epochs"] == 3
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0002"]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"architecture": {"name": "vgg11", "small_stem": True}}, "architecture.name"),
+    ({"mean": [0.5, 0.5]}, "mean"),
+    ({"std": [0.5, 0.0, 0.5]}, "std"),
+    ({"image_size": 0}, "image_size"),
+    ({"classes": ["only"]}, "classes"),
+    ({"num_classes": 7}, "num_classes"),
+    ({"eval_crop_fraction": float("nan")}, "eval_crop_fraction"),
+])
+def test_bad_model_metadata_exits_2_naming_the_field(reference_run, tmp_path, capsys, change, field):
+    from soft_dist.cli import main
+
+    payload = torch.load(reference_run / "model.pt", map_location="cpu", weights_only=True)
+    payload["meta"].update(change)
+    torch.save(payload, tmp_path / "model.pt")
+    for command in (["export", "--out", str(tmp_path / "out"), str(tmp_path / "model.pt")],
+                    ["predict", str(tmp_path / "model.pt"), str(tmp_path), "--out", str(tmp_path / "p.csv")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"metadata field '{field}'" in err and "model.pt" in err and "Traceback" not in err

@@ -11,14 +11,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from soft_dist.config import field_declaration
 from soft_dist.storage import RunStore, is_remote
 from soft_dist.train.errors import CheckpointError
 
+# The backbones a model file may name: model.name's choices.
+ARCHITECTURES = field_declaration("model.name")[0].metadata["choices"]
 MODEL_FILE = "model.pt"
 MODEL_FORMAT = "soft-dist-model/1"
 
@@ -75,7 +79,43 @@ def parse_model(data: bytes, where: str) -> ModelFile:
         raise CheckpointError(f"{where}: not a readable model file ({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{where}: not a soft-dist model file (expected format {MODEL_FORMAT!r})")
+    check_meta(payload.get("meta"), where)
     return ModelFile(payload["state_dict"], payload["meta"])
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_meta(meta, where: str) -> None:
+    """Refuse metadata that serve, eval and export could not rebuild or feed a network from (a file
+    edited by hand, or written by another program), naming the field: CheckpointError."""
+    def bad(field: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{where}: metadata field '{field}' {why}")
+
+    if not isinstance(meta, dict):
+        raise bad("meta", f"must be a mapping, got {type(meta).__name__}")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
+        raise bad("classes", f"must list at least 2 class names, got {classes!r}")
+    if meta.get("num_classes", len(classes)) != len(classes):
+        raise bad("num_classes", f"is {meta.get('num_classes')!r} but 'classes' names {len(classes)}")
+    size = meta.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 1024:
+        raise bad("image_size", f"must be an integer in [8, 1024], got {size!r}")
+    for name, low_open in (("mean", False), ("std", True)):
+        values = meta.get(name)
+        if not isinstance(values, list) or len(values) != 3 or not all(_finite(v) for v in values):
+            raise bad(name, f"needs 3 finite numbers (RGB), got {values!r}")
+        if low_open and min(values) <= 0:
+            raise bad(name, f"must be > 0, got {values!r}")
+    crop = meta.get("eval_crop_fraction", 1.0)
+    if not _finite(crop) or not 0 < crop <= 1:
+        raise bad("eval_crop_fraction", f"must be in (0, 1], got {crop!r}")
+    arch = meta.get("architecture")
+    if not isinstance(arch, dict) or arch.get("name") not in ARCHITECTURES:
+        name = arch.get("name") if isinstance(arch, dict) else arch
+        raise bad("architecture.name", f"must be one of {list(ARCHITECTURES)}, got {name!r}")
 
 
 def config_digest(config: dict) -> str:
