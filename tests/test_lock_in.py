@@ -23,3 +23,25 @@ def test_the_ramp_up_and_epochs_without_sls_are_not_watched():
     assert lock_in_note(falling_from_random, 0.0875, 10, watch_from=2) is None
     assert lock_in_note([None, None, 0.8, 0.3], 0.0875, 10) is not None  # epochs before SLS do not count
     assert lock_in_note([None, None, 0.8, 0.3], 0.0875, 10, watch_from=3) is None
+
+
+def _record(share, note=None):
+    train = {"loss": 1.0, "share_k_gt_1": share, "teacher_agrees": 0.6, "images_per_s": 100.0}
+    return {"train": train, "val": {"student": {"accuracy": 0.5}}, **({"note": note} if note else {})}
+
+
+def test_the_note_follows_its_epoch_line_in_the_run_log_and_on_the_ray_driver(tmp_path):
+    from soft_dist.storage import RunStore
+    from soft_dist.train.ray_trainer import EpochPrinter
+    from soft_dist.train.runlog import RunLog
+
+    store, said, printed = RunStore(tmp_path), [], []
+    printer = EpochPrinter(store, 2, printed.append)  # the driver of a Ray run prints from metrics.jsonl
+    log = RunLog(store, 2, said.append, tensorboard=False)
+    log.start(0)
+    log.record(0, _record(0.8))
+    log.record(1, _record(0.3, note="lock-in warning: ..."))
+    assert [line.split(" | ")[0] for line in said] == ["epoch 1/2", "epoch 2/2", "lock-in warning: ..."]
+    assert "teacher=label 0.60" in said[0] and "k>1 0.80" in said[0]
+    printer._print_new()
+    assert printed == said
