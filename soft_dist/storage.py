@@ -170,12 +170,14 @@ class RunStore:
         os.mkdir(staging)
         try:
             shutil.copytree(local_dir, staging, dirs_exist_ok=True)
+            _fsync_tree(staging)  # complete on disk before it appears under its name
             # os.rename cannot replace a non-empty folder: move the old one aside first.
             old = None
             if target.exists():
                 old = _sibling(target, "old")
                 os.rename(target, old)
             os.rename(staging, target)
+            _fsync_folder(target.parent)
             if old is not None:
                 shutil.rmtree(old)
         finally:
@@ -231,9 +233,35 @@ class _atomic_local:
         return self.file
 
     def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            # Durable before it is visible: the data reaches the disk before the rename, and the rename
+            # before we return (a power loss must not leave a renamed but empty model.pt).
+            self.file.flush()
+            os.fsync(self.file.fileno())
         self.file.close()
         if exc_type is None:
             os.replace(self.tmp, self.path)
+            _fsync_folder(self.path.parent)
         else:
             os.unlink(self.tmp)
         return False
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root`` and every folder, deepest first."""
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            _fsync_folder(path)
+    _fsync_folder(root)

@@ -152,3 +152,61 @@ def test_bad_model_metadata_exits_2_naming_the_field(reference_run, tmp_path, ca
         assert main(command) == 2
         err = capsys.readouterr().err
         assert f"metadata field '{field}'" in err and "model.pt" in err and "Traceback" not in err
+
+
+class _Crash(Exception):
+    """The process dying at an injected point (raised in this process; the run directory is what survives)."""
+
+
+_TIMING = {"seconds", "images_per_s", "images_per_s_per_worker", "wall_time_s", "throughput",
+           "share_of_train_time"}
+
+
+def _without_timing(node):
+    if isinstance(node, dict):
+        return {k: _without_timing(v) for k, v in node.items() if k not in _TIMING}
+    if isinstance(node, list):
+        return [_without_timing(v) for v in node]
+    return node
+
+
+@pytest.mark.parametrize("method, epoch", [
+    ("RunLog.record", 0),          # epoch 0 is always a new best: nothing of it may be in model.pt yet
+    ("CheckpointWriter.save", 0),  # epoch 0 is always a new best: its state is committed, its model.pt not
+    ("RunLog.finish", 2),          # results.json written, the last state not
+    ("CheckpointWriter.save", 2),  # the last state committed, model.pt (if epoch 2 is the best) not
+])
+def test_a_crash_between_any_two_writes_resumes_to_the_same_files(uninterrupted, tmp_path, monkeypatch, method,
+                                                                 epoch):
+    from soft_dist.train.checkpoints import CheckpointWriter
+    from soft_dist.train.runlog import RunLog
+
+    owner = {"CheckpointWriter": CheckpointWriter, "RunLog": RunLog}[method.split(".")[0]]
+    name = method.split(".")[1]
+    original = getattr(owner, name)
+
+    def crashing(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        at = args[0] if name in ("save", "record") else 2  # finish() only runs at the last epoch
+        if at == epoch:
+            raise _Crash(f"died after {method} of epoch {at}")
+
+    monkeypatch.setattr(owner, name, crashing)
+    with pytest.raises(_Crash):
+        _run(tmp_path, epochs=3)
+    # What the crash left: model.pt holds an epoch whose checkpoint is committed (one the resumed history keeps)
+    committed = max(ckpt.checkpoint_epochs(RunStore(tmp_path)), default=-1)
+    if (tmp_path / "model.pt").exists():
+        assert load_model(tmp_path).meta["epoch"] <= committed
+    monkeypatch.setattr(owner, name, original)
+    _run(tmp_path, epochs=3)  # the same command again: it resumes
+
+    whole, _ = uninterrupted
+    expected, got = load_model(whole), load_model(tmp_path)
+    assert got.meta["selection"] == expected.meta["selection"]
+    assert all(torch.equal(got.state_dict[k], v) for k, v in expected.state_dict.items())
+    read = lambda run, f: (run / f).read_text()  # noqa: E731
+    assert _without_timing(json.loads(read(tmp_path, "results.json"))) == _without_timing(
+        json.loads(read(whole, "results.json")))
+    assert [_without_timing(json.loads(x)) for x in read(tmp_path, "metrics.jsonl").splitlines()] == [
+        _without_timing(json.loads(x)) for x in read(whole, "metrics.jsonl").splitlines()]

@@ -225,18 +225,19 @@ class Checkpoints:
                                   "a different noise table; refusing to resume")
         return state
 
-    def resume(self, learner, sync) -> tuple[int, list]:
+    def resume(self, learner, sync) -> tuple[int, list, dict | None]:
         """Restore ``learner`` (a SoftLearner), the RNG states and ``sync``'s counts from the newest state
-        -> (first epoch to train, history of the epochs before it); (0, []) for a new run."""
+        -> (first epoch to train, history of the epochs before it, model selection's best record or
+        None); (0, [], None) for a new run."""
         state = self.newest_state()
         if state is None:
-            return 0, []
+            return 0, [], None
         learner.load_state_dict(state["learner"])
         set_rng_state(state["rng"])
         sync.restore(state["teacher_sync"])
-        return state["epoch"] + 1, state["history"]
+        return state["epoch"] + 1, state["history"], state.get("selection")
 
-    def save(self, epoch: int, metrics: dict, learner, sync, history: list) -> None:
+    def save(self, epoch: int, metrics: dict, learner, sync, history: list, selection: dict | None = None) -> None:
         """The end of ``epoch``: report ``metrics`` to the launcher."""
         self.report(metrics, None, epoch)
 
@@ -249,10 +250,10 @@ class CheckpointWriter(Checkpoints):
     """Rank 0's checkpoints: each epoch's state is written to a scratch folder, reported (which makes it
     durable in RUN/checkpoints), and then every older checkpoint is deleted."""
 
-    def save(self, epoch: int, metrics: dict, learner, sync, history: list) -> None:
+    def save(self, epoch: int, metrics: dict, learner, sync, history: list, selection: dict | None = None) -> None:
         state = {"learner": learner.state_dict(), "epoch": epoch, "rng": rng_state(), "history": history,
                  "config": to_dict(self.cfg), "noise_table_sha256": self.table_digest,
-                 "teacher_sync": sync.state()}
+                 "teacher_sync": sync.state(), "selection": selection}
         with scratch_folder(self.store) as folder:
             self.report(metrics, write_state_folder(state, Path(folder)), epoch)
         prune_checkpoints(self.store, keep_epoch=epoch)

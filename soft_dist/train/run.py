@@ -112,14 +112,14 @@ class Trainer:
         cfg, loaders, world_size = self.cfg, self.loaders, self.place.world_size
         learner, weights = self._build_learner()
         sync = teacher_sync(learner.teacher, cfg.train)
-        start_epoch, history = self.checkpoints.resume(learner, sync)
+        start_epoch, history, best = self.checkpoints.resume(learner, sync)
         if start_epoch > 0:
             self.log.say(f"resumed from epoch {start_epoch} (world size {world_size})")
         else:
             sync.broadcast_from_rank0()
+        self.selection.resume(best, start_epoch, learner)
         if start_epoch >= cfg.train.epochs:
             return self._report_finished_run()
-        self.selection.resume(start_epoch)
         self.log.start(start_epoch)
         on_step = self._on_step(sync)
         val_lookup = self.table.lookup() if cfg.data.val_labels == "noisy" else None
@@ -154,7 +154,9 @@ class Trainer:
                 **self._lock_in(history)})
             if last:
                 self.log.finish(results)
-            self.checkpoints.save(epoch, self._launcher_metrics(epoch, val, last), learner, sync, history)
+            self.checkpoints.save(epoch, self._launcher_metrics(epoch, val, last), learner, sync, history,
+                                  self.selection.state())
+            self.selection.commit()  # model.pt only once the epoch it holds is in a committed checkpoint
         self.log.close()
         return results
 

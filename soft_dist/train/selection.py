@@ -59,15 +59,24 @@ def model_meta(cfg: Config, data: DatasetInfo, table: NoiseTable, best: dict) ->
 
 
 class ModelSelection:
-    """The best epoch so far on validation. Ranks other than 0 use this class as it is: they keep the
-    record from the epochs they trained and write nothing."""
+    """The best epoch so far on validation, kept in the resumable state (:meth:`state`). Ranks other than
+    0 use this class as it is: they keep the record and write nothing."""
 
     def __init__(self, metric: str):
         self.metric = metric
         self.best: dict | None = None
 
-    def resume(self, start_epoch: int) -> None:
-        """Continue a run at ``start_epoch`` (only the rank that writes model.pt needs its best so far)."""
+    def state(self) -> dict | None:
+        """What a checkpoint keeps: the best record so far."""
+        return self.best
+
+    def resume(self, best: dict | None, start_epoch: int, learner) -> None:
+        """Continue a run at ``start_epoch`` with the checkpoint's best record ``best`` (None: a new run,
+        or a checkpoint written before the record was kept); ``learner`` holds the restored state."""
+        self.best = best
+
+    def commit(self) -> None:
+        """The epoch's checkpoint is committed: what depends on it may be written now."""
 
     def consider(self, epoch: int, val: dict, test: dict | None, learner) -> dict:
         """Take the epoch's reports (branch -> report) into account -> the best so far (this epoch when it
@@ -86,16 +95,32 @@ class ModelSelection:
 
 class ModelWriter(ModelSelection):
     """Rank 0's selection: writes the best epoch's branch (weights without the head) and metadata to
-    RUN/model.pt whenever the best changes; the run's best so far is whatever model.pt holds."""
+    RUN/model.pt whenever the best changes, but only once that epoch's checkpoint is committed
+    (:meth:`commit`). So after a crash at any point model.pt holds an epoch the resumed history keeps:
+    either the best of the committed epochs, or (crash between the checkpoint and model.pt) the epoch
+    just restored, which :meth:`resume` writes again."""
 
     def __init__(self, cfg: Config, store: RunStore, table: NoiseTable, data: DatasetInfo):
         super().__init__(cfg.train.select_metric)
         self.cfg, self.store, self.table, self.data = cfg, store, table, data
+        self.pending: tuple[dict, dict] | None = None  # (weights, meta) of a new best not yet written
 
-    def resume(self, start_epoch: int) -> None:
-        if start_epoch > 0 and self.store.exists(MODEL_FILE):
-            self.best = load_model(self.store.path(MODEL_FILE)).meta["selection"]
+    def resume(self, best: dict | None, start_epoch: int, learner) -> None:
+        on_disk = load_model(self.store.path(MODEL_FILE)).meta["selection"] if (
+            start_epoch > 0 and self.store.exists(MODEL_FILE)) else None
+        # A checkpoint from before the record was kept: the best so far is whatever model.pt holds.
+        self.best = best if best is not None else on_disk
+        if best is not None and best["epoch"] == start_epoch - 1 and on_disk != best:
+            # The run stopped after the best epoch's checkpoint and before its model.pt: the restored
+            # learner is that epoch's state, so write it now.
+            self._new_best(learner)
+            self.commit()
 
     def _new_best(self, learner) -> None:
         module = learner.branches()[self.best["branch"]]
-        save_model(self.store, branch_weights(module), model_meta(self.cfg, self.data, self.table, self.best))
+        self.pending = (branch_weights(module), model_meta(self.cfg, self.data, self.table, self.best))
+
+    def commit(self) -> None:
+        if self.pending is not None:
+            save_model(self.store, *self.pending)
+            self.pending = None
