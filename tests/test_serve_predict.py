@@ -230,3 +230,48 @@ def test_the_benchmark_model_predicts_on_real_faces(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6 and sum(r["status"] == "ok" for r in rows) >= 5
     assert all(len(r["probabilities"]) == 7 for r in rows if r["status"] == "ok")
+
+
+_PEAK_RSS = """
+import resource, sys
+from soft_dist.cli import main
+code = main(sys.argv[1:])
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "EXIT", code)
+"""
+
+
+def _peak_rss_kb(args: list[str]) -> int:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", _PEAK_RSS, *args], capture_output=True, text=True, env=env,
+                         timeout=600)
+    last = run.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "PEAK_RSS_KB" and last[-1] == "0", run.stdout[-2000:] + run.stderr[-2000:]
+    return int(last[1])
+
+
+def test_huge_photos_are_decoded_within_a_memory_bound(reference_run, tmp_path):
+    """16 photos of 9000 x 9000 (a PNG takes 243 MB decoded) cost at most 1.5x the peak memory of 16 small
+    ones: each is reduced to --max-pixels while or right after it is decoded."""
+    gradient = np.tile(np.linspace(0, 255, 9000, dtype=np.uint8), (9000, 1))
+    big = Image.fromarray(np.stack([gradient, gradient.T, gradient], axis=-1))
+    (tmp_path / "big").mkdir(), (tmp_path / "small").mkdir()
+    big.save(tmp_path / "big" / "00.png", compress_level=1)
+    big.save(tmp_path / "big" / "01.jpg", quality=80)
+    big.resize((300, 300)).save(tmp_path / "small" / "00.png")
+    del big, gradient
+    for n in range(2, 16):  # 8 PNGs (decoded whole, then reduced) and 8 JPEGs (reduced while decoding)
+        first = tmp_path / "big" / ("00.png" if n % 2 == 0 else "01.jpg")
+        (tmp_path / "big" / f"{n:02d}{first.suffix}").write_bytes(first.read_bytes())
+    for n in range(1, 16):
+        (tmp_path / "small" / f"{n:02d}.png").write_bytes((tmp_path / "small" / "00.png").read_bytes())
+    peaks = {folder: _peak_rss_kb(["predict", str(reference_run), str(tmp_path / folder), "--runner", "local",
+                                   "--no-progress", "--batch-size", "16", "--out", str(tmp_path / f"{folder}.csv")])
+             for folder in ("small", "big")}
+    assert peaks["big"] <= 1.5 * peaks["small"], peaks
+    rows = _read_csv(tmp_path / "big.csv")
+    assert len(rows) == 16 and {r["status"] for r in rows} == {"ok"}

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from soft_dist.cli.model_arg import add_model_argument
+from soft_dist.serve.faces import DEFAULT_MAX_PIXELS
 
 BACKEND_CHOICES = ("torch", "onnxruntime")  # serve.classifier.BACKENDS
 RUNNER_CHOICES = ("auto", "local", "ray")  # serve.predict.RUNNERS
@@ -48,6 +49,10 @@ def register(subparsers) -> None:
                    help="Ray Data actors aligning faces, one CPU each (default: this machine's cores minus 1)")
     p.add_argument("--classify-actors", type=int, default=1, help="Ray Data actors classifying (default 1)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default 64)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"photos are decoded to at most this many pixels, JPEGs reduced while decoding, so that a "
+                        f"huge photo cannot exhaust memory (default {DEFAULT_MAX_PIXELS:,}; boxes are reported "
+                        f"in the photo's own pixels)")
     p.add_argument("--device", default="cpu", help="cpu or cuda, for MTCNN and the network (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -56,7 +61,7 @@ def register(subparsers) -> None:
 def _check_positive(args: argparse.Namespace) -> None:
     from soft_dist.config import ConfigError
 
-    for name in ("align_actors", "classify_actors", "batch_size"):
+    for name in ("align_actors", "classify_actors", "batch_size", "max_pixels"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}", f"must be at least 1, got {getattr(args, name)}")
 
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     _check_positive(args)
     output_format(args.out)  # a bad --out fails before the model loads
     spec = load_spec(args.model, args.backend)
-    align = AlignSettings.from_model(spec.alignment, spec.image_size, args.align, args.on_no_face)
+    align = AlignSettings.from_model(spec.alignment, spec.image_size, args.align, args.on_no_face, args.max_pixels)
     inputs = collect_inputs(args.inputs)
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address

@@ -31,6 +31,10 @@ CLASSIFIED = (OK, CENTRE_CROP)
 
 ALIGN_CHOICES = ("model", "mtcnn", "none")
 NO_FACE_CHOICES = ("skip", "crop")
+# Photos are decoded to at most this many pixels (about 2000 x 2000): MTCNN looks at the photo at no more
+# than 640 px on its long side and the aligned crop is at most 224 px, while a 9000 x 9000 photo decoded
+# at full size takes 243 MB (`predict --max-pixels`).
+DEFAULT_MAX_PIXELS = 4_000_000
 DEFAULT_JPEG_QUALITY = 95  # `soft-dist shard --quality`'s default, for models whose metadata predates the field
 
 
@@ -47,10 +51,11 @@ class AlignSettings:
     margin: float
     jpeg_quality: int
     on_no_face: str = "skip"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @classmethod
     def from_model(cls, alignment: dict, image_size: int, align: str = "model",
-                   on_no_face: str = "skip") -> "AlignSettings":
+                   on_no_face: str = "skip", max_pixels: int = DEFAULT_MAX_PIXELS) -> "AlignSettings":
         """Settings from model metadata's ``alignment`` dict ({} for a model trained on unnamed data),
         with ``align`` "mtcnn" or "none" overriding the model's method."""
         if align not in ALIGN_CHOICES:
@@ -61,7 +66,8 @@ class AlignSettings:
         margin = alignment.get("margin")
         return cls(method=method, size=int(alignment.get("shard_image_size") or image_size),
                    margin=0.2 if margin is None else float(margin),
-                   jpeg_quality=int(alignment.get("jpeg_quality") or DEFAULT_JPEG_QUALITY), on_no_face=on_no_face)
+                   jpeg_quality=int(alignment.get("jpeg_quality") or DEFAULT_JPEG_QUALITY), on_no_face=on_no_face,
+                   max_pixels=max_pixels)
 
 
 def _empty_columns(paths: np.ndarray) -> dict[str, np.ndarray]:
@@ -101,11 +107,12 @@ class FacePreparer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from soft_dist.shard.align import centre_crop, warp
-        from soft_dist.shard.encode import jpeg_bytes, read_rgb
+        from soft_dist.shard.encode import jpeg_bytes, read_rgb_capped
 
         s = self.settings
         out = {**{k: v for k, v in batch.items() if k != "path"}, **_empty_columns(batch["path"])}
         photos: dict[int, object] = {}
+        scales: dict[int, float] = {}  # photo's long side / decoded long side
         for i, path in enumerate(out["path"]):
             if not os.path.isfile(path):
                 out["status"][i] = MISSING
@@ -113,7 +120,7 @@ class FacePreparer:
                                    "no file matches this pattern" if any(c in path for c in "*?[") else "no such file")
                 continue
             try:
-                photos[i] = read_rgb(path)
+                photos[i], scales[i] = read_rgb_capped(path, s.max_pixels)
             except Exception as err:  # any decoder error is a bad input, never a crash
                 out["status"][i] = UNREADABLE
                 out["error"][i] = f"{type(err).__name__}: {err}"
@@ -127,7 +134,7 @@ class FacePreparer:
             if s.method == "mtcnn" and det is not None:
                 face = warp(photo, det.landmarks, s.size, s.margin)
                 out["face_found"][i] = 1
-                out["box"][i] = det.box
+                out["box"][i] = [float(v) * scales[i] for v in det.box]  # in the photo's own pixels
                 out["face_prob"][i] = det.score
             elif s.method == "mtcnn":
                 out["face_found"][i] = 0

@@ -7,6 +7,7 @@ and the options, never on which worker ran it, so shards are identical with any 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,30 @@ def read_rgb(path) -> Image.Image:
         img.load()  # decodes fully now: truncated files fail here, not later
         img = ImageOps.exif_transpose(img)
         return img.convert("RGB")
+
+
+def read_rgb_capped(path, max_pixels: int) -> tuple[Image.Image, float]:
+    """:func:`read_rgb` holding at most ``max_pixels`` pixels -> (image, scale), ``scale`` = the photo's
+    long side / the returned long side (1.0 when it was small enough).
+
+    A JPEG is reduced while it is decoded (1/2, 1/4 or 1/8 scale, never below the cap's size); other
+    formats are decoded, then box-reduced by an integer factor before any other copy is made, so one
+    full-size decode at a time is the most a huge photo costs."""
+    with Image.open(path) as img:
+        full_long = max(img.size)
+        if img.size[0] * img.size[1] > max_pixels:
+            f = math.sqrt(max_pixels / (img.size[0] * img.size[1]))
+            img.draft("RGB", (max(1, int(img.size[0] * f)), max(1, int(img.size[1] * f))))
+        img.load()
+        if img.mode not in ("RGB", "RGBA", "L", "LA"):
+            img = img.convert("RGB")  # e.g. palette images, which reduce() does not take
+        pixels = img.size[0] * img.size[1]
+        if pixels > max_pixels:
+            img = img.reduce(math.ceil(math.sqrt(pixels / max_pixels)))
+        img = ImageOps.exif_transpose(img)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+    return img, full_long / max(img.size)
 
 
 def load_image(record: Record) -> Image.Image:
