@@ -165,9 +165,13 @@ def test_interrupted_sweep_reports_and_resume_keeps_finished_trials(resumed_swee
     assert (resumed_sweep["first_rows"]["status"] == "TERMINATED").sum() < 4  # trials.csv of the part run
     finished = resumed_sweep["finished_before"]
     assert finished
+    first = resumed_sweep["first_rows"]
+    recorded = set(first.loc[first["status"] == "TERMINATED", "trial_id"])  # what Tune saved as done
     for trial_id, metrics_before in finished.items():
         row = table[table["trial_id"] == trial_id].iloc[0]
-        assert row["starts"] == 1  # its driver never ran again
+        # Done in Tune's saved state: its driver never ran again. Fully reported but not yet recorded (Ctrl-C
+        # came between our report file and Tune's bookkeeping): it ran once more, only to re-report.
+        assert row["starts"] == 1 if trial_id in recorded else row["starts"] <= 2
         assert (Path(row["trial_dir"]) / "metrics.jsonl").read_text() == metrics_before  # no epoch retrained
         assert row["epochs"] == 2
     # trials that were running at Ctrl-C ran again (at most once more each), nothing ran three times
