@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,6 +379,14 @@ def check_field_value(dotted: str, value: Any, source: str | None = None) -> Any
 REMOVED_KEYS = frozenset({"train.log_every"})
 
 
+def unknown_key_message(key: str, known, prefix: str = "") -> str:
+    """"unknown key", the closest known key when there is one ("did you mean 'train.epochs'?", with
+    ``prefix`` the section's dotted path), and every key of the section."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+    return f"unknown key{hint} (known keys here: {', '.join(sorted(map(str, known)))})"
+
+
 def _build(cls: type, data: dict, prefix: str, sources: dict[str, str]) -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise ConfigError."""
     hints = get_type_hints(cls)
@@ -385,7 +394,7 @@ def _build(cls: type, data: dict, prefix: str, sources: dict[str, str]) -> Any:
     for key in data:
         if key not in by_key and f"{prefix}{key}" not in REMOVED_KEYS:
             path = f"{prefix}{key}"
-            raise ConfigError(path, f"unknown key; known keys here: {sorted(by_key)}", sources.get(path))
+            raise ConfigError(path, unknown_key_message(key, by_key, prefix), sources.get(path))
     kwargs = {}
     for key, f in by_key.items():
         if key not in data:

@@ -56,7 +56,7 @@ def test_unknown_key_rejected_with_name_and_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "method.tua" in str(err.value) and str(path) in str(err.value)
-    with pytest.raises(ConfigError, match="train.epoch'.*command line"):
+    with pytest.raises(ConfigError, match="train.epoch'.*command line.*did you mean 'train.epochs'"):
         load_config(None, ["train.epoch=3"])
 
 

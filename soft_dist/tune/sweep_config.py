@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from soft_dist.config import (BUNDLED_CONFIGS, Config, ConfigError, bundled_names, from_dict, load_config,
-                               locate_config, to_dict)
+                              locate_config, to_dict, unknown_key_message)
 
 # The flat keys the training worker reports every epoch (soft_dist.train.ray_trainer.worker_loop).
 REPORTED_METRICS = ("val_accuracy", "val_mean_class_accuracy")
@@ -177,7 +177,7 @@ def _mapping(value: Any, path: str, source: str) -> dict:
 def _only_keys(data: dict, allowed: tuple[str, ...], prefix: str, source: str) -> None:
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", f"unknown key; known keys here: {sorted(allowed)}", source)
+            raise ConfigError(f"{prefix}{key}", unknown_key_message(key, allowed, prefix), source)
 
 
 def read_sweep_file(path: Path) -> dict:
