@@ -372,3 +372,21 @@ def test_the_keys_a_resume_may_change_do_not_change_what_is_learned():
     assert {"train.epochs", "train.workers", "data.cache_max_gb", "train.keep_state"} <= set(keys)
     assert not [k for k in keys if k.split(".")[0] in ("method", "noise", "optim")]
     assert not {"data.shards", "data.image_size", "train.batch_size", "train.seed", "model.name"} & set(keys)
+
+
+def test_train_without_a_config_shows_a_working_command(capsys):
+    from soft_dist.cli import main
+
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to train on" in err and "--config digits_cpu" in err and "soft-dist shard --layout digits" in err
+
+
+def test_a_wrong_shards_folder_lists_the_shard_folders_beside_it(digit_shards, tmp_path, capsys):
+    from soft_dist.cli import main
+
+    typo = f"{digit_shards}x"
+    assert main(["train", "--config", "digits_cpu", "--run-dir", str(tmp_path / "run"), f"data.shards={typo}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{typo}/manifest.json: not found" in err and str(digit_shards) in err.split("Shard folders there: ")[1]
+    assert not (tmp_path / "run").exists()

@@ -23,10 +23,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+# What a first `soft-dist train` with nothing to train on is shown (the demo's shards and config).
+FIRST_COMMAND = ("soft-dist shard --layout digits --size 32 --out data_shards/digits32 && soft-dist train "
+                 "--config digits_cpu --run-dir runs/first data.shards=data_shards/digits32")
+
+
 def run(args: argparse.Namespace) -> int:
-    from soft_dist.config import load_config
+    from soft_dist.config import ConfigError, bundled_names, load_config
     from soft_dist.train.ray_trainer import resume_training, run_training
 
+    if not args.resume and args.config is None and not any(o.startswith("data.shards=") for o in args.overrides):
+        raise ConfigError("--config", f"nothing to train on: give a config (bundled: {', '.join(bundled_names())}) "
+                          f"and data.shards=DIR, e.g. `{FIRST_COMMAND}`")
     if args.resume:
         results = resume_training(args.resume, args.overrides)
         run_dir = args.resume

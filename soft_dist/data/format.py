@@ -118,6 +118,16 @@ class SplitSelection:
         return np.isin(idx, self.idx)
 
 
+def _shard_folders_near(root: Path) -> str:
+    """" Shard folders in PARENT: a, b" for the folders beside (or inside) ``root`` that hold a manifest,
+    or "" when there are none: a mistyped --shards then shows what exists."""
+    found = []
+    for parent in (root, root.parent):
+        if parent.is_dir():
+            found += sorted(str(p.parent) for p in parent.glob(f"*/{MANIFEST_NAME}"))
+    return f" Shard folders there: {', '.join(dict.fromkeys(found))}" if found else ""
+
+
 def load_manifest(root: str | Path) -> Manifest:
     """Read and check ``root/manifest.json``; errors name the file and the field."""
     if "://" in str(root) and not str(root).startswith("file://"):
@@ -129,7 +139,8 @@ def load_manifest(root: str | Path) -> Manifest:
     root = Path(root)
     path = root / MANIFEST_NAME
     if not path.is_file():
-        raise ManifestError(f"{path}: not found; is '{root}' a folder written by `soft-dist shard`?")
+        raise ManifestError(f"{path}: not found; is '{root}' a folder written by `soft-dist shard`?"
+                            f"{_shard_folders_near(root)}")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
