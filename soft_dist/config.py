@@ -17,7 +17,7 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Iterator, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -120,9 +120,8 @@ class DataConfig:
     split_seed: int = setting(0, "seed of the carve (folds and validation)")
     mean: list[float] = setting(doc="per-channel (RGB) mean for normalisation, of pixels scaled to [0, 1]",
                                 factory=lambda: [0.485, 0.456, 0.406], lo=0.0, hi=1.0, length=3)
-    std: list[float] = setting(doc="per-channel (RGB) standard deviation for normalisation", lo=0.0, lo_open=True,
-                               length=3,
-                        factory=lambda: [0.229, 0.224, 0.225])
+    std: list[float] = setting(doc="per-channel (RGB) standard deviation for normalisation",
+                               factory=lambda: [0.229, 0.224, 0.225], lo=0.0, lo_open=True, length=3)
     eval_crop_fraction: float = setting(1.0, "evaluation view: resize to image_size / f, centre-crop image_size "
                                              "(1.0 keeps the whole aligned face)", lo=0.0, hi=1.0, lo_open=True)
     augment: AugmentConfig = section(AugmentConfig, "training-view augmentation")
@@ -557,30 +556,30 @@ def resolve_for_classes(cfg: Config, num_classes: int) -> Config:
     return resolved
 
 
-def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and field_declaration(f"{prefix}{key}") is None:
-            out.update(_flat(value, f"{prefix}{key}."))
+def _leaf_fields(obj: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted YAML key, declaration, value) of every leaf field of the config (section) ``obj``."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{_yaml_key(f)}"
+        if dataclasses.is_dataclass(value):
+            yield from _leaf_fields(value, f"{key}.")
         else:
-            out[f"{prefix}{key}"] = value
-    return out
+            yield key, f, value
 
 
 def resumable_keys() -> list[str]:
     """The dotted keys a resumed run may change (declared ``resumable``)."""
-    return [row["key"] for row in field_rows() if field_declaration(row["key"])[0].metadata.get("resumable")]
+    return [key for key, f, _ in _leaf_fields(Config()) if f.metadata.get("resumable")]
 
 
 def check_resume_changes(saved: Config, resumed: Config, source: str | None = None) -> None:
     """Refuse a resume whose overrides change what is being learned: every key that differs between the
     run's saved config and the resumed one must be declared ``resumable`` (epochs, workers, caches, ...).
     The error names the key and the value the run was started with."""
-    before, after = _flat(to_dict(saved)), _flat(to_dict(resumed))
-    for key, value in after.items():
-        if before.get(key) == value or field_declaration(key)[0].metadata.get("resumable"):
+    before = {key: value for key, _, value in _leaf_fields(saved)}
+    for key, f, value in _leaf_fields(resumed):
+        if before[key] == value or f.metadata.get("resumable"):
             continue
-        raise ConfigError(key, f"cannot change when resuming: the run was started with {key}={before.get(key)!r} "
+        raise ConfigError(key, f"cannot change when resuming: the run was started with {key}={before[key]!r} "
                           f"and its checkpoints learned with it (start a new run instead; keys a resume may "
                           f"change: {', '.join(resumable_keys())})", source)
 
@@ -644,11 +643,10 @@ def _type_name(hint: Any) -> str:
 def _allowed(meta: dict) -> str:
     if "choices" in meta:
         return " \\| ".join(str(c) for c in meta["choices"])
-    each = "each in " if "length" in meta else ""
-    length = f"{meta['length']} values" + (", " if "range" in meta else "") if "length" in meta else ""
-    if "range" in meta:
-        return f"{length}{each}{_range_text(meta['range'])}"
-    return length
+    parts = [f"{meta['length']} values"] if "length" in meta else []
+    if "range" in meta:  # of a list field: of every element
+        parts.append(("each in " if parts else "") + _range_text(meta["range"]))
+    return ", ".join(parts)
 
 
 def field_rows(cls: type = Config, prefix: str = "", name_of: Callable[[str], str] | None = None,

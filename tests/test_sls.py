@@ -95,8 +95,8 @@ def test_lsr_and_lsr_star():
 def test_tau_above_uniform_note_names_the_ratio_of_the_paper():
     from soft_dist.method.sls import tau_above_uniform_note
 
-    assert tau_above_uniform_note(0.125, 7) is None  # the paper: 1/8 for 7 classes
-    assert tau_above_uniform_note(0.125, 8) is None  # exactly uniform is not above it
-    note = tau_above_uniform_note(0.125, 10)
+    assert tau_above_uniform_note(0.125, 7, 0.875) is None  # the paper: 1/8 for 7 classes
+    assert tau_above_uniform_note(0.125, 8, 0.875) is None  # exactly uniform is not above it
+    note = tau_above_uniform_note(0.125, 10, 0.875)
     assert note and "1/10" in note and "0.0875" in note
-    assert tau_above_uniform_note(0.0875, 10) is None
+    assert tau_above_uniform_note(0.0875, 10, 0.875) is None

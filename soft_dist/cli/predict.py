@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from soft_dist.serve.classifier import load_spec
-    from soft_dist.serve.faces import CENTRE_CROP, OK, AlignSettings
+    from soft_dist.serve.faces import CLASSIFIED, AlignSettings
     from soft_dist.serve.inputs import collect_inputs
     from soft_dist.serve.predict import PredictPlan, choose_runner, predict_local, predict_ray
     from soft_dist.serve.prediction_files import PredictionWriter, output_format, rows
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(writer.counts.items()))
     print(f"wrote {args.out}: {len(inputs.paths)} rows ({counts}) in {seconds:.1f} s "
           f"({len(inputs.paths) / max(seconds, 1e-9):.1f} img/s)")
-    classified = writer.counts.get(OK, 0) + writer.counts.get(CENTRE_CROP, 0)
+    classified = sum(writer.counts.get(status, 0) for status in CLASSIFIED)
     if inputs.paths and classified == 0:
         # A script that checks the exit status must not take a file of errors for predictions.
         print(f"predict: none of the {len(inputs.paths)} photos could be classified ({counts}); see the status "

@@ -119,8 +119,8 @@ class SplitSelection:
 
 
 def _shard_folders_near(root: Path) -> str:
-    """" Shard folders in PARENT: a, b" for the folders beside (or inside) ``root`` that hold a manifest,
-    or "" when there are none: a mistyped --shards then shows what exists."""
+    """" Shard folders there: a, b" for the folders beside (or inside) ``root`` that hold a manifest, or
+    "" when there are none: a mistyped data.shards then shows what exists."""
     found = []
     for parent in (root, root.parent):
         if parent.is_dir():

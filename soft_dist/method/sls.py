@@ -64,17 +64,18 @@ def label_smoothing_top1(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
     return label_smoothing(logits.argmax(dim=-1), logits.shape[-1], epsilon)
 
 
-def tau_above_uniform_note(tau: float, num_classes: int) -> str | None:
+def tau_above_uniform_note(tau: float, num_classes: int, tau_relative: float) -> str | None:
     """A warning when ``tau`` is above the uniform confidence 1/C, else None.
 
     With tau > 1/C a sample gets k > 1 only when two classes beat uniform by a margin, so most SLS
     targets put 1 - eps on the top-1 class: a hard pseudo-label, which on noisy digits (10 classes,
     tau 1/8) locked the teacher into its early mistakes (docs/experiments.md). The paper's 1/8 is 7/8
-    of uniform for its 7 classes; the same ratio for C classes is 0.875 / C."""
+    of uniform for its 7 classes; the same ratio for C classes is 0.875 / C (``tau_relative`` / C, with
+    ``tau_relative`` method.tau_relative, whose default is that ratio)."""
     if tau * num_classes <= 1.0 + 1e-9:
         return None
     return (f"tau={tau:g} is above uniform (1/{num_classes} = {1 / num_classes:.4f}) for {num_classes} classes: "
             f"as the teacher grows confident most SLS targets keep one high class; on long runs from scratch "
             f"this locked SOFT onto its early mistakes. The paper's 1/8 is 7/8 of uniform for 7 classes, which "
-            f"the default gives any class count (method.tau null, method.tau_relative 0.875: here "
-            f"{0.875 / num_classes:.4f}; docs/experiments.md, 'SOFT against MT').")
+            f"the default gives any class count (method.tau null: method.tau_relative {tau_relative:g} / C, here "
+            f"{tau_relative / num_classes:.4f}; docs/experiments.md, 'SOFT against MT').")

@@ -335,7 +335,7 @@ def read_csv_layout(root: Path, csv_file: str | None = None, classes: list[str] 
 def read_digits(root=None, digits_fractions=(0.7, 0.1, 0.2), seed: int = 0, hard: bool = False, **_) -> Dataset:
     """scikit-learn's bundled digits (1,797 8x8 images), split train/val/test 70/10/20, stratified and
     seeded. Pixels (0..16) are stretched to 0..255; resizing to ``--size`` happens in the encoder.
-    ``hard``: shifted, partly occluded and noisy copies (soft_dist.shard.digits.harden_digits)."""
+    ``hard``: partly occluded, noisy copies (soft_dist.shard.digits.harden_digits)."""
     from sklearn.datasets import load_digits
 
     from soft_dist.shard.digits import DIGIT_CLASSES, harden_digits, split_indices

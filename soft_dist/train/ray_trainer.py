@@ -249,7 +249,7 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
                               f"use `soft-dist train --resume {store.location}`")
         table, num_classes = make_noise_table(cfg)
         cfg = resolve_for_classes(cfg, num_classes)  # config.yaml holds the tau that runs
-        note = tau_above_uniform_note(cfg.method.tau, num_classes)
+        note = tau_above_uniform_note(cfg.method.tau, num_classes, cfg.method.tau_relative)
         if echo and note and cfg.preset.target == "sls":
             echo(f"note: {note}")
         if echo and table.info.get("format"):
