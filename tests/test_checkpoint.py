@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as torch_mp
 
 from soft_dist.config import load_config
 from soft_dist.data.memory_loaders import digits_memory_loaders
@@ -50,6 +53,59 @@ def test_incomplete_checkpoints_are_passed_over(tmp_path):
     assert len(skipped) == 1 and "epoch_0001" in skipped[0] and "incomplete" in skipped[0]
     (tmp_path / "checkpoints" / "epoch_0000" / ckpt.META_FILE).unlink()  # meta.json never arrived
     assert ckpt.latest_state(store) is None
+
+
+def _each_rank_resumes(rank: int, port: int, cases: list, out_dir: str) -> None:
+    """One process of a 2-rank gloo group: for each case, the state this rank's Checkpoints resumes from,
+    written to out_dir/case<i>-rank<r>.json as ["ok", [epoch, sha256] or null] or ["error", message]."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        for i, run_dirs in enumerate(cases):
+            kind = ckpt.CheckpointWriter if rank == 0 else ckpt.Checkpoints
+            checkpoints = kind(RunStore(run_dirs[rank]), report=None, cfg=None, table_digest="table")
+            try:
+                state = checkpoints.newest_state()
+                answer = ["ok", None if state is None else [state["epoch"], _sha256_of(state)]]
+            except ckpt.CheckpointError as err:
+                answer = ["error", str(err)]
+            Path(out_dir, f"case{i}-rank{rank}.json").write_text(json.dumps(answer))
+    finally:
+        dist.destroy_process_group()
+
+
+def _sha256_of(state: dict) -> str:
+    """Which bytes a state was read from: the first weight tells the test's states apart."""
+    return state.get(ckpt.DIGEST_KEY, f"w={int(state['w'][0])}")
+
+
+def test_every_rank_resumes_from_the_checkpoint_rank_0_chose(tmp_path):
+    """Two real ranks whose views of the run directory differ (as node-local disks or a lagging object
+    store would) still start from the same epoch and bytes, or both stop with the same error."""
+    def run_with(epochs: list[int], name: str) -> str:
+        store = RunStore(tmp_path / name)
+        for epoch in epochs:
+            state = {"epoch": epoch, "noise_table_sha256": "table", "history": [], "w": torch.full((8,), epoch)}
+            ckpt.save_checkpoint(store, ckpt.write_state_folder(state, tmp_path / "scratch" / f"{name}{epoch}"), epoch)
+        return str(tmp_path / name)
+
+    chief = run_with([1, 2], "chief")
+    ahead = run_with([], "ahead")  # epoch 2's very bytes, plus a newer epoch 3 that rank 0 cannot see
+    shutil.copytree(Path(chief, "checkpoints"), Path(ahead, "checkpoints"))
+    run_with([3], "ahead")
+    behind = run_with([1], "behind")  # rank 0's epoch 2 never reached this rank
+    cases = [(chief, chief), (chief, ahead), (chief, behind), (run_with([], "new"), behind)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch_mp.spawn(_each_rank_resumes, args=(port, cases, str(tmp_path)), nprocs=2)
+    answers = [[json.loads((tmp_path / f"case{i}-rank{r}.json").read_text()) for r in (0, 1)]
+               for i in range(len(cases))]
+    epoch2 = ["ok", [2, _sha256_of(ckpt.read_checkpoint(RunStore(chief), 2))]]
+    assert answers[0] == [epoch2, epoch2]
+    assert answers[1] == [epoch2, epoch2]  # not rank 1's own newest (3)
+    assert answers[2][0] == answers[2][1] and answers[2][0][0] == "error"
+    assert "epoch_0002" in answers[2][0][1] and "rank 0 resumes from this checkpoint" in answers[2][0][1]
+    assert answers[3] == [["ok", None], ["ok", None]]  # a new run everywhere, whatever rank 1 sees
 
 
 def test_model_file_errors_name_the_file(tmp_path):

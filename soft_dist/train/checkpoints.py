@@ -30,6 +30,7 @@ import torch
 
 from soft_dist.config import Config, to_dict
 from soft_dist.storage import RunStore
+from soft_dist.train.collectives import all_gather_objects, broadcast_object_from_rank0
 from soft_dist.train.errors import CheckpointError
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -38,6 +39,7 @@ META_FILE = "meta.json"
 STATE_FORMAT = "soft-dist-state/1"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 PARTIAL_PREFIX = ".partial-"
+DIGEST_KEY = "state_sha256"  # added to a state when it is read (not stored in state.pt)
 # What a process killed while writing a checkpoint leaves in RUN/checkpoints: its scratch folder, or
 # RunStore.put_folder's hidden staging / set-aside copies (.epoch_0003.<hex>.tmp|old).
 _LEFTOVER = re.compile(rf"^({re.escape(PARTIAL_PREFIX)}|\.epoch_\d{{4,}}\.)")
@@ -114,6 +116,7 @@ def _parse_state(data: bytes, meta_text: str, where: str) -> dict:
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{where}/{STATE_FILE}: not a soft-dist state (format {state.get('format')!r})")
+    state[DIGEST_KEY] = meta["sha256"]  # which bytes these are: ranks agree on it before resuming
     return state
 
 
@@ -212,9 +215,34 @@ class Checkpoints:
         self.restored = restored  # a state handed over by the launcher (Ray Train's checkpoint)
         self.say = say
 
+    # Rank 0 (CheckpointWriter) chooses the state to resume from; the others load exactly that one.
+    chooses = False
+
     def newest_state(self) -> dict | None:
-        """The newest complete state: the launcher's, or the newest complete one in the run directory
-        (Ray may not have registered the last checkpoint a dying worker wrote)."""
+        """The state every rank resumes from, or None for a new run: the newest complete one rank 0 sees
+        (the launcher's or the newest in the run directory: Ray may not have registered the last
+        checkpoint a dying worker wrote). Rank 0 broadcasts its epoch and sha256 and every other rank
+        loads those very bytes, so ranks never start from different epochs even when their views of the
+        storage differ; a rank that cannot find them makes every rank raise the same CheckpointError."""
+        choice, problem = None, None
+        if self.chooses:
+            try:
+                state = self._own_newest_state()
+                choice = None if state is None else (state["epoch"], state[DIGEST_KEY])
+            except CheckpointError as err:
+                problem = str(err)
+        choice, chief_problem = broadcast_object_from_rank0((choice, problem))
+        if chief_problem is not None:
+            raise CheckpointError(chief_problem)
+        if not self.chooses:
+            state, problem = self._state_matching(choice)
+        problems = [p for p in all_gather_objects(problem) if p is not None]
+        if problems:
+            raise CheckpointError(problems[0])
+        return state
+
+    def _own_newest_state(self) -> dict | None:
+        """The newest complete state this process sees (rank 0's choice)."""
         on_disk = latest_state(self.store, skipped=self.say)
         candidates = [s for s in (self.restored, on_disk) if s is not None]
         if not candidates:
@@ -224,6 +252,26 @@ class Checkpoints:
             raise CheckpointError(f"{self.store.path(CHECKPOINTS_DIR)}: the checkpoint was made with "
                                   "a different noise table; refusing to resume")
         return state
+
+    def _state_matching(self, choice: tuple[int, str] | None) -> tuple[dict | None, str | None]:
+        """The state with rank 0's (epoch, sha256) -> (state, None), or (None, why it is not here)."""
+        if choice is None:
+            return None, None
+        epoch, digest = choice
+        if self.restored is not None and self.restored[DIGEST_KEY] == digest:
+            return self.restored, None
+        where = self.store.path(f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
+        try:
+            state = read_checkpoint(self.store, epoch)
+        except CheckpointError as err:
+            state, seen = None, str(err)
+        else:
+            seen = f"its sha256 is {state[DIGEST_KEY][:12]}"
+        if state is not None and state[DIGEST_KEY] == digest:
+            return state, None
+        return None, (f"{where}: rank 0 resumes from this checkpoint (sha256 {digest[:12]}) but another rank "
+                      f"cannot read it ({seen}); every node must see the same run directory (shared disk "
+                      "or object storage)")
 
     def resume(self, learner, sync) -> tuple[int, list, dict | None]:
         """Restore ``learner`` (a SoftLearner), the RNG states and ``sync``'s counts from the newest state
@@ -248,7 +296,10 @@ class Checkpoints:
 
 class CheckpointWriter(Checkpoints):
     """Rank 0's checkpoints: each epoch's state is written to a scratch folder, reported (which makes it
-    durable in RUN/checkpoints), and then every older checkpoint is deleted."""
+    durable in RUN/checkpoints), and then every older checkpoint is deleted. Rank 0 also chooses the
+    state every rank resumes from."""
+
+    chooses = True
 
     def save(self, epoch: int, metrics: dict, learner, sync, history: list, selection: dict | None = None) -> None:
         state = {"learner": learner.state_dict(), "epoch": epoch, "rng": rng_state(), "history": history,

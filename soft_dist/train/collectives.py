@@ -35,3 +35,13 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object_from_rank0(obj):
+    """Rank 0's ``obj`` on every rank (a picklable value; ``obj`` itself when not distributed). Ranks
+    other than 0 pass anything (None): only rank 0's value travels."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
