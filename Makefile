@@ -2,13 +2,14 @@
 #   make demo   - the embedded default run
 #   make test   - the test suite (what CI runs); its 15 slowest tests are listed at the end
 #   make test-quick - the tests that start no Ray cluster (the inner loop)
+#   make test-field-walk - every run-shaping config value trained on its own on 2 workers (~30 min)
 #   make docs   - rewrite the generated documents (docs/config.md) from the code
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-quick docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit clean-venv
+.PHONY: setup demo test test-quick test-field-walk docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit clean-venv
 
 setup: $(STAMP)
 
@@ -30,6 +31,11 @@ test: $(STAMP)
 # Every test that starts no Ray cluster: training in this process, loaders, shards, export, eval, audit.
 test-quick: $(STAMP)
 	$(PY) -m pytest -q tests -m "not ray" --durations=5
+
+# The suite packs the walked values into a few runs; this trains each on its own, so that a packed run's
+# failure is traced to its field.
+test-field-walk: $(STAMP)
+	$(PY) -m pytest -q tests/test_field_walk.py --field-walk --durations=5
 
 # Every generated document (a test fails while one is stale); written through a temporary file so a
 # failed run leaves the committed one intact.

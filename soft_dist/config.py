@@ -206,7 +206,9 @@ class TrainConfig:
     """The run: schedule, workers, recovery and teacher synchronisation."""
 
     epochs: int = setting(86, "epochs to train (the paper: 6 + 80)", lo=1, resumable=True)
-    batch_size: int = setting(64, "training batch per worker", lo=1)
+    # BatchNorm in training needs two values per channel; at small inputs the last ResNet stage is 1 x 1,
+    # so a batch of one fails at the first step (found by the field walk, tests/test_field_walk.py).
+    batch_size: int = setting(64, "training batch per worker (at least 2: BatchNorm)", lo=2)
     eval_batch_size: int = setting(256, "evaluation batch per worker", lo=1, resumable=True)
     seed: int = setting(0, "seed of torch, numpy and Python on every rank, and of the data order")
     workers: int = setting(2, "Ray Train workers (DDP ranks)", lo=1, resumable=True)

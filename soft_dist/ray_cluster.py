@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Callable
 
+from soft_dist.config import ConfigError, TrainConfig
+
 WORKER_LOGS_ENV = "SOFT_DIST_WORKER_LOGS"  # "1": forward workers' output to the driver's console
 # Ray's default is 15. The workers of a local cluster are the job: they run at the driver's priority.
 WORKER_NICENESS = 0
@@ -61,6 +63,25 @@ def init_ray(log_to_driver: bool | None = None) -> None:
         _system_config={"worker_niceness": WORKER_NICENESS},
         runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"},
     )
+
+
+def check_cluster_fits(train: TrainConfig) -> None:
+    """Refuse, naming the field, a run whose workers the connected cluster cannot place today: Ray would
+    otherwise wait for the resources for ever without a word (a GPU run on a CPU-only cluster, more
+    workers than CPUs). An elastic run needs room for ``min_workers`` only. An autoscaling cluster counts
+    the nodes it has now: start one GPU node first for a GPU run."""
+    import ray
+
+    have = ray.cluster_resources()
+    workers = train.min_workers or train.workers
+    if train.use_gpu and have.get("GPU", 0) < workers:
+        raise ConfigError("train.use_gpu", f"{workers} worker(s) need one GPU each and the Ray cluster has "
+                          f"{int(have.get('GPU', 0))}; set train.use_gpu=false or add GPU nodes")
+    cpus = workers * train.cpus_per_worker
+    if have.get("CPU", 0) < cpus:
+        field = "train.min_workers" if train.min_workers else "train.workers"
+        raise ConfigError(field, f"{workers} worker(s) x train.cpus_per_worker={train.cpus_per_worker} need "
+                          f"{cpus} CPUs and the Ray cluster has {have.get('CPU', 0):g}")
 
 
 def gather(refs: list, on_each: Callable[[], None] | None = None) -> list:

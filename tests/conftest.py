@@ -20,6 +20,11 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_RAY_TMPDIR, ignore_errors=True)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--field-walk", action="store_true",
+                     help="also train every walked config value on its own (`make test-field-walk`, ~30 min)")
+
+
 @pytest.fixture(scope="session")
 def stopped_in_background():
     """``stop(proc)``: SIGTERM a process group started by a test (a `ray start --block` head) and let it
@@ -208,7 +213,8 @@ _RAY_FIXTURES = {"ray_cluster", "_shared_ray", "no_ray_in_this_process"}
 
 def pytest_collection_modifyitems(session, config, items):
     """Every test that uses a Ray cluster fixture is marked ``ray`` (`make test-quick` leaves them out), as
-    are the modules that start clusters of their own (they say so with ``pytestmark``).
+    are the modules that start clusters of their own (they say so with ``pytestmark``). The tests marked
+    ``field_walk`` run only with ``--field-walk``.
 
     Tests that need this process free of Ray (a multi-node cluster of their own, a command that must not
     start Ray) run last, so that the shared cluster is started once rather than again after them. A stable
@@ -216,4 +222,9 @@ def pytest_collection_modifyitems(session, config, items):
     for item in items:
         if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+    if not config.getoption("--field-walk"):  # the one-run-per-value walk; the suite packs the values
+        walk = [item for item in items if item.get_closest_marker("field_walk")]
+        if walk:
+            config.hook.pytest_deselected(items=walk)
+            items[:] = [item for item in items if not item.get_closest_marker("field_walk")]
     items.sort(key=lambda item: "no_ray_in_this_process" in getattr(item, "fixturenames", ()))

@@ -233,20 +233,23 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
     """Train ``cfg`` with Ray Train into ``run_dir`` (a path or s3://...); returns results.json's record.
 
     ``echo`` gets one line per epoch (None: silent)."""
-    from soft_dist.ray_cluster import init_ray
+    from soft_dist.ray_cluster import check_cluster_fits, init_ray
 
     store = RunStore(run_dir)
     if resume:
         if not store.exists("config.yaml") or not store.exists("noise_table.csv"):
             raise ConfigError("--resume", f"{store.location} is not a run directory (no config.yaml / noise_table.csv)")
-        table = NoiseTable.from_csv(store.read_text("noise_table.csv"), store.path("noise_table.csv"))
         if store.exists(RESULTS_FILE) and not store.exists(ckpt.CHECKPOINTS_DIR):
             raise ConfigError("--resume", f"{store.location} finished and kept no resumable state (train.keep_state)")
+    elif store.exists("config.yaml"):
+        raise ConfigError("--run-dir", f"{store.location} already holds a run; "
+                          f"use `soft-dist train --resume {store.location}`")
+    init_ray()
+    check_cluster_fits(cfg.train)  # before anything is written: a refused run leaves no run directory
+    if resume:
+        table = NoiseTable.from_csv(store.read_text("noise_table.csv"), store.path("noise_table.csv"))
         write_run_inputs(store, cfg, table)  # config.yaml says what runs now (e.g. more epochs)
     else:
-        if store.exists("config.yaml"):
-            raise ConfigError("--run-dir", f"{store.location} already holds a run; "
-                              f"use `soft-dist train --resume {store.location}`")
         table, num_classes = make_noise_table(cfg)
         cfg = resolve_for_classes(cfg, num_classes)  # config.yaml holds the tau that runs
         note = tau_above_uniform_note(cfg.method.tau, num_classes, cfg.method.tau_relative)
@@ -258,7 +261,6 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
             echo(f"{cfg.noise.file}: {describe(table)}")
         write_run_inputs(store, cfg, table)
 
-    init_ray()
     trainer = build_trainer(cfg, store.location, table)
     with EpochPrinter(store, cfg.train.epochs, echo), sigint_handler_restored():
         result = trainer.fit()

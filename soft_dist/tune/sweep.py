@@ -238,11 +238,12 @@ def prepare_sweep(sweep: Sweep, run_dir: Path) -> tuple[Sweep, NoiseTable, int]:
 
 def run_sweep(sweep: Sweep, run_dir: str | Path) -> dict:
     """Start a new sweep in ``run_dir``; returns the summary of :func:`finish`."""
-    from soft_dist.ray_cluster import init_ray
+    from soft_dist.ray_cluster import check_cluster_fits, init_ray
 
     run_dir = Path(run_dir).resolve()
-    sweep, table, num_classes = prepare_sweep(sweep, run_dir)
     init_ray()
+    check_cluster_fits(sweep.base.train)  # one trial's workers must fit (before the sweep folder is written)
+    sweep, table, num_classes = prepare_sweep(sweep, run_dir)
     start = time.perf_counter()
     _tuner(sweep, run_dir, table, num_classes).fit()
     return finish(sweep, run_dir, time.perf_counter() - start)

@@ -1,0 +1,143 @@
+"""Every value of every field that shapes a distributed run (tests/field_walk.py) is either refused when
+the config is read, naming the field, or trains: a 2-epoch run of one step per epoch on a real 2-worker
+local Ray cluster (the session's) finishes with results.json.
+
+In the suite, the accepted values are packed into as few runs as their fields allow (each run sets one
+value of as many fields as load together), so every value runs once; `make test-field-walk` runs each
+value on its own (slow), which tells which field broke when a packed run fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from field_walk import walked_values
+from shard_fixtures import write_digit_shards
+from soft_dist.config import ConfigError, load_config
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
+# 64 training images in 4 shards: each of 2 ranks gets 32, one batch, so an epoch is one step.
+BASE = ["data.image_size=16", "train.epochs=2", "train.workers=2", "train.batch_size=64", "train.eval_batch_size=64",
+        "method.stage1_epochs=1", "method.rampup_epochs=1", "train.sync_check_every=1"]
+# Values that cannot run on a machine without the hardware they ask for; without it they must be refused
+# before any worker starts, naming the field.
+NEEDS_GPU = {("train.use_gpu", True)}
+# torch.compile takes minutes on 2 CPU cores: walked by `make test-field-walk` only.
+SLOW_VALUES = {("train.compile", True)}
+
+
+def override(key: str, value: Any) -> str:
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{key}={text}"
+
+
+def load(shards: Path | str, settings: dict[str, Any]):
+    return load_config(CONFIG, [f"data.shards={shards}", *BASE, *(override(k, v) for k, v in settings.items())])
+
+
+def accepted_values(shards="unused") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in walked_values():
+        try:
+            load(shards, {key: value})
+            out.append((key, value))
+        except ConfigError:
+            pass
+    return out
+
+
+def packed_runs(values: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """The values grouped into runs, spread evenly: the fields with the most values open the runs, and
+    each further value goes into the run with the fewest settings that does not set its field yet and
+    still loads with it (cross-field rules, e.g. min_workers <= workers, decide)."""
+    count = {key: sum(k == key for k, _ in values) for key, _ in values}
+    runs: list[dict[str, Any]] = []
+    for key, value in sorted(values, key=lambda kv: -count[kv[0]]):  # stable: declaration order within
+        fits = []
+        for run in runs:
+            if key in run:
+                continue
+            try:
+                load("unused", {**run, key: value})
+            except ConfigError:
+                continue
+            fits.append(run)
+        if fits:
+            min(fits, key=len)[key] = value
+        else:
+            runs.append({key: value})
+    return runs
+
+
+@pytest.fixture(scope="module")
+def walk_shards(tmp_path_factory) -> Path:
+    return write_digit_shards(tmp_path_factory.mktemp("walk"), {"train": 64, "val": 32, "test": 32},
+                              image_size=16, shard_size=16)
+
+
+def test_each_walked_value_loads_or_is_refused_naming_its_field():
+    values = walked_values()
+    assert ("train.teacher_buffer_sync_every", 0) in values and ("method.teacher_buffers", "ema") in values
+    refused = 0
+    for key, value in values:
+        try:
+            load("unused", {key: value})
+        except ConfigError as err:
+            refused += 1
+            assert err.field_path == key, f"{key}={value!r} refused under another field: {err}"
+    assert refused >= 5  # the open range ends (tau 0 and 1, tau_relative 0 and 2, epsilon 1) at least
+
+
+def train_or_refusal(shards: Path, settings: dict[str, Any], run_dir: Path) -> str:
+    """'ok' when the run finished with results.json, else the ConfigError's field."""
+    from soft_dist.train.ray_trainer import run_training
+
+    try:
+        results = run_training(load(shards, settings), run_dir, echo=None)
+    except ConfigError as err:
+        return f"refused: {err.field_path}"
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == results["epochs"]
+    return "ok"
+
+
+def _runs_on_this_cluster(values, has_gpu: bool) -> list[tuple[str, Any]]:
+    return [kv for kv in values if kv not in SLOW_VALUES and (has_gpu or kv not in NEEDS_GPU)]
+
+
+def _cluster_has_gpu() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def test_every_accepted_value_trains_on_two_workers(walk_shards, ray_cluster, tmp_path):
+    has_gpu = _cluster_has_gpu()
+    values = accepted_values()
+    runs = packed_runs(_runs_on_this_cluster(values, has_gpu))
+    assert sum(len(r) for r in runs) == len(_runs_on_this_cluster(values, has_gpu))
+    failures = {}
+    for i, settings in enumerate(runs):
+        outcome = train_or_refusal(walk_shards, settings, tmp_path / f"run{i}")
+        if outcome != "ok":
+            failures[json.dumps(settings)] = outcome
+    assert not failures, failures
+    if not has_gpu:
+        for key, value in NEEDS_GPU:
+            assert train_or_refusal(walk_shards, {key: value}, tmp_path / "gpu") == f"refused: {key}"
+            assert not (tmp_path / "gpu").exists()  # refused before the run directory was written
+    # More workers than the 2-CPU cluster holds: refused at once rather than waiting for ever.
+    assert train_or_refusal(walk_shards, {"train.workers": 3}, tmp_path / "big") == "refused: train.workers"
+    assert train_or_refusal(walk_shards, {"train.workers": 3, "train.min_workers": 3},
+                            tmp_path / "big") == "refused: train.min_workers"
+
+
+@pytest.mark.field_walk
+@pytest.mark.parametrize("key, value", accepted_values(), ids=lambda v: str(v))
+def test_each_accepted_value_trains_on_its_own(key, value, walk_shards, ray_cluster, tmp_path):
+    if (key, value) in NEEDS_GPU and not _cluster_has_gpu():
+        assert train_or_refusal(walk_shards, {key: value}, tmp_path) == f"refused: {key}"
+    else:
+        assert train_or_refusal(walk_shards, {key: value}, tmp_path) == "ok"
