@@ -16,11 +16,16 @@ setup: $(STAMP)
 # torch/torchvision come from the registry (CUDA-13 builds, which also run on CPU); facenet-pytorch is
 # installed on its own with --no-deps because its metadata pins torch<2.3 and numpy<2.
 $(STAMP): pyproject.toml
+	@echo "setup: creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@echo "setup: installing soft-dist and its stack (about 7 GB on disk: torch 1.2 GB, CUDA libraries 3.3 GB,"
+	@echo "       DALI 0.5 GB, Ray 0.2 GB, the rest); 3-7 minutes, quiet while pip works"
 	$(PY) -m pip install --quiet -e '.[test]'
+	@echo "setup: installing facenet-pytorch (MTCNN weights, 2 MB) without its outdated pins"
 	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
+	@echo "setup: done; 'source $(VENV)/bin/activate' puts soft-dist on your PATH"
 
 demo: $(STAMP)
 	$(VENV)/bin/soft-dist demo

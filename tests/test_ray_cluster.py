@@ -66,7 +66,10 @@ def test_train_console_is_one_line_per_epoch(digit_shards, tmp_path):
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
     lines = output.splitlines()
-    assert [x.split(" | ")[0] for x in lines if x.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"], output
+    epoch_lines = [x for x in lines if x.startswith("epoch ")]
+    assert [x.split(" | ")[0] for x in epoch_lines] == ["epoch 1/2", "epoch 2/2"], output
+    # what the numbers mean: validation on noisy labels, and SOFT's loss in its parts (it rises with the ramp)
+    assert all("val on noisy labels: student " in x and " x cons " in x for x in epoch_lines), output
     assert len(lines) <= 8, output  # the epoch lines and the short summary
     for noise in ("\x1b", "Traceback", "TrainingReport", "RayTrainWorker", "TrainController", "WARNING", "INFO"):
         assert noise not in output, f"{noise!r} in:\n{output}"

@@ -88,6 +88,9 @@ def test_model_card_matches_model_pt(reference_run, reference_export):
     assert json.loads({p.key: p.value for p in proto.metadata_props}["soft_dist.classes"]) == meta["classes"]
     text = (reference_export / "MODEL_CARD.md").read_text()
     assert "inside the model" in text and f"epoch {meta['epoch']}" in text and "model.onnx" in text
+    # the validation score is agreement with noisy labels, and the card says so
+    assert card["metrics"]["val_labels"] == "noisy" and "validation (noisy labels)" in text
+    assert "against the noisy training labels" in text
 
 
 def test_export_errors_name_the_file(tmp_path, capsys):

@@ -238,3 +238,19 @@ def test_mtcnn_alignment_in_the_builder(tmp_path):
     m = build_shards(ShardConfig(out=str(tmp_path / "skip"), on_no_face="skip", **cfg), log=lambda m: None)
     assert m["alignment"]["skipped_files"] == ["train/blank/grey.jpg"]
     assert m["splits"]["train"]["num_samples"] == m["alignment"]["faces_found"]
+
+
+def test_progress_in_a_log_is_lines_not_carriage_return_frames(tmp_path):
+    """`soft-dist shard ... > log 2>&1`: stderr is a file, not a terminal."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "shard.log"
+    with log.open("w") as f:
+        subprocess.run([sys.executable, "-m", "soft_dist", "shard", "--layout", "digits", "--size", "8",
+                        "--out", str(tmp_path / "out"), "--shard-size", "100", "--workers", "1"],
+                       stdout=f, stderr=subprocess.STDOUT, check=True)
+    text = log.read_text()
+    assert "\r" not in text
+    progress = [line for line in text.splitlines() if line.startswith("shard digits: ")]
+    assert 3 <= len(progress) <= 11 and "(100%)" in progress[-1], text

@@ -14,7 +14,6 @@ Ray tasks read one each, and the rows are put back in idx order, so both give th
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from soft_dist.audit.scores import NetworkOutputs
 from soft_dist.config import Config, ConfigError, DataConfig, config_from_yaml
 from soft_dist.data.format import Manifest, SplitSelection, load_manifest
 from soft_dist.noise.table import NoiseTable
+from soft_dist.progress import progress_bar
 from soft_dist.train.errors import CheckpointError
 
 CONFIG_FILE = "config.yaml"
@@ -196,12 +196,8 @@ def forward_share(state: dict, cfg: Config, num_classes: int, shards_dir: str | 
 
 
 def _bar(total: int, desc: str, unit: str):
-    """A tqdm bar on a terminal, None in logs and CI (one line per stage there)."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+    """A bar on a terminal, a line per tenth in logs and CI (soft_dist.progress)."""
+    return progress_bar(total, desc, unit)
 
 
 def network_outputs(run: AuditRun, workers: int = 1, batch_size: int = 256, device: str = "cpu",

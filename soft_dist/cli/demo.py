@@ -8,16 +8,23 @@ that decided each choice.
 Set-up: the validation split is re-carved as 20% of the non-test images (data.val_fraction=0.2, about
 290 images with noisy labels, instead of the shards' 179), because a 179-image noisy split chose the
 weaker branch of a SOFT run by a handful of images. The schedule is the digits config's; nothing here is
-tuned to favour either method (docs/experiments.md has the long, cross-validated comparison)."""
+tuned to favour either method (docs/experiments.md has the long, cross-validated comparison).
+
+It ends with the next commands, paths filled in, that eval, export, predict on a few of the test split's
+photos (written to RUN_DIR/photos) and audit the SOFT run: that run keeps its resumable state, which the
+audit reads (student with its uncertainty head, and teacher); the CE run keeps model.pt and the logs."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 DEMO_CONFIG = "digits_cpu"  # the bundled configs/digits_cpu.yaml
 METHODS = ("ce", "soft")
-DEMO_OVERRIDES = ("data.val_fraction=0.2", "train.keep_state=false")
+DEMO_OVERRIDES = ("data.val_fraction=0.2",)
+AUDITED = "soft"  # keeps its resumable state (about 180 MB at 32 px) for `soft-dist audit`; CE keeps model.pt
+SAMPLE_PHOTOS = 6  # test-split digits written to RUN_DIR/photos for `soft-dist predict`
 PROTOCOL_COLUMNS = (("val_selected", "val_selected"), ("last", "last"), ("mean_last_5", "mean_last_5"),
                     ("best_on_test", "best_on_test*"))
 
@@ -44,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
     shards = ensure_digit_shards(args.shards)
     rows = []
     for method in METHODS:
-        # keep_state=false: a demo run is not continued, so only model.pt and the logs stay on disk.
+        # A demo run is not continued: only the audited one keeps its resumable state.
         overrides = [f"data.shards={shards.resolve()}", f"method.name={method}", f"noise.rate={args.noise_rate}",
-                     f"train.workers={args.workers}", *DEMO_OVERRIDES, *args.overrides]
+                     f"train.workers={args.workers}", f"train.keep_state={str(method == AUDITED).lower()}",
+                     *DEMO_OVERRIDES, *args.overrides]
         if args.epochs:
             overrides.append(f"train.epochs={args.epochs}")
         cfg = load_config(DEMO_CONFIG, overrides)
@@ -57,7 +65,48 @@ def run(args: argparse.Namespace) -> int:
               f"{cfg.noise.rate:.0%} {cfg.noise.kind} noise ==", flush=True)
         rows.append((method, run_training(cfg, run_dir)))
     print_table(rows, args.run_dir)
+    photos = write_sample_photos(shards, args.run_dir / "photos", SAMPLE_PHOTOS)
+    print("\nNext, on the SOFT run (README, \"After the demo\"):")
+    for command in next_commands(args.run_dir / AUDITED, shards, photos):
+        print(f"  {command}")
     return 0
+
+
+def next_commands(run_dir: Path, shards: Path, photos: Path) -> list[str]:
+    """The commands a user runs next on the demo's SOFT run, with its paths; their outputs go inside the
+    run directory, so the work tree stays clean."""
+    run, q = str(run_dir), shlex.quote
+    return [
+        f"soft-dist eval {q(run)} --shards {q(str(shards))} --split test --out {q(str(run_dir / 'eval_test.json'))}",
+        f"soft-dist export {q(run)} --format all --out {q(str(run_dir / 'exported'))}",
+        f"soft-dist predict {q(run)} {q(str(photos))} --out {q(str(run_dir / 'predictions.csv'))}",
+        f"soft-dist audit {q(run)} --out {q(str(run_dir / 'audit'))}",
+    ]
+
+
+def write_sample_photos(shards: Path, out: Path, count: int) -> Path:
+    """The first test-split image of each of the first ``count`` classes, as out/<class>_<idx>.jpg (the
+    shards' own JPEG bytes: the photos predict gets are the kind the model was tested on)."""
+    import numpy as np
+
+    from soft_dist.data.format import SplitSelection, load_manifest
+    from soft_dist.data.labels import read_split_labels
+    from soft_dist.data.tarindex import load_sample_table
+
+    manifest = load_manifest(shards)
+    idx, labels = read_split_labels(manifest, "test")
+    picked = sorted(int(idx[np.flatnonzero(labels == c)[0]]) for c in range(manifest.num_classes)
+                    if (labels == c).any())[:count]
+    label_of = dict(zip(idx.tolist(), labels.tolist()))
+    out.mkdir(parents=True, exist_ok=True)
+    table = load_sample_table(shards, SplitSelection("test", ("test",), np.array(picked, dtype=np.int64)))
+    try:
+        for p in range(len(table)):
+            i = int(table.idx[p])
+            (out / f"{manifest.classes[label_of[i]]}_{i}.jpg").write_bytes(table.jpeg(p).tobytes())
+    finally:
+        table.close()
+    return out
 
 
 def print_table(rows: list[tuple[str, dict]], run_dir: Path) -> None:

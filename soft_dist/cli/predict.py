@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from soft_dist.cli.model_arg import add_model_argument
+from soft_dist.progress import progress_bar
 from soft_dist.serve.faces import DEFAULT_MAX_PIXELS
 
 BACKEND_CHOICES = ("torch", "onnxruntime")  # serve.classifier.BACKENDS
@@ -69,7 +70,6 @@ def _check_positive(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from tqdm import tqdm
 
     from soft_dist.serve.classifier import load_spec
     from soft_dist.serve.faces import CLASSIFIED, AlignSettings
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"predict: {len(inputs.paths)} photos with {spec.location} ({args.backend}), alignment {align.method} "
           f"to {align.size} px, {runner} runner{skipped}")
     started = time.perf_counter()
-    bar = tqdm(total=len(inputs.paths), unit="img", desc="predict", disable=args.no_progress, leave=False)
+    bar = progress_bar(len(inputs.paths), "predict", "img", enabled=not args.no_progress)
     run_batches = predict_ray if runner == "ray" else predict_local
     try:
         with PredictionWriter(args.out, spec.classes) as writer:

@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from soft_dist.data.format import MANIFEST_NAME, ManifestError, load_manifest
+from soft_dist.progress import progress_bar
 from soft_dist.storage import RunStore, is_remote
 
 log = logging.getLogger(__name__)
@@ -99,17 +99,11 @@ def _stage(url: str, dest: Path, cache: Path, max_bytes: int, progress: bool) ->
     _evict(cache, keep=dest, max_bytes=max_bytes - need)
 
     todo = [n for n in digests if not _is_staged(dest, n, digests[n], _idx(n) in sizes)]
-    bar = None
-    if progress and todo and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), unit="shard", desc=f"staging {url}")
+    bar = progress_bar(len(todo), f"staging {url}", "shard", enabled=progress and bool(todo), leave=True)
     for name in todo:
         _download_shard(store, dest, name, digests[name], has_idx=_idx(name) in sizes)
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+        bar.update()
+    bar.close()
 
     # Drop files of an older version of this set (renamed or removed shards) and .part files of a
     # download that crashed, then publish the manifest: readers only ever load_manifest() this folder.

@@ -17,6 +17,7 @@ import numpy as np
 from soft_dist.config import DataConfig
 from soft_dist.data.format import MANIFEST_NAME, Manifest, ManifestError
 from soft_dist.metrics import accuracy, confusion_matrix, mean_class_accuracy, per_class_scores
+from soft_dist.progress import progress_bar
 from soft_dist.serve.network import LoadedModel
 
 
@@ -106,7 +107,6 @@ def predict_split_ray(model: LoadedModel, shards: str, split: str, data_cfg: Dat
     one). The model travels through the object store, so workers on other nodes need no copy of model.pt;
     each worker reads the shards itself (a URL is staged on its node)."""
     import ray
-    from tqdm import tqdm
 
     from soft_dist.ray_cluster import gather, init_ray
 
@@ -116,7 +116,7 @@ def predict_split_ray(model: LoadedModel, shards: str, split: str, data_cfg: Dat
     model_ref = ray.put(model)
     refs = [task.remote(model_ref, str(shards), split, data_cfg, batch_size, device, rank, workers)
             for rank in range(workers)]
-    with tqdm(total=workers, unit="worker", desc=f"eval {split}", disable=not progress, leave=False) as bar:
+    with progress_bar(workers, f"eval {split}", "worker", enabled=progress) as bar:
         parts = gather(refs, bar.update)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

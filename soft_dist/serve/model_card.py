@@ -51,11 +51,20 @@ def build_card(model: LoadedModel, files: list[dict]) -> dict:
         "noise": meta.get("noise"),
         "training_config_sha256": meta.get("config_sha256"),
         "metrics": {"selected_by": selection.get("metric"), "val": selection.get("val"),
+                    "val_labels": (meta.get("config") or {}).get("data", {}).get("val_labels"),
                     "test": selection.get("test")},
         "files": files,
         "opset": onnx_opsets[0] if onnx_opsets else None,
         "exported_with": {"soft_dist": __version__, "torch": torch.__version__},
     }
+
+
+NOISY_VAL_NOTE = ("Validation was scored against the noisy training labels (what a user without clean labels "
+                  "has): it measures agreement with those labels, so it sits below the accuracy on clean labels.")
+
+
+def _val_labels_words(val_labels: str | None) -> str:
+    return f"{val_labels} labels" if val_labels else "labels not recorded"
 
 
 def _metric_line(name: str, report: dict | None) -> str:
@@ -96,8 +105,9 @@ def card_markdown(card: dict) -> str:
         "",
         "## Scores at selection",
         "",
-        _metric_line("validation", card["metrics"]["val"]),
-        _metric_line("test", card["metrics"]["test"]),
+        _metric_line(f"validation ({_val_labels_words(card['metrics'].get('val_labels'))})", card["metrics"]["val"]),
+        _metric_line("test (shard labels, no injected noise)", card["metrics"]["test"]),
+        *([""] + [NOISY_VAL_NOTE] if card["metrics"].get("val_labels") == "noisy" else []),
         "",
         "## Files",
         "",

@@ -29,6 +29,7 @@ from soft_dist.shard.layouts import SPLITS, Dataset, Record, carve_val, read_lay
 from soft_dist.shard.encode import ChunkResult, EncodeOptions, encode_chunk, init_worker
 from soft_dist.config import ConfigError, check_fields, setting
 from soft_dist.data.format import MANIFEST_NAME, shard_name
+from soft_dist.progress import progress_bar
 from soft_dist.shard.writer import sha256_file, write_index, write_manifest, write_shard
 
 PROGRESS_NAME = ".shard-progress.json"
@@ -296,10 +297,8 @@ def build_shards(config: ShardConfig, log=None) -> dict:
     else:
         results = _run_processes(todo, encode_options, min(workers, len(todo)))
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=sum(len(p.items) for p in plans), initial=sum(len(p.items) for p in plans if p.name in done),
-               unit="img", desc=f"shard {dataset.name}", disable=not config.progress, file=sys.stderr)
+    bar = progress_bar(sum(len(p.items) for p in plans), f"shard {dataset.name}", "img", enabled=config.progress,
+                       initial=sum(len(p.items) for p in plans if p.name in done), leave=True)
     progress_path = out / PROGRESS_NAME
     for plan, result in results:
         written = write_shard(out / plan.name, result.samples) if result.samples else None

@@ -14,6 +14,7 @@ from torch import nn
 
 from soft_dist.metrics import classification_report, noisy_part_diagnostics
 from soft_dist.noise.table import NoiseTable
+from soft_dist.progress import progress_bar
 from soft_dist.train.collectives import all_gather_objects
 from soft_dist.train.step import RunningMeans, SoftLearner
 
@@ -34,9 +35,7 @@ def train_epoch(
     images = 0
     bar = None
     if progress and sys.stderr.isatty():  # a bar for people; logs and CI get the epoch line only
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", leave=False)
+        bar = progress_bar(steps, f"epoch {epoch + 1}", "step", lines_in_logs=False)
     start = time.perf_counter()
     for i, batch in enumerate(loader.epoch(epoch)):
         means.add(learner.train_step(batch, epoch + i / max(steps, 1)))

@@ -200,7 +200,8 @@ class EpochPrinter:
             if record["epoch"] > self.last:
                 self.last = record["epoch"]
                 line = epoch_summary_line(record["epoch"], self.epochs, record["train"], record["val"],
-                                          workers=record.get("world_size"))
+                                          workers=record.get("world_size"),
+                                          val_labels=record.get("val_labels", "noisy"))
                 lines = [line, record["note"]] if record.get("note") else [line]
                 for text in lines:
                     if self._bar is not None:

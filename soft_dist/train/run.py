@@ -145,7 +145,7 @@ class Trainer:
             last = epoch == cfg.train.epochs - 1
             results = self._results(learner, weights, sync, val, test, history, train_seconds, digests) if last else {}
             self.log.record(epoch, {
-                "train": train, "val": val, "test": test, "head": learner.head_on,
+                "train": train, "val": val, "val_labels": cfg.data.val_labels, "test": test, "head": learner.head_on,
                 "lr": learner.optimizer.param_groups[0]["lr"], "world_size": world_size,
                 # valid rows trained on by all ranks: the split's size whatever the world size
                 "images_all_ranks": int(sum(images)),

@@ -94,7 +94,8 @@ class RunLog(SilentLog):
             if self._scratch is not None:
                 for path in Path(self._scratch.name).iterdir():
                     self.store.upload_file(path, f"{TENSORBOARD_DIR}/{path.name}")
-        self.say(epoch_summary_line(epoch, self.epochs, record["train"], record["val"]))
+        self.say(epoch_summary_line(epoch, self.epochs, record["train"], record["val"],
+                                    val_labels=record.get("val_labels", "noisy")))
         if record.get("note"):
             self.say(record["note"])
 
@@ -108,13 +109,20 @@ class RunLog(SilentLog):
             self._scratch.cleanup()
 
 
-def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict, workers: int | None = None) -> str:
-    parts = [f"epoch {epoch + 1}/{epochs}", f"loss {train.get('loss', float('nan')):.3f}"]
+def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict, workers: int | None = None,
+                       val_labels: str = "noisy") -> str:
+    """One console line per epoch. The loss shows its parts where there is a consistency term, because the
+    total rises while its weight ramps up (lambda x cons grows from 0) without anything diverging; "val"
+    says which labels it is scored against (noisy: the realistic setting, so it sits below test accuracy)."""
+    loss = f"loss {train.get('loss', float('nan')):.3f}"
+    if "loss_cons" in train and "lambda" in train:
+        loss += f" = ce {train['loss_ce']:.3f} + {train['lambda']:.2f} x cons {train['loss_cons']:.3f}"
+    parts = [f"epoch {epoch + 1}/{epochs}", loss]
     if "share_k_gt_1" in train:
         parts.append(f"k>1 {train['share_k_gt_1']:.2f}")
     if "teacher_agrees" in train:
         parts.append(f"teacher=label {train['teacher_agrees']:.2f}")
-    parts += [f"val {b} {r['accuracy']:.3f}" for b, r in val.items()]
+    parts.append(f"val on {val_labels} labels: " + ", ".join(f"{b} {r['accuracy']:.3f}" for b, r in val.items()))
     parts.append(f"{train['images_per_s']:.0f} img/s" + (f" x {workers} workers" if workers else ""))
     return " | ".join(parts)
 
