@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Callable
 
 from soft_dist.config import ConfigError, TrainConfig
@@ -58,11 +61,48 @@ def init_ray(log_to_driver: bool | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=log_to_driver, **quiet)
         return
-    ray.init(
+    _start_local(lambda: ray.init(
         address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver, **quiet,
         _system_config={"worker_niceness": WORKER_NICENESS},
         runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"},
-    )
+    ))
+
+
+class RayStartError(RuntimeError):
+    """A local Ray instance could not be started (twice): one line with the cause and its log folder."""
+
+
+def _start_local(start: Callable[[], None], attempts: int = 2) -> None:
+    """``start()`` a new local instance; once more if it fails (a start can time out on a loaded machine,
+    or race another instance for a port), then RayStartError naming the cause and this start's logs.
+
+    address="local" never joins another instance, and every port but the dashboard agent's is chosen
+    free by Ray; without a dashboard nothing here uses that agent, so an instance already holding its
+    port does not stop this one (tests/test_demo.py trains while another instance runs)."""
+    import ray
+
+    since = time.time()
+    for attempt in range(attempts):
+        try:
+            start()
+            return
+        except Exception as err:  # noqa: BLE001 - Ray raises OSError, RuntimeError, ConnectionError, ...
+            ray.shutdown()  # whatever the failed start left half-running
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    logs = _newest_session_logs(since)
+    raise RayStartError(f"could not start a local Ray instance ({attempts} attempts): {cause}; its logs: "
+                        f"{logs or 'none written'}. To use a running cluster instead, set RAY_ADDRESS.")
+
+
+def _newest_session_logs(since: float) -> str | None:
+    """The logs folder of the newest Ray session begun after ``since`` under this process's Ray temp
+    folder (RAY_TMPDIR, else the system's): this start's own, not ``session_latest``, which another
+    instance may have taken over."""
+    root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    sessions = [p for p in root.glob("session_2*") if p.is_dir() and p.stat().st_mtime >= since - 1]
+    if not sessions:
+        return None
+    return str(max(sessions, key=lambda p: p.stat().st_mtime) / "logs")
 
 
 def check_cluster_fits(train: TrainConfig) -> None:

@@ -74,3 +74,20 @@ def test_train_console_is_one_line_per_epoch(digit_shards, tmp_path):
     for noise in ("\x1b", "Traceback", "TrainingReport", "RayTrainWorker", "TrainController", "WARNING", "INFO"):
         assert noise not in output, f"{noise!r} in:\n{output}"
     assert "model.pt: epoch" in run.stdout
+
+
+def test_a_local_ray_start_that_fails_is_one_line_with_its_own_logs(digit_shards, tmp_path):
+    """A real failed start (Ray's socket paths under a temp folder too long for AF_UNIX), tried twice:
+    exit 1, one line with the cause and that start's log folder, no traceback, no run directory."""
+    ray_tmp = tmp_path / ("x" * 90)
+    ray_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    run = subprocess.run([sys.executable, "-m", "soft_dist", "train", "--config", "digits_cpu",
+                          "--run-dir", str(tmp_path / "run"), f"data.shards={digit_shards}"],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "could not start a local Ray instance (2 attempts)" in lines[0] and "AF_UNIX" in lines[0]
+    assert f"its logs: {ray_tmp}/ray/session_" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from soft_dist.config import ConfigError
     from soft_dist.data.format import ManifestError
+    from soft_dist.ray_cluster import RayStartError
     from soft_dist.train.errors import CheckpointError
 
     args = build_parser().parse_args(argv)
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, CheckpointError) as err:
         print(f"soft-dist {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RayStartError as err:  # not the user's input: exit 1, still one line
+        print(f"soft-dist {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -242,16 +242,17 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
             raise ConfigError("--resume", f"{store.location} is not a run directory (no config.yaml / noise_table.csv)")
         if store.exists(RESULTS_FILE) and not store.exists(ckpt.CHECKPOINTS_DIR):
             raise ConfigError("--resume", f"{store.location} finished and kept no resumable state (train.keep_state)")
-    elif store.exists("config.yaml"):
-        raise ConfigError("--run-dir", f"{store.location} already holds a run; "
-                          f"use `soft-dist train --resume {store.location}`")
+        table = NoiseTable.from_csv(store.read_text("noise_table.csv"), store.path("noise_table.csv"))
+    else:
+        if store.exists("config.yaml"):
+            raise ConfigError("--run-dir", f"{store.location} already holds a run; "
+                              f"use `soft-dist train --resume {store.location}`")
+        table, num_classes = make_noise_table(cfg)  # reads the shards: a wrong folder fails before Ray starts
     init_ray()
     check_cluster_fits(cfg.train)  # before anything is written: a refused run leaves no run directory
     if resume:
-        table = NoiseTable.from_csv(store.read_text("noise_table.csv"), store.path("noise_table.csv"))
         write_run_inputs(store, cfg, table)  # config.yaml says what runs now (e.g. more epochs)
     else:
-        table, num_classes = make_noise_table(cfg)
         cfg = resolve_for_classes(cfg, num_classes)  # config.yaml holds the tau that runs
         note = tau_above_uniform_note(cfg.method.tau, num_classes, cfg.method.tau_relative)
         if echo and note and cfg.preset.target == "sls":
