@@ -134,8 +134,8 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_state_and_model_load_with_weights_only(uninterrupted):
     run_dir, results = uninterrupted
-    state = torch.load(run_dir / "checkpoints" / "epoch_0002" / ckpt.STATE_FILE, weights_only=True)
-    assert state["epoch"] == 2 and state["learner"]["global_step"] == 3 * 10  # 1,258 images, 128 per step
+    state = torch.load(run_dir / "checkpoints" / "epoch_0003" / ckpt.STATE_FILE, weights_only=True)
+    assert state["epoch"] == 3 and state["learner"]["global_step"] == 3 * 10  # 1,258 images, 128 per step
     assert {"student", "teacher", "optimizer"} <= set(state["learner"]) and state["config"]["train"]["epochs"] == 3
     model = load_model(run_dir)
     meta = model.meta
@@ -157,35 +157,35 @@ def test_state_and_model_load_with_weights_only(uninterrupted):
     assert val["accuracy"] == pytest.approx(selection["val"]["accuracy"], abs=1e-12)
     # model.pt holds the best validation epoch seen, never a worse later one.
     val_curve = [max(r["val"][b]["accuracy"] for b in r["val"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
-    assert selection["score"] == max(val_curve) and selection["epoch"] == val_curve.index(max(val_curve))
+    assert selection["score"] == max(val_curve) and selection["epoch"] == val_curve.index(max(val_curve)) + 1
 
 
 def test_cut_short_run_continues_exactly(uninterrupted, tmp_path):
-    _run(tmp_path, epochs=2)  # stops after epoch 1, like a run killed there
-    # A checkpoint written before the history kept val/test (older versions): its epoch 0 must come from
-    # metrics.jsonl, epoch 1 from the history, for results.json's protocols.
-    newest = tmp_path / "checkpoints" / "epoch_0001"
+    _run(tmp_path, epochs=2)  # stops after epoch 2, like a run killed there
+    # A checkpoint written before the history kept val/test (older versions): its epoch 1 must come from
+    # metrics.jsonl, epoch 2 from the history, for results.json's protocols.
+    newest = tmp_path / "checkpoints" / "epoch_0002"
     state = ckpt.read_state_folder(newest)
     assert [{"val", "test"} <= set(h) for h in state["history"]] == [True, True]
     state["history"][0] = {k: v for k, v in state["history"][0].items() if k not in ("val", "test")}
     ckpt.write_state_folder(state, newest)
-    # A half-written checkpoint of epoch 2 (the process died while copying it) must be ignored.
-    partial = tmp_path / "checkpoints" / "epoch_0002"
-    shutil.copytree(tmp_path / "checkpoints" / "epoch_0001", partial)
+    # A half-written checkpoint of epoch 3 (the process died while copying it) must be ignored.
+    partial = tmp_path / "checkpoints" / "epoch_0003"
+    shutil.copytree(tmp_path / "checkpoints" / "epoch_0002", partial)
     (partial / ckpt.STATE_FILE).write_bytes((partial / ckpt.STATE_FILE).read_bytes()[:1000])
     # ... and what a writer killed earlier left: its scratch folder and a staging copy.
-    for leftover in (f"{ckpt.PARTIAL_PREFIX}dead", ".epoch_0001.abc123.tmp"):
+    for leftover in (f"{ckpt.PARTIAL_PREFIX}dead", ".epoch_0002.abc123.tmp"):
         shutil.copytree(partial, tmp_path / "checkpoints" / leftover)
     results = _run(tmp_path, epochs=3)
     epochs = [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [0, 1, 2]
+    assert epochs == [1, 2, 3]  # counted from 1, as everywhere
     whole = uninterrupted[1]
     for split in ("val", "test"):
         for branch in ("student", "teacher"):
             assert results[split][branch]["accuracy"] == whole[split][branch]["accuracy"]
     assert results["model"]["epoch"] == whole["model"]["epoch"]
     assert results["protocols"] == whole["protocols"] and results["protocols"]["epochs"] == 3
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0002"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0003"]
 
 
 @pytest.mark.parametrize("change, field", [
@@ -227,10 +227,10 @@ def _without_timing(node):
 
 
 @pytest.mark.parametrize("method, epoch", [
-    ("RunLog.record", 0),          # epoch 0 is always a new best: nothing of it may be in model.pt yet
-    ("CheckpointWriter.save", 0),  # epoch 0 is always a new best: its state is committed, its model.pt not
-    ("RunLog.finish", 2),          # results.json written, the last state not
-    ("CheckpointWriter.save", 2),  # the last state committed, model.pt (if epoch 2 is the best) not
+    ("RunLog.record", 1),          # epoch 1 is always a new best: nothing of it may be in model.pt yet
+    ("CheckpointWriter.save", 1),  # epoch 1 is always a new best: its state is committed, its model.pt not
+    ("RunLog.finish", 3),          # results.json written, the last state not
+    ("CheckpointWriter.save", 3),  # the last state committed, model.pt (if epoch 3 is the best) not
 ])
 def test_a_crash_between_any_two_writes_resumes_to_the_same_files(uninterrupted, tmp_path, monkeypatch, method,
                                                                  epoch):
@@ -243,7 +243,7 @@ def test_a_crash_between_any_two_writes_resumes_to_the_same_files(uninterrupted,
 
     def crashing(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        at = args[0] if name in ("save", "record") else 2  # finish() only runs at the last epoch
+        at = args[0] if name in ("save", "record") else 3  # finish() only runs at the last epoch
         if at == epoch:
             raise _Crash(f"died after {method} of epoch {at}")
 
@@ -251,7 +251,7 @@ def test_a_crash_between_any_two_writes_resumes_to_the_same_files(uninterrupted,
     with pytest.raises(_Crash):
         _run(tmp_path, epochs=3)
     # What the crash left: model.pt holds an epoch whose checkpoint is committed (one the resumed history keeps)
-    committed = max(ckpt.checkpoint_epochs(RunStore(tmp_path)), default=-1)
+    committed = max(ckpt.checkpoint_epochs(RunStore(tmp_path)), default=0)
     if (tmp_path / "model.pt").exists():
         assert load_model(tmp_path).meta["epoch"] <= committed
     monkeypatch.setattr(owner, name, original)

@@ -39,8 +39,8 @@ def test_the_note_follows_its_epoch_line_in_the_run_log_and_on_the_ray_driver(tm
     printer = EpochPrinter(store, 2, printed.append)  # the driver of a Ray run prints from metrics.jsonl
     log = RunLog(store, 2, said.append, tensorboard=False)
     log.start(0)
-    log.record(0, _record(0.8))
-    log.record(1, _record(0.3, note="lock-in warning: ..."))
+    log.record(1, _record(0.8))  # epochs are numbered from 1
+    log.record(2, _record(0.3, note="lock-in warning: ..."))
     assert [line.split(" | ")[0] for line in said] == ["epoch 1/2", "epoch 2/2", "lock-in warning: ..."]
     assert "teacher=label 0.60" in said[0] and "k>1 0.80" in said[0]
     printer._print_new()

@@ -87,7 +87,7 @@ def _kill_mid_epoch(cluster, node, run_dir: Path, after_epoch: int, thread) -> N
 
 def _check_every_epoch_once(run_dir: Path, epochs: int, shards: Path) -> list[dict]:
     lines = _epochs(run_dir)
-    assert [x["epoch"] for x in lines] == list(range(epochs))
+    assert [x["epoch"] for x in lines] == list(range(1, epochs + 1))
     train_size = load_manifest(shards).split("train").num_samples
     assert all(x["images_all_ranks"] == train_size for x in lines)  # each sample once, whatever the world size
     return lines

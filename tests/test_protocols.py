@@ -194,15 +194,15 @@ def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(refe
     meta = load_model(reference_run).meta
     assert (meta["epoch"], meta["branch"]) == (chosen["epoch"], chosen["branch"])
     # last = results.json's test.chosen (the last epoch's validation choice)
-    assert p["last"]["branch"] == results["chosen_branch"]
+    assert p["last"]["branch"] == results["last_epoch_branch"]
     assert p["last"]["accuracy"] == results["test"]["chosen"]["accuracy"]
     # the same function over the metrics.jsonl lines gives the same record
     lines = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
     assert compute_protocols(lines, cfg.train.select_metric) == p
     val_samples = load_manifest(digit_shards).split(cfg.data.val_split).num_samples
     assert p["val_selected"]["val_samples"] == lines[0]["val"]["student"]["num_samples"] == val_samples
-    assert p["mean_last_5"]["epochs"] == [0, 1, 2]
-    assert all(x["selected_epoch"] == chosen["epoch"] for x in lines[chosen["epoch"]:])
+    assert p["mean_last_5"]["epochs"] == [1, 2, 3]  # epochs are numbered from 1
+    assert all(x["selected_epoch"] == chosen["epoch"] for x in lines[chosen["epoch"] - 1:])
     assert list(itertools.chain(p["val_selected"]["branches"])) == ["student", "teacher"]
 
 
@@ -232,8 +232,9 @@ def test_demo_prints_every_protocol_branch_and_the_evidence_for_each_choice():
     # soft's val_selected: epoch 2, teacher (150 > 147 of 179), test 305/360 = 84.7
     assert lines[5].split()[2:4] == ["84.7", "(t)"]
     assert lines[4].split()[2] == "84.7" and lines[3].split()[2] == "83.3"  # both branches at that epoch
-    assert "soft: model.pt = epoch 3, teacher, chosen on 179 noisy validation images; it beat the other " \
+    # the records' own epoch numbers are printed as they are (files count epochs from 1)
+    assert "soft: model.pt = epoch 2, teacher, chosen on 179 noisy validation images; it beat the other " \
            "branch there by 3 images" in text
-    assert "ce: model.pt = epoch 2, student, chosen on 179 noisy validation images" in text
+    assert "ce: model.pt = epoch 1, student, chosen on 179 noisy validation images" in text
     # the headline difference in points and in test images: 305 - 300 = 5 images
     assert "soft - ce (val_selected): +1.4 points = 5 of 360 test images" in text

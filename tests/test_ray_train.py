@@ -45,10 +45,10 @@ def test_two_workers_keep_identical_teachers(uninterrupted, digit_shards):
     assert results["teacher_sync"]["checks"] >= EPOCHS and results["teacher_sync"]["mismatches"] == 0
     assert results["epochs"] == EPOCHS and results["throughput"]["workers"] == 2
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [x["epoch"] for x in lines] == list(range(EPOCHS))
+    assert [x["epoch"] for x in lines] == list(range(1, EPOCHS + 1))
     assert [x["head"] for x in lines] == [False, True, True]  # the head switched on under DDP
     on_disk = json.loads((run_dir / "results.json").read_text())
-    assert on_disk["chosen_branch"] in ("student", "teacher")
+    assert on_disk["last_epoch_branch"] in ("student", "teacher")
     for split in ("val", "test"):
         for branch in ("student", "teacher", "chosen"):
             assert set(on_disk[split][branch]) >= {"accuracy", "mean_class_accuracy"}
@@ -65,7 +65,7 @@ def test_killed_worker_is_replaced_and_training_resumes(uninterrupted, digit_sha
     results = run_training(config(digit_shards, f"train.fail_at_step={FAIL_AT_STEP}", "train.max_failures=1"), tmp_path)
     assert (tmp_path / FAILURE_MARKER).exists()  # the worker process really died once
     epochs = [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == list(range(EPOCHS))  # epoch 0 was not redone: restored from its checkpoint
+    assert epochs == list(range(1, EPOCHS + 1))  # epoch 1 was not redone: restored from its checkpoint
     assert results["epochs"] == EPOCHS
     assert final_numbers(results) == final_numbers(uninterrupted[1])
 
@@ -82,8 +82,8 @@ def test_resume_of_interrupted_run_matches_uninterrupted(uninterrupted, digit_sh
     assert final_numbers(results) == final_numbers(uninterrupted[1])
     assert results["epochs"] == EPOCHS
     epochs = [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == list(range(EPOCHS))  # nothing repeated or missing after --resume
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*")) == [f"epoch_{EPOCHS - 1:04d}"]
+    assert epochs == list(range(1, EPOCHS + 1))  # nothing repeated or missing after --resume
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*")) == [f"epoch_{EPOCHS:04d}"]
 
 
 @pytest.mark.parametrize("buffer_every", [0, 3])

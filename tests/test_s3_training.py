@@ -137,11 +137,11 @@ def test_run_in_the_bucket_finishes_and_leaves_its_files_there(uninterrupted, s3
     for name in ("config.yaml", "noise_table.csv", "metrics.jsonl", "results.json", "model.pt"):
         assert name in names, names
     assert any(n.startswith("tensorboard/") and "events.out.tfevents" in n for n in names), names
-    assert metrics_epochs(s3, url) == list(range(EPOCHS))  # every epoch exactly once
+    assert metrics_epochs(s3, url) == list(range(1, EPOCHS + 1))  # every epoch exactly once
     first = json.loads(read(s3, url, "metrics.jsonl").decode().splitlines()[0])
     assert first["train"]["steps"] == STEPS_PER_EPOCH  # so FAIL_AT_STEP below falls in the second epoch
     checkpoints = sorted({n.split("/")[1] for n in names if n.startswith("checkpoints/epoch_")})
-    assert checkpoints == [f"epoch_{EPOCHS - 1:04d}"], names  # only the newest is kept
+    assert checkpoints == [f"epoch_{EPOCHS:04d}"], names  # only the newest is kept
     assert {n for n in names if n.startswith(f"checkpoints/{checkpoints[0]}/")} == {
         f"checkpoints/{checkpoints[0]}/state.pt", f"checkpoints/{checkpoints[0]}/meta.json"}
 

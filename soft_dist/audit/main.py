@@ -50,7 +50,7 @@ def audit_run(
     classes = run.classes
     score = choose_score(score, has_teacher=run.state["learner"].get("teacher") is not None,
                          has_head=run.head_trained)
-    say(f"[audit] {run.run_dir}: method {run.cfg.method.name}, checkpoint of epoch {int(run.state['epoch']) + 1}, "
+    say(f"[audit] {run.run_dir}: method {run.cfg.method.name}, checkpoint of epoch {int(run.state['epoch'])}, "
         f"{len(run.train.idx)} training images, noise table kind={run.table.kind}")
     outputs = network_outputs(run, workers=workers, batch_size=batch_size, num_threads=num_threads, echo=echo)
     clean = run.given_and_clean(outputs.idx)[1] if run.truth_known else None

@@ -69,7 +69,8 @@ class AuditRun:
     @property
     def head_trained(self) -> bool:
         """Whether the student's uncertainty head was trained (the run reached its second stage)."""
-        return bool(self.cfg.preset.head) and int(self.state["epoch"]) >= self.cfg.method.stage1_epochs
+        # the head is on from the epoch after stage 1 (0-based index stage1_epochs = epoch stage1_epochs + 1)
+        return bool(self.cfg.preset.head) and int(self.state["epoch"]) > self.cfg.method.stage1_epochs
 
 
 def load_run(run_dir: str | Path, shards: str | None = None, loader: str | None = None) -> AuditRun:

@@ -153,7 +153,7 @@ def protocol_table(rows: list[tuple[str, dict]]) -> list[str]:
 
 def choice_sentence(method: str, entry: dict) -> str:
     """How model.pt was chosen: the epoch, the branch and the validation evidence for it."""
-    text = (f"{method}: model.pt = epoch {entry['epoch'] + 1}, {entry['branch']}, chosen on "
+    text = (f"{method}: model.pt = epoch {entry['epoch']}, {entry['branch']}, chosen on "
             f"{entry['val_samples']} noisy validation images")
     margin = entry.get("val_margin_samples")
     if margin is not None:

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(results: dict, run_dir: Path | str) -> None:
     model = results["model"]
-    print(f"model.pt: epoch {model['epoch'] + 1}, {model['branch']} branch, chosen on validation "
+    print(f"model.pt: epoch {model['epoch']}, {model['branch']} branch, chosen on validation "
           f"{model['metric']} {model['score']:.4f}")
     for split in ("val", "test"):
         row = model.get(split)

@@ -104,7 +104,7 @@ def plot_epoch_curves(series: dict[str, list[Path]], title: str, path: Path) -> 
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save_accuracy_axes(plt, fig, ax, "epoch (0-based, as in metrics.jsonl)", title, path, legend_size=7)
+    return _save_accuracy_axes(plt, fig, ax, "epoch", title, path, legend_size=7)
 
 
 def write_plots(grid: Grid, cells: list[Cell], run_dir: Path, log: Callable[[str], None] = print,

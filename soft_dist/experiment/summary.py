@@ -75,7 +75,8 @@ def cell_record(cell: Cell, results: dict, folder: Path | None = None) -> dict:
         "split": split,
         "accuracy": chosen["accuracy"],
         "mean_class_accuracy": chosen["mean_class_accuracy"],
-        "chosen_branch": results["chosen_branch"],
+        # named chosen_branch in results.json before it was named for its protocol
+        "last_epoch_branch": results.get("last_epoch_branch", results.get("chosen_branch")),
         "student_accuracy": results[split]["student"]["accuracy"],
         "teacher_accuracy": results[split].get("teacher", {}).get("accuracy", math.nan),
         "val_accuracy": results["val"]["chosen"]["accuracy"],

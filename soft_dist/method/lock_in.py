@@ -39,8 +39,8 @@ def _collapsed(shares: list[float | None], watch_from: int) -> tuple[int, int] |
 
 
 def lock_in_note(shares: list[float | None], tau: float, num_classes: int, watch_from: int = 0) -> str | None:
-    """The warning to print after the last epoch of ``shares`` (share of samples with k > 1 per 0-based
-    epoch, None where SLS was off), or None: only at the epoch where the collapse first shows. Epochs
+    """The warning to print after the last epoch of ``shares`` (share of samples with k > 1 per epoch, in
+    order from the first, None where SLS was off), or None: only at the epoch where the collapse first shows. Epochs
     before ``watch_from`` (the ramp-up) neither set the peak nor warn."""
     found = _collapsed(shares, watch_from)
     if found is None or found[1] != len(shares) - 1:

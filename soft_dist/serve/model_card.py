@@ -83,7 +83,7 @@ def card_markdown(card: dict) -> str:
         f"# soft-dist model: {markdown_text(card['dataset'])} ({card['num_classes']} classes)",
         "",
         f"{arch['name']} (small stem: {arch.get('small_stem')}), method `{card['method']}`, the `{card['branch']}` "
-        f"branch of epoch {card['epoch']} (0-based), chosen on validation by {card['metrics']['selected_by']}. "
+        f"branch of epoch {card['epoch']} (counted from 1), chosen on validation by {card['metrics']['selected_by']}. "
         f"Training noise: {noise.get('kind')} at rate {noise.get('rate')} (seed {noise.get('seed')}). "
         f"Training config sha256 `{card['training_config_sha256']}`.",
         "",

@@ -36,7 +36,8 @@ from soft_dist.train.errors import CheckpointError
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-STATE_FORMAT = "soft-dist-state/1"
+# /2: "epoch" is the count of epochs done (numbered from 1, as everywhere); /1 counted from 0.
+STATE_FORMAT = "soft-dist-state/2"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 PARTIAL_PREFIX = ".partial-"
 DIGEST_KEY = "state_sha256"  # added to a state when it is read (not stored in state.pt)
@@ -115,7 +116,10 @@ def _parse_state(data: bytes, meta_text: str, where: str) -> dict:
         raise CheckpointError(f"{where}/{STATE_FILE}: incomplete (size or sha256 differs from {META_FILE})")
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{where}/{STATE_FILE}: not a soft-dist state (format {state.get('format')!r})")
+        older = " (written by an older soft-dist that counted epochs from 0; finish it with that version)" if (
+            str(state.get("format", "")).startswith("soft-dist-state/")) else ""
+        raise CheckpointError(f"{where}/{STATE_FILE}: not a soft-dist state of this version (format "
+                              f"{state.get('format')!r}){older}")
     state[DIGEST_KEY] = meta["sha256"]  # which bytes these are: ranks agree on it before resuming
     return state
 
@@ -275,15 +279,15 @@ class Checkpoints:
 
     def resume(self, learner, sync) -> tuple[int, list, dict | None]:
         """Restore ``learner`` (a SoftLearner), the RNG states and ``sync``'s counts from the newest state
-        -> (first epoch to train, history of the epochs before it, model selection's best record or
-        None); (0, [], None) for a new run."""
+        -> (epochs done, which is the 0-based index of the first epoch to train; history of those epochs;
+        model selection's best record or None); (0, [], None) for a new run."""
         state = self.newest_state()
         if state is None:
             return 0, [], None
         learner.load_state_dict(state["learner"])
         set_rng_state(state["rng"])
         sync.restore(state["teacher_sync"])
-        return state["epoch"] + 1, state["history"], state.get("selection")
+        return state["epoch"], state["history"], state.get("selection")
 
     def save(self, epoch: int, metrics: dict, learner, sync, history: list, selection: dict | None = None) -> None:
         """The end of ``epoch``: report ``metrics`` to the launcher."""

@@ -161,7 +161,7 @@ class EpochPrinter:
 
     def __init__(self, store: RunStore, epochs: int, echo: Callable[[str], None] | None, interval_s: float = 1.0):
         self.store, self.epochs, self.echo, self.interval_s = store, epochs, echo, interval_s
-        self.last = max((r["epoch"] for r in read_metrics(store)), default=-1)
+        self.last = max((r["epoch"] for r in read_metrics(store)), default=0)  # epochs already printed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soft-dist-epochs", daemon=True)
         self._bar = None
@@ -174,7 +174,7 @@ class EpochPrinter:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.epochs, initial=self.last + 1, desc="training", unit="epoch", leave=False)
+            self._bar = tqdm(total=self.epochs, initial=self.last, desc="training", unit="epoch", leave=False)
         self._thread.start()
         return self
 

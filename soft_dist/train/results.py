@@ -33,7 +33,8 @@ def final_results(
     return {
         "method": cfg.method.name,
         "tau": cfg.method.tau,  # the value that ran (resolved from method.tau_relative unless given)
-        "chosen_branch": chosen,
+        # protocol `last`'s branch; model.pt's (protocol val_selected) is results["model"]["branch"]
+        "last_epoch_branch": chosen,
         "select_metric": cfg.train.select_metric,
         "val": with_chosen(val, chosen),
         "test": with_chosen(test, chosen) if test else None,

@@ -112,20 +112,24 @@ class Trainer:
         cfg, loaders, world_size = self.cfg, self.loaders, self.place.world_size
         learner, weights = self._build_learner()
         sync = teacher_sync(learner.teacher, cfg.train)
-        start_epoch, history, best = self.checkpoints.resume(learner, sync)
-        if start_epoch > 0:
-            self.log.say(f"resumed from epoch {start_epoch} (world size {world_size})")
+        epochs_done, history, best = self.checkpoints.resume(learner, sync)
+        if epochs_done > 0:
+            self.log.say(f"resumed after epoch {epochs_done} (world size {world_size})")
         else:
             sync.broadcast_from_rank0()
-        self.selection.resume(best, start_epoch, learner)
-        if start_epoch >= cfg.train.epochs:
+        self.selection.resume(best, epochs_done, learner)
+        if epochs_done >= cfg.train.epochs:
             return self._report_finished_run()
-        self.log.start(start_epoch)
+        self.log.start(epochs_done)
         on_step = self._on_step(sync)
         val_lookup = self.table.lookup() if cfg.data.val_labels == "noisy" else None
         train_seconds = 0.0  # in this process (a restarted worker starts again from 0)
-        for epoch in range(start_epoch, cfg.train.epochs):
-            train = train_epoch(learner, loaders.train, epoch, on_step=on_step, progress=self.progress)
+        for index in range(epochs_done, cfg.train.epochs):
+            # Epochs are numbered from 1 in every file and message (metrics.jsonl, results.json, model.pt,
+            # checkpoints/epoch_NNNN, the console): ``epoch`` is the count of epochs done after this one.
+            # The method's schedules (ramp-up, stage 1, SLS start) take the 0-based ``index``.
+            epoch = index + 1
+            train = train_epoch(learner, loaders.train, index, on_step=on_step, progress=self.progress)
             train_seconds += train["seconds"]
             speeds, images = zip(*all_gather_objects((train["images_per_s"], train["images"])))
             speeds = list(speeds)
@@ -142,7 +146,7 @@ class Trainer:
                             "world_size": world_size, "val": val, "test": test,
                             "share_k_gt_1": train.get("share_k_gt_1")})
             best = self.selection.consider(epoch, val, test, learner)
-            last = epoch == cfg.train.epochs - 1
+            last = epoch == cfg.train.epochs
             results = self._results(learner, weights, sync, val, test, history, train_seconds, digests) if last else {}
             self.log.record(epoch, {
                 "train": train, "val": val, "val_labels": cfg.data.val_labels, "test": test, "head": learner.head_on,

@@ -39,8 +39,8 @@ class SilentLog:
     def say(self, text: str) -> None:
         """A line for the console."""
 
-    def start(self, start_epoch: int) -> None:
-        """Open the log for a run that trains from ``start_epoch`` on."""
+    def start(self, epochs_done: int) -> None:
+        """Open the log for a run that has ``epochs_done`` epochs behind it."""
 
     def record(self, epoch: int, record: dict) -> None:
         """One finished epoch: its metrics line (``record`` holds at least ``train`` and ``val``)."""
@@ -66,9 +66,9 @@ class RunLog(SilentLog):
         if self.echo is not None:
             self.echo(text)
 
-    def start(self, start_epoch: int) -> None:
-        """Keep only the metrics lines of the epochs before ``start_epoch`` and open the TensorBoard writer."""
-        self.lines = [json.dumps(r) for r in read_metrics(self.store) if r["epoch"] < start_epoch]
+    def start(self, epochs_done: int) -> None:
+        """Keep only the metrics lines of the ``epochs_done`` epochs and open the TensorBoard writer."""
+        self.lines = [json.dumps(r) for r in read_metrics(self.store) if r["epoch"] <= epochs_done]
         self.store.write_text(METRICS_FILE, "".join(f"{line}\n" for line in self.lines))
         if not self.tensorboard:
             return
@@ -81,8 +81,8 @@ class RunLog(SilentLog):
         else:  # events are written locally and uploaded after every epoch
             self._scratch = tempfile.TemporaryDirectory(prefix="soft-dist-tb-")
             folder = self._scratch.name
-        # purge_step: TensorBoard hides events of a previous attempt from start_epoch on.
-        self.writer = SummaryWriter(folder, purge_step=start_epoch or None)
+        # purge_step: TensorBoard hides events of a previous attempt from the first epoch trained again.
+        self.writer = SummaryWriter(folder, purge_step=epochs_done + 1 if epochs_done else None)
 
     def record(self, epoch: int, record: dict) -> None:
         self.lines.append(json.dumps({"epoch": epoch, **record}))
@@ -117,7 +117,7 @@ def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict, workers:
     loss = f"loss {train.get('loss', float('nan')):.3f}"
     if "loss_cons" in train and "lambda" in train:
         loss += f" = ce {train['loss_ce']:.3f} + {train['lambda']:.2f} x cons {train['loss_cons']:.3f}"
-    parts = [f"epoch {epoch + 1}/{epochs}", loss]
+    parts = [f"epoch {epoch}/{epochs}", loss]
     if "share_k_gt_1" in train:
         parts.append(f"k>1 {train['share_k_gt_1']:.2f}")
     if "teacher_agrees" in train:

@@ -70,9 +70,9 @@ class ModelSelection:
         """What a checkpoint keeps: the best record so far."""
         return self.best
 
-    def resume(self, best: dict | None, start_epoch: int, learner) -> None:
-        """Continue a run at ``start_epoch`` with the checkpoint's best record ``best`` (None: a new run,
-        or a checkpoint written before the record was kept); ``learner`` holds the restored state."""
+    def resume(self, best: dict | None, epochs_done: int, learner) -> None:
+        """Continue a run after ``epochs_done`` epochs with the checkpoint's best record ``best`` (None: a
+        new run, or a checkpoint written before the record was kept); ``learner`` holds the restored state."""
         self.best = best
 
     def commit(self) -> None:
@@ -105,12 +105,12 @@ class ModelWriter(ModelSelection):
         self.cfg, self.store, self.table, self.data = cfg, store, table, data
         self.pending: tuple[dict, dict] | None = None  # (weights, meta) of a new best not yet written
 
-    def resume(self, best: dict | None, start_epoch: int, learner) -> None:
+    def resume(self, best: dict | None, epochs_done: int, learner) -> None:
         on_disk = load_model(self.store.path(MODEL_FILE)).meta["selection"] if (
-            start_epoch > 0 and self.store.exists(MODEL_FILE)) else None
+            epochs_done > 0 and self.store.exists(MODEL_FILE)) else None
         # A checkpoint from before the record was kept: the best so far is whatever model.pt holds.
         self.best = best if best is not None else on_disk
-        if best is not None and best["epoch"] == start_epoch - 1 and on_disk != best:
+        if best is not None and best["epoch"] == epochs_done and on_disk != best:
             # The run stopped after the best epoch's checkpoint and before its model.pt: the restored
             # learner is that epoch's state, so write it now.
             self._new_best(learner)

@@ -30,7 +30,7 @@ def trials_table(sweep: Sweep, run_dir: Path) -> pd.DataFrame:
     rows = []
     for trial in analysis.trials:
         last = trial.last_result or {}
-        epochs = int(last.get("epoch", -1)) + 1
+        epochs = int(last.get("epoch", 0))
         trial_dir = run_dir / TRIALS_DIR / trial.trial_id
         starts_file = trial_dir / STARTS_FILE
         # experiment_tag starts with Tune's 1-based creation counter: "1_epsilon=0.3000,..."

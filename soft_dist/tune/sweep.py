@@ -17,7 +17,7 @@ from soft_dist.tune.layout import (ASHA_STATE_FILE, BASE_FILE, LAST_REPORT_FILE,
 from soft_dist.tune.search import optuna_search
 from soft_dist.tune.sweep_config import Sweep, apply_params, load_sweep
 
-# Reported by our callback next to the worker's 0-based `epoch`: epochs trained so far. ASHA counts
+# Reported by our callback: the worker's `epoch` (counted from 1), i.e. epochs trained so far. ASHA counts
 # this, not Tune's training_iteration, because a trial restarted on --resume continues from its own
 # checkpoint (Ray Train restores it from the trial's run dir) while Tune's iteration counter restarts.
 EPOCHS_KEY = "epochs_done"
@@ -43,7 +43,7 @@ def _report_callback(trial_dir: Path):
         def after_report(self, run_context, metrics, checkpoint):
             first = dict(metrics[0])
             if "epoch" in first:
-                first[EPOCHS_KEY] = int(first["epoch"]) + 1
+                first[EPOCHS_KEY] = int(first["epoch"])
             # Written before Tune hears of it: if the sweep is interrupted between the two, the restarted
             # trial re-reports the last epoch from this file instead of losing it (see run_trial).
             flat = {k: v for k, v in first.items() if isinstance(v, (int, float, str, bool))}
