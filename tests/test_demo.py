@@ -29,6 +29,9 @@ def test_the_demo_runs_beside_another_ray_instance_and_its_next_commands_work(di
     assert demo.returncode == 0, out[-3000:]
     for noise in ("Traceback", "WARNING", "\x1b"):
         assert noise not in out, f"{noise!r} in:\n{out}"
+    curves = run_dir / "test_accuracy_per_epoch.png"
+    assert f"test accuracy per epoch, both methods and branches: {curves}" in demo.stdout
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     commands = [line.strip() for line in demo.stdout.splitlines() if line.startswith("  soft-dist ")]
     assert [c.split()[1] for c in commands] == ["eval", "export", "predict", "audit"], out
     for command in commands:  # in this process, on the session's cluster where they use Ray
@@ -41,4 +44,6 @@ def test_the_demo_runs_beside_another_ray_instance_and_its_next_commands_work(di
         rows = list(csv.DictReader(f))
     assert len(photos) == 6 and len(rows) == 6 and all(r["status"] == "ok" for r in rows)
     assert (soft / "audit" / "audit.csv").is_file() and (soft / "audit" / "audit.html").is_file()
+    for picture in (soft / "eval_test_confusion.png", soft / "audit" / "noise_transition.png"):
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
     assert not (run_dir / "ce" / "checkpoints").exists()  # only the audited run keeps its state

@@ -62,8 +62,7 @@ def audit_run(
     index = read_sample_index(run.manifest, run_splits(run.manifest, run.cfg.data))
     sources = dict(zip(index.idx.tolist(), index.source))
     csv_path = report.write_csv(audit, classes, sources, out / report.CSV_FILE)
-    png_path = report.plot_transition(audit.noise, classes, out / report.PNG_FILE,
-                                      f"estimated P(given | true), {audit.source} probabilities")
+    png_path = report.plot_transition(audit.noise, classes, out / report.PNG_FILE, audit.source)
     shown = audit.idx[:top]
     html_path = write_html(audit, classes, jpeg_bytes(run.shards_dir, run.train, shown), sources, out / HTML_FILE,
                            f"soft-dist audit of {Path(run.run_dir).name}", top)

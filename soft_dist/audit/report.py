@@ -105,14 +105,23 @@ def truth_record(given: np.ndarray, clean: np.ndarray, classes: tuple[str, ...],
             "joint_counts": {"rows": "given class", "columns": "clean class", "matrix": _matrix(truth["joint"], 0)}}
 
 
-def plot_transition(noise: dict, classes: tuple[str, ...], path: Path, title: str) -> Path:
-    """The estimated transition matrix P(given | true) as an annotated heat map."""
+# What the audit's probability sources are, in words for a picture's title.
+SOURCE_WORDS = {"teacher": "the teacher's predictions", "student": "the student's predictions",
+                "mean": "the mean of the teacher's and the student's predictions"}
+
+
+def plot_transition(noise: dict, classes: tuple[str, ...], path: Path, source: str) -> Path:
+    """The estimated transition matrix P(given | true) as an annotated heat map with a colour bar; every
+    cell shows its value (0.00 too: an empty cell would not say whether it is zero or missing), and the
+    title the overall estimated noise rate and, in words, which predictions the estimate comes from."""
     from soft_dist.serve.confusion_files import plot_class_matrix
 
     t = np.asarray(noise["transition"])
-    text = [[f"{v:.2f}" if v >= 0.005 else "" for v in row] for row in t]
+    text = [[f"{v:.2f}" for v in row] for row in t]
+    title = (f"How the labels were given: for each true class (row), the share of its images given each label\n"
+             f"estimated noise rate {noise['rate']:.1%}, from {SOURCE_WORDS.get(source, source)}")
     return plot_class_matrix(t, text, classes, path, title, xlabel="given class", ylabel="estimated true class",
-                             cmap="Reds", dpi=100)
+                             cmap="Reds", dpi=100, colour_label="share of the row's images")
 
 
 def relabelled_table(table: NoiseTable, audit: Audit, count: int) -> NoiseTable:

@@ -65,11 +65,24 @@ def run(args: argparse.Namespace) -> int:
               f"{cfg.noise.rate:.0%} {cfg.noise.kind} noise ==", flush=True)
         rows.append((method, run_training(cfg, run_dir)))
     print_table(rows, args.run_dir)
+    curves = plot_test_curves(args.run_dir, cfg.noise)
+    if curves is not None:
+        print(f"test accuracy per epoch, both methods and branches: {curves}")
     photos = write_sample_photos(shards, args.run_dir / "photos", SAMPLE_PHOTOS)
     print("\nNext, on the SOFT run (README, \"After the demo\"):")
     for command in next_commands(args.run_dir / AUDITED, shards, photos):
         print(f"  {command}")
     return 0
+
+
+def plot_test_curves(run_dir: Path, noise) -> Path | None:
+    """RUN_DIR/test_accuracy_per_epoch.png: each method's test accuracy after every epoch, the student
+    solid and the teacher dashed (read from the runs' metrics.jsonl); None when there is no test split."""
+    from soft_dist.experiment.grid_plots import plot_epoch_curves
+
+    title = f"{noise.rate:.0%} {noise.kind} noise: test accuracy (clean labels) per epoch"
+    return plot_epoch_curves({method: [run_dir / method] for method in METHODS}, title,
+                             run_dir / "test_accuracy_per_epoch.png")
 
 
 def next_commands(run_dir: Path, shards: Path, photos: Path) -> list[str]:
@@ -95,8 +108,8 @@ def write_sample_photos(shards: Path, out: Path, count: int) -> Path:
 
     manifest = load_manifest(shards)
     idx, labels = read_split_labels(manifest, "test")
-    picked = sorted(int(idx[np.flatnonzero(labels == c)[0]]) for c in range(manifest.num_classes)
-                    if (labels == c).any())[:count]
+    picked = [int(idx[np.flatnonzero(labels == c)[0]]) for c in range(manifest.num_classes) if (labels == c).any()]
+    picked = sorted(picked[:count])
     label_of = dict(zip(idx.tolist(), labels.tolist()))
     out.mkdir(parents=True, exist_ok=True)
     table = load_sample_table(shards, SplitSelection("test", ("test",), np.array(picked, dtype=np.int64)))

@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("")
     csv_path = write_confusion_csv(result.confusion, model.classes, Path(f"{stem}_confusion.csv"))
+    meta = model.meta
     png_path = plot_confusion(result.confusion, model.classes, Path(f"{stem}_confusion.png"),
+                              f"{meta.get('method', 'model')} ({meta.get('branch')}, epoch {meta.get('epoch')}) on "
                               f"{manifest.dataset} {args.split}: accuracy {result.report['accuracy']:.3f}")
     report = {**result.report, "files": {"confusion_csv": csv_path.name, "confusion_png": png_path.name}}
     out.write_text(json.dumps(report, indent=2) + "\n")

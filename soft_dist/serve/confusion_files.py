@@ -22,18 +22,25 @@ def write_confusion_csv(cm: np.ndarray, classes: list[str], path: Path) -> Path:
     return path
 
 
+SHORT_LABEL = 3  # class names up to this long (digits, "sad") stay upright under the x axis
+
+
 def plot_class_matrix(colour: np.ndarray, text: list[list[str]], classes, path: Path, title: str, *,
-                      xlabel: str, ylabel: str, cmap: str, dpi: int = 120) -> Path:
+                      xlabel: str, ylabel: str, cmap: str, dpi: int = 120, colour_label: str | None = None) -> Path:
     """A [C, C] heat map with class names on both axes: ``colour`` [C, C] in [0, 1] sets each cell's
-    shade, ``text`` [C][C] its label ("" for none). Written to ``path`` (PNG)."""
+    shade, ``text`` [C][C] its label ("" for none), ``colour_label`` names a colour bar (None: no bar).
+    Written to ``path`` (PNG)."""
     plt = pyplot()
     colour = np.asarray(colour, dtype=float)
     side = max(4.0, 0.6 * len(classes) + 2.0)
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig, ax = plt.subplots(figsize=(side + (1.0 if colour_label else 0.0), side))
     try:
-        ax.imshow(colour, cmap=cmap, vmin=0.0, vmax=1.0)
+        image = ax.imshow(colour, cmap=cmap, vmin=0.0, vmax=1.0)
+        if colour_label:
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=colour_label)
         ticks = np.arange(len(classes))
-        ax.set_xticks(ticks, labels=list(classes), rotation=45, ha="right")
+        upright = max((len(str(c)) for c in classes), default=0) <= SHORT_LABEL
+        ax.set_xticks(ticks, labels=list(classes), rotation=0 if upright else 45, ha="center" if upright else "right")
         ax.set_yticks(ticks, labels=list(classes))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -57,5 +64,5 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
     # leave every small class pale.
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     counts = [[str(int(v)) for v in row] for row in cm]
-    return plot_class_matrix(share, counts, classes, path, f"{title}\n(colour: share of the row's true class)",
-                             xlabel="predicted class", ylabel="true class", cmap="Blues")
+    return plot_class_matrix(share, counts, classes, path, title, xlabel="predicted class", ylabel="true class",
+                             cmap="Blues", colour_label="share of the row's images")
