@@ -186,7 +186,7 @@ def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted
         run_training(cfg, url, echo=None)
     names = keys(s3, url)
     assert "results.json" not in names
-    assert [n.split("/")[1] for n in names if n.endswith("/meta.json")] == ["epoch_0000"]  # stopped in epoch 1
+    assert [n.split("/")[1] for n in names if n.endswith("/meta.json")] == ["epoch_0001"]  # stopped in epoch 2
 
     staged = [p for p in cache_dir.iterdir() if p.is_dir()]
     assert len(staged) == 1  # one URL, one staged copy, shared by every run of this module
@@ -196,7 +196,7 @@ def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted
     assert shard_gets(s3_server, before) == []  # the shards were not fetched again
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in staged[0].iterdir() if p.suffix in (".tar", ".idx")}
 
-    assert metrics_epochs(s3, url) == list(range(EPOCHS))
+    assert metrics_epochs(s3, url) == list(range(1, EPOCHS + 1))
     assert results["epochs"] == EPOCHS
     # Same seeds, same data order per epoch, full state in the checkpoint: identical on CPU.
     assert final_numbers(results) == final_numbers(uninterrupted[1])
@@ -219,10 +219,10 @@ def test_in_process_run_loop_with_a_bucket_run_dir(s3, shards_url, cache_dir, wo
         loaders.close()
     names = keys(s3, url)
     for name in ("config.yaml", "noise_table.csv", "metrics.jsonl", "results.json", "model.pt",
-                 "checkpoints/epoch_0001/state.pt", "checkpoints/epoch_0001/meta.json"):
+                 "checkpoints/epoch_0002/state.pt", "checkpoints/epoch_0002/meta.json"):
         assert name in names, names
-    assert not [n for n in names if n.startswith("checkpoints/epoch_0000")]
-    assert metrics_epochs(s3, url) == [0, 1] and results["epochs"] == 2
+    assert not [n for n in names if n.startswith("checkpoints/epoch_0001")]
+    assert metrics_epochs(s3, url) == [1, 2] and results["epochs"] == 2
     assert json.loads(read(s3, url, "results.json"))["epochs"] == 2
     assert load_model(url).meta["image_size"] == 16
     assert list(workdir.iterdir()) == []

@@ -178,7 +178,7 @@ def test_interrupted_sweep_reports_and_resume_keeps_finished_trials(resumed_swee
     assert table["starts"].max() <= 2 and len(table) == 4
     for _, row in table.iterrows():  # Tune's view matches what each trial really trained, resumed or not
         lines = (Path(row["trial_dir"]) / "metrics.jsonl").read_text().splitlines()
-        assert sorted({json.loads(x)["epoch"] for x in lines}) == list(range(row["epochs"])), row
+        assert sorted({json.loads(x)["epoch"] for x in lines}) == list(range(1, row["epochs"] + 1)), row
 
 
 @pytest.mark.ray
