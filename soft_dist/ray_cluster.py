@@ -82,7 +82,7 @@ def _start_local(start: Callable[[], None], attempts: int = 2) -> None:
     import ray
 
     since = time.time()
-    for attempt in range(attempts):
+    for _ in range(attempts):
         try:
             start()
             return

@@ -115,9 +115,9 @@ def _cluster_has_gpu() -> bool:
 
 def test_every_accepted_value_trains_on_two_workers(walk_shards, ray_cluster, tmp_path):
     has_gpu = _cluster_has_gpu()
-    values = accepted_values()
-    runs = packed_runs(_runs_on_this_cluster(values, has_gpu))
-    assert sum(len(r) for r in runs) == len(_runs_on_this_cluster(values, has_gpu))
+    values = _runs_on_this_cluster(accepted_values(), has_gpu)
+    runs = packed_runs(values)
+    assert sum(len(r) for r in runs) == len(values)
     failures = {}
     for i, settings in enumerate(runs):
         outcome = train_or_refusal(walk_shards, settings, tmp_path / f"run{i}")

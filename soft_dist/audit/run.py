@@ -196,11 +196,6 @@ def forward_share(state: dict, cfg: Config, num_classes: int, shards_dir: str | 
 # ----------------------------------------------------------------------------- the whole split
 
 
-def _bar(total: int, desc: str, unit: str):
-    """A bar on a terminal, a line per tenth in logs and CI (soft_dist.progress)."""
-    return progress_bar(total, desc, unit)
-
-
 def network_outputs(run: AuditRun, workers: int = 1, batch_size: int = 256, device: str = "cpu",
                     num_threads: int | None = None, echo: Callable[[str], None] | None = print) -> NetworkOutputs:
     """Probabilities and head weights of every training sample of ``run``: in this process when
@@ -213,13 +208,12 @@ def network_outputs(run: AuditRun, workers: int = 1, batch_size: int = 256, devi
     num_classes = run.manifest.num_classes
     start = time.perf_counter()
     if workers == 1:
-        bar = _bar(len(run.train.idx), "scoring", "img")
+        bar = progress_bar(len(run.train.idx), "scoring", "img")
         try:
             raw = forward_share(run.state, run.cfg, num_classes, run.shards_dir, run.train, batch_size, device,
-                                num_threads, on_batch=bar.update if bar is not None else None)
+                                num_threads, on_batch=bar.update)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
     else:
         raw = _ray_outputs(run, workers, batch_size, num_threads)
     if echo:
@@ -262,12 +256,11 @@ def _ray_outputs(run: AuditRun, workers: int, batch_size: int, num_threads: int 
     pending = [task.remote(state_ref, config_yaml(run.cfg), run.manifest.num_classes, shards, run.cfg.data.cache_dir,
                            run.cfg.data.cache_max_gb, share, batch_size, num_threads or 1)
                for share in shares]
-    bar = _bar(len(pending), "scoring shares", "share")
+    bar = progress_bar(len(pending), "scoring shares", "share")
     try:
-        results = gather(pending, bar.update if bar is not None else None)
+        results = gather(pending, bar.update)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     out = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
     order = np.argsort(out["idx"], kind="stable")
     return {k: v[order] for k, v in out.items()}

@@ -4,7 +4,6 @@ reports, the Table 2 noise diagnostics). Shared by the in-process run and the Ra
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from typing import Callable, Iterable
 
@@ -33,22 +32,19 @@ def train_epoch(
     means = RunningMeans()
     steps = len(loader)
     images = 0
-    bar = None
-    if progress and sys.stderr.isatty():  # a bar for people; logs and CI get the epoch line only
-        bar = progress_bar(steps, f"epoch {epoch + 1}", "step", lines_in_logs=False)
+    # a bar for people on a terminal; logs and CI get the epoch line only
+    bar = progress_bar(steps, f"epoch {epoch + 1}", "step", enabled=progress, lines_in_logs=False)
     start = time.perf_counter()
     for i, batch in enumerate(loader.epoch(epoch)):
         means.add(learner.train_step(batch, epoch + i / max(steps, 1)))
         images += int(batch.valid.sum()) if getattr(batch, "valid", None) is not None else len(batch.idx)
         if on_step is not None:
             on_step(learner.global_step)
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
     if learner.device.type == "cuda":
         torch.cuda.synchronize(learner.device)
     elapsed = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+    bar.close()
     out = means.result()
     out.update(images=images, steps=steps, seconds=elapsed, images_per_s=images / max(elapsed, 1e-9))
     return out
