@@ -20,7 +20,7 @@ FAIL_AT_STEP = 14  # in the middle of the second epoch
 
 
 def config(shards: Path, *extra: str):
-    return load_config(CONFIG, [f"data.shards={shards}", f"train.epochs={EPOCHS}", "method.stage1_epochs=1",
+    return load_config(CONFIG, [f"data.shards={shards}", f"train.epochs={EPOCHS}", "data.image_size=16", "method.stage1_epochs=1",
                                 "method.rampup_epochs=1", "train.workers=2", "train.sync_check_every=5", *extra])
 
 
@@ -93,7 +93,7 @@ def test_teacher_buffers_synced_every_k_steps_or_never_pass_every_check(buffer_e
     step compares the parameters always and the buffers only while they are meant to be identical."""
     from soft_dist.train.ray_trainer import run_training
 
-    results = run_training(config(digit_shards, "train.epochs=1", "data.image_size=16", "train.sync_check_every=1",
+    results = run_training(config(digit_shards, "train.epochs=1", "train.sync_check_every=1",
                                   f"train.teacher_buffer_sync_every={buffer_every}"), tmp_path, echo=None)
     sync = results["teacher_sync"]
     assert sync["mismatches"] == 0 and sync["checks"] >= 10  # 10 steps per rank, plus the epoch's end
