@@ -8,6 +8,8 @@
 # because worker nodes must reach it: keep it behind a firewall / security group that admits only the
 # cluster's own nodes. Token auth (RAY_AUTH_MODE=token) makes every client present the token in
 # RAY_AUTH_TOKEN_PATH (default ~/.ray/auth_token); copy the same file to every node and to clients.
+# Extra arguments go to `ray start`; on a machine where another Ray instance runs, give the dashboard
+# agent a free port (--dashboard-agent-listen-port=PORT), or the job API never gets an agent.
 set -euo pipefail
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 token="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"

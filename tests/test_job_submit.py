@@ -53,12 +53,12 @@ def wait_for_job_agent(env: dict, timeout: float = 180.0) -> None:
 
 
 @pytest.fixture()
-def head(tmp_path, stopped_in_background, no_ray_in_this_process):
+def head(tmp_path, stopped_in_background):
     """A Ray head with the job API on 127.0.0.1 and token auth; yields the client environment.
 
-    The session's shared cluster is stopped first: a second cluster on the machine holds the dashboard
-    agent's port, and this head's job agent never comes up ("No available agent to submit job"), as on
-    a real node that already runs Ray."""
+    It runs beside the test session's own cluster (and, with parallel test processes, theirs), as on a
+    real node that already runs Ray: that cluster holds the dashboard agent's default port, so this head
+    is given a free one (without it, its job agent never comes up: "No available agent to submit job")."""
     bin_dir = Path(sys.executable).parent
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
@@ -68,7 +68,8 @@ def head(tmp_path, stopped_in_background, no_ray_in_this_process):
            "RAY_GCS_PORT": str(gcs), "RAY_DASHBOARD_PORT": str(dashboard)}
     env.pop("RAY_ADDRESS", None)
     # --block keeps `ray start` in the foreground so that ending it stops this head only.
-    proc = subprocess.Popen([str(REPO / "launch" / "start_head.sh"), "--num-cpus=2", "--block"], env=env,
+    proc = subprocess.Popen([str(REPO / "launch" / "start_head.sh"), "--num-cpus=2", "--block",
+                             f"--dashboard-agent-listen-port={free_port()}"], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(dashboard)

@@ -131,6 +131,8 @@ def test_ray_train_checkpoints_into_the_bucket(s3, ray_cluster):
     from ray.train import Checkpoint, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from soft_dist.train.ray_trainer import sigint_handler_restored
+
     def train_fn(config):
         import tempfile
 
@@ -145,7 +147,8 @@ def test_ray_train_checkpoints_into_the_bucket(s3, ray_cluster):
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(storage_path=storage_path, storage_filesystem=storage_fs, name="checkpoints"),
     )
-    result = trainer.fit()
+    with sigint_handler_restored():  # else the handler fit() installs keeps the run's controller alive
+        result = trainer.fit()
     assert result.checkpoint is not None
     assert "raytest/run/checkpoints/epoch_0000/state.txt" in keys(s3, "raytest/run/")
     assert store.read_text("checkpoints/epoch_0000/state.txt") == "epoch 0"
