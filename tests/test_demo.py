@@ -12,9 +12,12 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from soft_dist.cli import main
 
 
+@pytest.mark.slow
 def test_the_demo_runs_beside_another_ray_instance_and_its_next_commands_work(digit_shards, ray_cluster,
                                                                               tmp_path):
     import ray

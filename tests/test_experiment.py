@@ -79,6 +79,7 @@ def test_grid_cells_and_names(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cluster):
     from soft_dist.experiment.runner import run_grid
 

@@ -113,6 +113,7 @@ def _cluster_has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+@pytest.mark.slow
 def test_every_accepted_value_trains_on_two_workers(walk_shards, ray_cluster, tmp_path):
     has_gpu = _cluster_has_gpu()
     values = _runs_on_this_cluster(accepted_values(), has_gpu)

@@ -54,6 +54,7 @@ def test_local_cluster_run_has_no_state_api_warnings():
     assert "HELLO FROM A WORKER" in output and "pid=" in output and "\x1b" not in output, output[-3000:]
 
 
+@pytest.mark.slow
 def test_train_console_is_one_line_per_epoch(digit_shards, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SOFT_DIST_WORKER_LOGS")}
     config = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"

@@ -58,6 +58,7 @@ def test_two_workers_keep_identical_teachers(uninterrupted, digit_shards):
     assert on_disk["test"]["chosen"]["accuracy"] > 0.3  # 10 classes; a few epochs from scratch
 
 
+@pytest.mark.slow
 def test_killed_worker_is_replaced_and_training_resumes(uninterrupted, digit_shards, ray_cluster, tmp_path):
     from soft_dist.train.run import FAILURE_MARKER
     from soft_dist.train.ray_trainer import run_training
@@ -70,6 +71,7 @@ def test_killed_worker_is_replaced_and_training_resumes(uninterrupted, digit_sha
     assert final_numbers(results) == final_numbers(uninterrupted[1])
 
 
+@pytest.mark.slow
 def test_resume_of_interrupted_run_matches_uninterrupted(uninterrupted, digit_shards, ray_cluster, tmp_path):
     from soft_dist.train.ray_trainer import resume_training, run_training
 

@@ -176,6 +176,7 @@ def test_the_secret_key_in_the_environment_is_in_no_file_and_no_console_line(uni
     assert not [line for line in lines if S3_SECRET_CANARY in line]
 
 
+@pytest.mark.slow
 def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted, s3, s3_server, shards_url,
                                                                    cache_dir, workdir, ray_cluster):
     from soft_dist.train.ray_trainer import resume_training, run_training
