@@ -17,6 +17,7 @@ import pytest
 from field_walk import walked_values
 from shard_fixtures import write_digit_shards
 from soft_dist.config import ConfigError, load_config
+from soft_dist.method.presets import METHOD_PRESETS
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 # 64 training images in 4 shards: each of 2 ranks gets 32, one batch, so an epoch is one step.
@@ -103,36 +104,43 @@ def train_or_refusal(shards: Path, settings: dict[str, Any], run_dir: Path) -> s
     return "ok"
 
 
-def _runs_on_this_cluster(values, has_gpu: bool) -> list[tuple[str, Any]]:
-    return [kv for kv in values if kv not in SLOW_VALUES and (has_gpu or kv not in NEEDS_GPU)]
-
-
 def _cluster_has_gpu() -> bool:
     import ray
 
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-@pytest.mark.slow
-def test_every_accepted_value_trains_on_two_workers(walk_shards, ray_cluster, tmp_path):
-    has_gpu = _cluster_has_gpu()
-    values = _runs_on_this_cluster(accepted_values(), has_gpu)
-    runs = packed_runs(values)
-    assert sum(len(r) for r in runs) == len(values)
-    failures = {}
-    for i, settings in enumerate(runs):
-        outcome = train_or_refusal(walk_shards, settings, tmp_path / f"run{i}")
-        if outcome != "ok":
-            failures[json.dumps(settings)] = outcome
-    assert not failures, failures
-    if not has_gpu:
-        for key, value in NEEDS_GPU:
-            assert train_or_refusal(walk_shards, {key: value}, tmp_path / "gpu") == f"refused: {key}"
+# The runs of the suite, fixed at collection: every accepted value but the slow ones and those that need
+# hardware (trained or refused in the test after these, by what the cluster has). Each run is a test of its
+# own in its own group, so parallel test processes share them out.
+PACKED_RUNS = packed_runs([kv for kv in accepted_values() if kv not in SLOW_VALUES | NEEDS_GPU])
+
+
+def test_the_packed_runs_hold_every_accepted_value_once():
+    values = [kv for kv in accepted_values() if kv not in SLOW_VALUES | NEEDS_GPU]
+    packed = [(key, value) for run in PACKED_RUNS for key, value in run.items()]
+    assert sorted(map(repr, packed)) == sorted(map(repr, values))
+    assert len(PACKED_RUNS) == len(METHOD_PRESETS)  # as few as the field with most values (method.name) allows
+
+
+@pytest.mark.parametrize("settings", [
+    pytest.param(run, id=f"run{i}-{run.get('method.name', '')}", marks=pytest.mark.xdist_group(f"field-walk-{i}"))
+    for i, run in enumerate(PACKED_RUNS)])
+def test_packed_values_train_on_two_workers(settings, walk_shards, ray_cluster, tmp_path):
+    assert train_or_refusal(walk_shards, settings, tmp_path / "run") == "ok", settings
+
+
+def test_values_the_cluster_cannot_hold_are_refused_before_anything_is_written(walk_shards, ray_cluster, tmp_path):
+    for key, value in NEEDS_GPU:
+        expected = "ok" if _cluster_has_gpu() else f"refused: {key}"
+        assert train_or_refusal(walk_shards, {key: value}, tmp_path / "gpu") == expected
+        if expected != "ok":
             assert not (tmp_path / "gpu").exists()  # refused before the run directory was written
     # More workers than the 2-CPU cluster holds: refused at once rather than waiting for ever.
     assert train_or_refusal(walk_shards, {"train.workers": 3}, tmp_path / "big") == "refused: train.workers"
     assert train_or_refusal(walk_shards, {"train.workers": 3, "train.min_workers": 3},
                             tmp_path / "big") == "refused: train.min_workers"
+    assert not (tmp_path / "big").exists()
 
 
 @pytest.mark.field_walk
