@@ -215,7 +215,6 @@ def reference_export(reference_run, tmp_path_factory) -> Path:
 _RAY_FIXTURES = {"ray_cluster", "_shared_ray", "no_ray_in_this_process"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(session, config, items):
     """Every test that uses a Ray cluster fixture is marked ``ray`` (`make test-quick` leaves them out), as
     are the modules that start clusters of their own (they say so with ``pytestmark``). The tests marked
@@ -225,8 +224,7 @@ def pytest_collection_modifyitems(session, config, items):
     start Ray) run last, so that the shared cluster is started once rather than again after them. A stable
     sort: every other test keeps its place, module fixtures are built once.
 
-    In parallel test processes (`make test`: pytest-xdist, one module at a time per process, unless its
-    tests name their own xdist_group, as the field walk's independent runs do) the modules
+    In parallel test processes (`make test`: pytest-xdist, one module at a time per process) the modules
     holding a slow test go first instead, longest jobs first, so that no process is left alone with a
     3-minute module at the end; a process that starts with a multi-node module has no shared cluster to
     stop yet."""
@@ -238,10 +236,7 @@ def pytest_collection_modifyitems(session, config, items):
         if walk:
             config.hook.pytest_deselected(items=walk)
             items[:] = [item for item in items if not item.get_closest_marker("field_walk")]
-    if config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None):
-        for item in items:  # a module is one unit of work (its fixtures are built once) unless it says otherwise
-            if not item.get_closest_marker("xdist_group"):
-                item.add_marker(pytest.mark.xdist_group(item.module.__name__.rpartition(".")[2]))
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker (xdist clears -n and --dist in its workers)
         slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
         own_cluster = {item.module.__name__ for item in items if "no_ray_in_this_process" in item.fixturenames}
         items.sort(key=lambda item: (item.module.__name__ not in slow, item.module.__name__ not in own_cluster))

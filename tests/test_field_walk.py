@@ -112,7 +112,7 @@ def _cluster_has_gpu() -> bool:
 
 # The runs of the suite, fixed at collection: every accepted value but the slow ones and those that need
 # hardware (trained or refused in the test after these, by what the cluster has). Each run is a test of its
-# own in its own group, so parallel test processes share them out.
+# own, so a failure names its run.
 PACKED_RUNS = packed_runs([kv for kv in accepted_values() if kv not in SLOW_VALUES | NEEDS_GPU])
 
 
@@ -123,9 +123,9 @@ def test_the_packed_runs_hold_every_accepted_value_once():
     assert len(PACKED_RUNS) == len(METHOD_PRESETS)  # as few as the field with most values (method.name) allows
 
 
+@pytest.mark.slow  # together: 11 runs of about 15 s
 @pytest.mark.parametrize("settings", [
-    pytest.param(run, id=f"run{i}-{run.get('method.name', '')}", marks=pytest.mark.xdist_group(f"field-walk-{i}"))
-    for i, run in enumerate(PACKED_RUNS)])
+    pytest.param(run, id=f"run{i}-{run.get('method.name', '')}") for i, run in enumerate(PACKED_RUNS)])
 def test_packed_values_train_on_two_workers(settings, walk_shards, ray_cluster, tmp_path):
     assert train_or_refusal(walk_shards, settings, tmp_path / "run") == "ok", settings
 
