@@ -225,9 +225,9 @@ def pytest_collection_modifyitems(session, config, items):
     sort: every other test keeps its place, module fixtures are built once.
 
     In parallel test processes (`make test`: pytest-xdist, one module at a time per process) the modules
-    holding a slow test go first instead, longest jobs first, so that no process is left alone with a
-    3-minute module at the end; a process that starts with a multi-node module has no shared cluster to
-    stop yet."""
+    holding a slow test go first instead, those that need this process free of Ray first of all, so that
+    no process is left alone with a 3-minute module at the end; a process that starts with a multi-node
+    module has no shared cluster to stop yet."""
     for item in items:
         if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
@@ -236,9 +236,12 @@ def pytest_collection_modifyitems(session, config, items):
         if walk:
             config.hook.pytest_deselected(items=walk)
             items[:] = [item for item in items if not item.get_closest_marker("field_walk")]
+    def needs_no_ray(item) -> bool:
+        return "no_ray_in_this_process" in getattr(item, "fixturenames", ())
+
     if hasattr(config, "workerinput"):  # a pytest-xdist worker (xdist clears -n and --dist in its workers)
         slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-        own_cluster = {item.module.__name__ for item in items if "no_ray_in_this_process" in item.fixturenames}
+        own_cluster = {item.module.__name__ for item in items if needs_no_ray(item)}
         items.sort(key=lambda item: (item.module.__name__ not in slow, item.module.__name__ not in own_cluster))
     else:
-        items.sort(key=lambda item: "no_ray_in_this_process" in getattr(item, "fixturenames", ()))
+        items.sort(key=needs_no_ray)

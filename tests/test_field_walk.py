@@ -110,16 +110,17 @@ def _cluster_has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-# The runs of the suite, fixed at collection: every accepted value but the slow ones and those that need
-# hardware (trained or refused in the test after these, by what the cluster has). Each run is a test of its
-# own, so a failure names its run.
-PACKED_RUNS = packed_runs([kv for kv in accepted_values() if kv not in SLOW_VALUES | NEEDS_GPU])
+# Fixed at collection. The suite trains every accepted value but the slow ones and those that need hardware
+# (trained or refused in the test after the runs, by what the cluster has), packed into runs; each run is a
+# test of its own, so a failure names its run.
+ACCEPTED = accepted_values()
+SUITE_VALUES = [kv for kv in ACCEPTED if kv not in SLOW_VALUES | NEEDS_GPU]
+PACKED_RUNS = packed_runs(SUITE_VALUES)
 
 
 def test_the_packed_runs_hold_every_accepted_value_once():
-    values = [kv for kv in accepted_values() if kv not in SLOW_VALUES | NEEDS_GPU]
     packed = [(key, value) for run in PACKED_RUNS for key, value in run.items()]
-    assert sorted(map(repr, packed)) == sorted(map(repr, values))
+    assert sorted(map(repr, packed)) == sorted(map(repr, SUITE_VALUES))
     assert len(PACKED_RUNS) == len(METHOD_PRESETS)  # as few as the field with most values (method.name) allows
 
 
@@ -144,7 +145,7 @@ def test_values_the_cluster_cannot_hold_are_refused_before_anything_is_written(w
 
 
 @pytest.mark.field_walk
-@pytest.mark.parametrize("key, value", accepted_values(), ids=lambda v: str(v))
+@pytest.mark.parametrize("key, value", ACCEPTED, ids=lambda v: str(v))
 def test_each_accepted_value_trains_on_its_own(key, value, walk_shards, ray_cluster, tmp_path):
     if (key, value) in NEEDS_GPU and not _cluster_has_gpu():
         assert train_or_refusal(walk_shards, {key: value}, tmp_path) == f"refused: {key}"
