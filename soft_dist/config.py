@@ -134,6 +134,9 @@ class ModelConfig:
     name: str = setting("resnet18", "backbone (torchvision ResNet)", choices=("resnet18", "resnet34", "resnet50"))
     small_stem: bool | None = setting(None, "3x3 stride-1 stem without max-pool for small inputs; "
                                             "null: on when data.image_size <= 64")
+    width: int = setting(64, "channels of the backbone's first stage, doubled at each later stage; 64 is "
+                             "torchvision's network (the only width ImageNet weights fit), less trains faster "
+                             "and smaller", lo=4)
     pretrained: str | None = setting(None, "null, a local weight file (a state_dict or {'state_dict': ...}; "
                                            "'module.' stripped; loaded strictly), or \"imagenet\" (needs network)")
     channels_last: bool = setting(True, "channels-last memory format (applied on GPU only)", resumable=True)

@@ -188,7 +188,7 @@ def reference_run(digit_shards, tmp_path_factory) -> Path:
 
     run_dir = tmp_path_factory.mktemp("reference-run")
     cfg = load_config("digits_cpu", [
-        f"data.shards={digit_shards}", "data.loader=torch", "data.image_size=16", "data.num_threads=1",
+        f"data.shards={digit_shards}", "data.loader=torch", "data.image_size=16", "model.width=16", "data.num_threads=1",
         "train.batch_size=128", "train.epochs=3", "method.stage1_epochs=1", "method.rampup_epochs=1",
         "noise.kind=symmetric", "noise.rate=0.3", "noise.seed=3"])
     table, num_classes = make_noise_table(cfg)

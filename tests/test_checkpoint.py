@@ -27,7 +27,8 @@ from soft_dist.train.local import fit_local
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 # 16 px keeps each epoch to a couple of seconds; the teacher, the head switch and the ramp all run.
-SMALL = ["data.image_size=16", "method.stage1_epochs=1", "method.rampup_epochs=1", "train.batch_size=128"]
+SMALL = ["data.image_size=16", "model.width=16", "method.stage1_epochs=1", "method.rampup_epochs=1",
+         "train.batch_size=128"]
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
@@ -119,8 +120,8 @@ def test_model_file_errors_name_the_file(tmp_path):
         load_model(tmp_path / "other.pt")
 
 
-def _run(run_dir: Path, epochs: int) -> dict:
-    cfg = load_config(CONFIG, [*SMALL, f"train.epochs={epochs}"])
+def _run(run_dir: Path, epochs: int, *overrides: str) -> dict:
+    cfg = load_config(CONFIG, [*SMALL, f"train.epochs={epochs}", *overrides])
     loaders, num_classes, splits = digits_memory_loaders(cfg)
     table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
     return fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False)
@@ -147,7 +148,8 @@ def test_state_and_model_load_with_weights_only(uninterrupted):
     # The weights reproduce the validation accuracy the selection recorded.
     cfg = load_config(CONFIG, SMALL)
     loaders, _, _ = digits_memory_loaders(cfg)
-    net, _ = build_student(cfg.model.name, 10, 16, cfg.model.small_stem, cfg.model.pretrained, uncertainty=False)
+    net, _ = build_student(cfg.model.name, 10, 16, cfg.model.small_stem, cfg.model.pretrained, width=cfg.model.width,
+                           uncertainty=False)
     net.load_state_dict(model.state_dict)
     from soft_dist.train.epoch import predict, report_predictions
     from soft_dist.noise.table import NoiseTable
@@ -190,6 +192,7 @@ def test_cut_short_run_continues_exactly(uninterrupted, tmp_path):
 
 @pytest.mark.parametrize("change, field", [
     ({"architecture": {"name": "vgg11", "small_stem": True}}, "architecture.name"),
+    ({"architecture": {"name": "resnet18", "small_stem": True, "width": 2}}, "architecture.width"),
     ({"mean": [0.5, 0.5]}, "mean"),
     ({"std": [0.5, 0.0, 0.5]}, "std"),
     ({"image_size": 0}, "image_size"),

@@ -26,7 +26,7 @@ def test_the_demo_runs_beside_another_ray_instance_and_its_next_commands_work(di
     run_dir = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SOFT_DIST_WORKER_LOGS")}
     demo = subprocess.run([sys.executable, "-m", "soft_dist", "demo", "--run-dir", str(run_dir), "--shards",
-                           str(digit_shards), "--epochs", "2", "data.image_size=16"],
+                           str(digit_shards), "--epochs", "2", "data.image_size=16", "model.width=16"],
                           env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     out = demo.stdout + demo.stderr
     assert demo.returncode == 0, out[-3000:]

@@ -16,7 +16,7 @@ from soft_dist.experiment.grid import GridError, load_grid
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # 16 px, 1 worker with 1 thread, 1 epoch: seconds per cell on 2 cores (plus Ray Train start-up).
-TINY = ["data.image_size=16", "train.epochs=1", "method.stage1_epochs=0", "method.rampup_epochs=1",
+TINY = ["data.image_size=16", "model.width=16", "train.epochs=1", "method.stage1_epochs=0", "method.rampup_epochs=1",
         "train.workers=1", "train.cpus_per_worker=1", "train.torch_threads=1", "train.sync_check_every=0",
         "data.augment.rotate_degrees=0"]
 

@@ -139,7 +139,7 @@ def test_pairs_need_the_same_units_and_count_wins_ties_losses():
 # ----------------------------------------------------------------------------- real runs -> report
 
 # keep_state=false: only model.pt stays, not 4 x ~190 MB of resumable state the report never reads
-RUN = ["data.image_size=16", "train.epochs=2", "train.batch_size=128", "method.rampup_epochs=1",
+RUN = ["data.image_size=16", "model.width=16", "train.epochs=2", "train.batch_size=128", "method.rampup_epochs=1",
        "train.keep_state=false"]
 GRID = """
     description: report fixture (CE vs MT, digits 16 px, 2 epochs)
@@ -182,7 +182,7 @@ def experiment(tmp_path_factory):
     legacy = cell_dir(run_dir, next(c for c in grid.cells() if c.name == LEGACY)) / "results.json"
     legacy.write_text(json.dumps({k: v for k, v in original[LEGACY].items() if k != "protocols"}))
     outcome = GridOutcome(trained=sorted(original))
-    command = f"soft-dist experiment --grid {grid.path} --run-dir {run_dir} data.image_size=16"
+    command = f"soft-dist experiment --grid {grid.path} --run-dir {run_dir} data.image_size=16 model.width=16"
     write_tables_plots_report(grid, run_dir, outcome, log=lambda _: None, command=command)
     assert outcome.failed == []
     return {"grid": grid, "dir": run_dir, "results": original, "command": command}

@@ -21,8 +21,8 @@ from soft_dist.method.presets import METHOD_PRESETS
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 # 64 training images in 4 shards: each of 2 ranks gets 32, one batch, so an epoch is one step.
-BASE = ["data.image_size=16", "train.epochs=2", "train.workers=2", "train.batch_size=64", "train.eval_batch_size=64",
-        "method.stage1_epochs=1", "method.rampup_epochs=1", "train.sync_check_every=1"]
+BASE = ["data.image_size=16", "model.width=16", "train.epochs=2", "train.workers=2", "train.batch_size=64",
+        "train.eval_batch_size=64", "method.stage1_epochs=1", "method.rampup_epochs=1", "train.sync_check_every=1"]
 # Values that cannot run on a machine without the hardware they ask for; without it they must be refused
 # before any worker starts, naming the field.
 NEEDS_GPU = {("train.use_gpu", True)}

@@ -85,7 +85,7 @@ def test_job_submit_runs_a_tiny_training(head, tmp_path):
     build_shards(ShardConfig(layout="digits", out=str(shards), size=16, min_shards=2, workers=1, progress=False))
     run_dir = tmp_path / "run"
     cmd = [str(REPO / "launch" / "submit_train.sh"), "--config", str(REPO / "configs" / "digits_cpu.yaml"),
-           "--run-dir", str(run_dir), f"data.shards={shards}", "data.image_size=16", "train.workers=1",
+           "--run-dir", str(run_dir), f"data.shards={shards}", "data.image_size=16", "model.width=16", "train.workers=1",
            "train.epochs=1", "method.stage1_epochs=0"]
     done = subprocess.run(cmd, env={**head, "RAY_CLI": str(Path(sys.executable).parent / "ray")},
                           capture_output=True, text=True, timeout=540)

@@ -20,7 +20,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 
 
 def test_soft_two_stages_on_noisy_digits_beats_chance(tmp_path):
-    cfg = load_config(CONFIG, ["train.epochs=4", "method.stage1_epochs=2", "method.rampup_epochs=1"])
+    cfg = load_config(CONFIG, ["train.epochs=4", "method.stage1_epochs=2", "method.rampup_epochs=1", "model.width=48"])
     loaders, num_classes, splits = digits_memory_loaders(cfg)
     table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
     results = fit_local(cfg, loaders, num_classes, table, tmp_path, progress=False, verbose=False)
@@ -42,10 +42,10 @@ def test_soft_two_stages_on_noisy_digits_beats_chance(tmp_path):
 
 @pytest.mark.parametrize("method", ["ce", "mt", "mt_sls", "lsr", "lsr_star", "sls0", "sls_student", "sls_both", "sls_self"])
 def test_every_method_steps_and_learns_a_batch(method):
-    cfg = load_config(None, [f"method.name={method}", "method.stage1_epochs=0", "data.image_size=16",
+    cfg = load_config(None, [f"method.name={method}", "method.stage1_epochs=0", "data.image_size=16", "model.width=16",
                              "optim.lr=0.01", "method.rampup_epochs=0"])
     torch.manual_seed(0)
-    student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, uncertainty=cfg.preset.head)
+    student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, width=16, uncertainty=cfg.preset.head)
     learner = SoftLearner(cfg, student)
     learner.start_epoch(0)
     gen = torch.Generator().manual_seed(0)
@@ -60,11 +60,11 @@ def test_every_method_steps_and_learns_a_batch(method):
 
 
 def test_padding_rows_do_not_affect_the_step():
-    cfg = load_config(None, ["method.name=ce", "data.image_size=16"])
+    cfg = load_config(None, ["method.name=ce", "data.image_size=16", "model.width=16"])
     results = []
     for padded in (False, True):
         torch.manual_seed(0)
-        student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, uncertainty=False)
+        student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, width=16, uncertainty=False)
         learner = SoftLearner(cfg, student)
         learner.start_epoch(0)
         x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -103,9 +103,9 @@ def test_sls_start_epoch_trains_a_plain_mean_teacher_first():
     losses = {}
     for method, start, epoch in [("mt", 0, 0), ("mt_sls", 2, 0), ("mt_sls", 2, 2), ("mt_sls", 0, 0)]:
         cfg = load_config(None, [f"method.name={method}", f"method.sls_start_epoch={start}", "data.image_size=16",
-                                 "method.rampup_epochs=0"])
+                                 "model.width=16", "method.rampup_epochs=0"])
         torch.manual_seed(0)
-        student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, uncertainty=False)
+        student, _ = build_student("resnet18", 4, 16, small_stem=False, pretrained=None, width=16, uncertainty=False)
         learner = SoftLearner(cfg, student)
         learner.start_epoch(epoch)
         out = learner.train_step(batch, float(epoch))

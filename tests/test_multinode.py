@@ -71,6 +71,8 @@ def _train_in_background(cfg, run_dir: Path) -> tuple[threading.Thread, dict]:
 
 
 def _config(shards: Path, epochs: int, *extra: str):
+    # The full-width network (not model.width=16 as elsewhere): a node is removed while the run trains, so an
+    # epoch must last long enough for the kill, and for the elastic run the node's return, to land mid-run.
     return load_config(CONFIG, [f"data.shards={shards}", "data.image_size=16", "train.batch_size=64",
                                 f"train.epochs={epochs}", "method.stage1_epochs=1", "method.rampup_epochs=1",
                                 "train.workers=2", "train.max_failures=3", "train.keep_state=false", *extra])

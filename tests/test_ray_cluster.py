@@ -60,7 +60,7 @@ def test_train_console_is_one_line_per_epoch(digit_shards, tmp_path):
     config = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
     run = subprocess.run(
         [sys.executable, "-m", "soft_dist", "train", "--config", str(config), "--run-dir", str(tmp_path / "run"),
-         f"data.shards={digit_shards}", "data.image_size=16", "train.epochs=2", "train.workers=2",
+         f"data.shards={digit_shards}", "data.image_size=16", "model.width=16", "train.epochs=2", "train.workers=2",
          "method.stage1_epochs=1", "method.rampup_epochs=1"],
         env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path,
     )

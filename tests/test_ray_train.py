@@ -20,7 +20,7 @@ FAIL_AT_STEP = 14  # in the middle of the second epoch
 
 
 def config(shards: Path, *extra: str):
-    return load_config(CONFIG, [f"data.shards={shards}", f"train.epochs={EPOCHS}", "data.image_size=16",
+    return load_config(CONFIG, [f"data.shards={shards}", f"train.epochs={EPOCHS}", "data.image_size=16", "model.width=16",
                                 "method.stage1_epochs=1", "method.rampup_epochs=1", "train.workers=2",
                                 "train.sync_check_every=5", *extra])
 

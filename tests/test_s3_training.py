@@ -66,7 +66,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 
 def config(shards: str, cache: Path, *extra: str):
-    return load_config(CONFIG, [f"data.shards={shards}", f"data.cache_dir={cache}", "data.image_size=16",
+    return load_config(CONFIG, [f"data.shards={shards}", f"data.cache_dir={cache}", "data.image_size=16", "model.width=16",
                                 "train.batch_size=128", f"train.epochs={EPOCHS}", "method.stage1_epochs=1",
                                 "method.rampup_epochs=1", "train.workers=2", "train.sync_check_every=5", *extra])
 

@@ -115,8 +115,8 @@ def test_sync_batchnorm_converts_the_student_only_and_the_ema_still_follows_it()
     from soft_dist.method.model import build_student
     from soft_dist.train.step import SoftLearner
 
-    cfg = load_config(None, ["data.image_size=16"])
-    student, _ = build_student("resnet18", 4, 16, True, None, uncertainty=True)
+    cfg = load_config(None, ["data.image_size=16", "model.width=16"])
+    student, _ = build_student("resnet18", 4, 16, True, None, width=16, uncertainty=True)
     learner = SoftLearner(cfg, student, sync_batchnorm=True)
     kinds = lambda m: {type(x).__name__ for x in m.modules()}  # noqa: E731
     assert "SyncBatchNorm" in kinds(learner.student) and "BatchNorm2d" not in kinds(learner.student)

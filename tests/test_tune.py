@@ -130,6 +130,8 @@ def resumed_sweep(digit_shards, tmp_path_factory):
     sweep_file = write_sweep(folder, optuna_storage="optuna.db")
     run_dir = folder / "run"
     started = time.perf_counter()
+    # The full-width network, not model.width=16 as elsewhere: at width 16 ASHA stopped no trial after its
+    # first epoch in a run of the suite, and the ASHA test below needs one stopped.
     proc = subprocess.Popen(_cli("--config", str(sweep_file), "--run-dir", str(run_dir),
                                  f"data.shards={digit_shards}", "data.image_size=16"),
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

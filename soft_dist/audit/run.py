@@ -138,12 +138,12 @@ def build_networks(state: dict, cfg: Config, num_classes: int):
 
     learner = state["learner"]
     student, _ = build_student(cfg.model.name, num_classes, cfg.data.image_size, cfg.model.small_stem, None,
-                               uncertainty=cfg.preset.head)
+                               width=cfg.model.width, uncertainty=cfg.preset.head)
     student.load_state_dict(learner["student"])
     teacher = None
     if learner.get("teacher") is not None:
         teacher, _ = build_student(cfg.model.name, num_classes, cfg.data.image_size, cfg.model.small_stem, None,
-                                   uncertainty=False)
+                                   width=cfg.model.width, uncertainty=False)
         teacher.load_state_dict(learner["teacher"]["teacher"])
         teacher.eval()
     return student.eval(), teacher

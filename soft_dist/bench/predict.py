@@ -40,12 +40,13 @@ def write_untrained_model(folder: Path, image_size: int) -> Path:
 
     cfg = load_config("rafdb", [f"data.image_size={image_size}"])
     torch.manual_seed(0)
-    net, _ = build_student(cfg.model.name, 7, image_size, cfg.model.small_stem, pretrained=None, uncertainty=False)
+    net, _ = build_student(cfg.model.name, 7, image_size, cfg.model.small_stem, pretrained=None,
+                          width=cfg.model.width, uncertainty=False)
     meta = {"classes": list(FER_CLASSES[:7]),  # RAF-DB's classes in the shards' order
             "image_size": image_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
             "channel_order": "RGB", "eval_crop_fraction": cfg.data.eval_crop_fraction,
             "alignment": {"method": "mtcnn", "margin": 0.2, "shard_image_size": image_size, "jpeg_quality": 95},
-            "architecture": {"name": cfg.model.name, "small_stem": cfg.model.small_stem},
+            "architecture": {"name": cfg.model.name, "small_stem": cfg.model.small_stem, "width": cfg.model.width},
             "branch": "untrained (benchmark)", "epoch": 0}
     save_model(RunStore(folder), branch_weights(net), meta)
     return folder / "model.pt"

@@ -37,7 +37,7 @@ def _learner(method: str, args, device: str) -> SoftLearner:
                              f"data.image_size={args.image_size}", f"model.name={args.model}"])
     torch.manual_seed(0)
     student, _ = build_student(args.model, args.num_classes, args.image_size, args.small_stem,
-                               cfg.model.pretrained, uncertainty=cfg.preset.head)
+                               cfg.model.pretrained, width=cfg.model.width, uncertainty=cfg.preset.head)
     learner = SoftLearner(cfg, student, device)
     if device == "cuda" and cfg.model.channels_last:
         learner.student.to(memory_format=torch.channels_last)

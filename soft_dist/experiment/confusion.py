@@ -35,7 +35,7 @@ def load_branch(run_dir: Path, cfg: Config, branch: str, num_classes: int) -> to
     else:
         state, head = learner["student"], cfg.preset.head
     net, _ = build_student(cfg.model.name, num_classes, cfg.data.image_size, cfg.model.small_stem, None,
-                           uncertainty=head)
+                           width=cfg.model.width, uncertainty=head)
     net.load_state_dict(state)
     if head:
         net.uncertainty = None  # removed at test time (paper Sec. 3.3)

@@ -47,21 +47,51 @@ class ExpressionNet(nn.Module):
         return twin
 
 
-def build_backbone(name: str, small_stem: bool) -> tuple[nn.Module, int]:
+TORCHVISION_WIDTH = 64  # channels of a torchvision ResNet's first stage; its weights only fit this width
+
+
+def build_backbone(name: str, small_stem: bool, width: int) -> tuple[nn.Module, int]:
     """A torchvision ResNet without its fc layer -> (module giving [B, D] features, D).
 
-    ``small_stem`` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv, for inputs of 64 px or less."""
+    ``small_stem`` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv, for inputs of 64 px or less.
+    ``width`` is the first stage's channel count (doubled at each later stage); at 64 the network is
+    torchvision's own, built the same way (same random draws) as before the option existed."""
     import torchvision
 
     factory = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models.resnet34,
                "resnet50": torchvision.models.resnet50}[name]
     net = factory(weights=None)
+    if width != TORCHVISION_WIDTH:
+        _narrow(net, width)
     feature_dim = net.fc.in_features
     net.fc = nn.Identity()
     if small_stem:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
     return net, feature_dim
+
+
+def _narrow(net: nn.Module, width: int) -> None:
+    """Rebuild a torchvision ResNet's stem and four stages with ``width`` first-stage channels, in place.
+
+    Uses the network's own layer builder, so the blocks (BasicBlock or Bottleneck) and their counts stay
+    those of the named architecture; the new layers get torchvision's initialisation."""
+    block = type(net.layer1[0])
+    depths = [len(net.layer1), len(net.layer2), len(net.layer3), len(net.layer4)]
+    net.inplanes, net.dilation = width, 1  # the state _make_layer reads and advances
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.layer1 = net._make_layer(block, width, depths[0])
+    net.layer2 = net._make_layer(block, width * 2, depths[1], stride=2)
+    net.layer3 = net._make_layer(block, width * 4, depths[2], stride=2)
+    net.layer4 = net._make_layer(block, width * 8, depths[3], stride=2)
+    net.fc = nn.Linear(width * 8 * block.expansion, net.fc.out_features)
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 @dataclass
@@ -138,17 +168,21 @@ def build_student(
     image_size: int,
     small_stem: bool | None,
     pretrained: str | None,
+    *,
+    width: int,
     uncertainty: bool = True,
 ) -> tuple[ExpressionNet, WeightReport | None]:
     """The student network (with the uncertainty head unless ``uncertainty`` is False) and the weight
-    report (None without pretraining). ``small_stem`` and ``pretrained`` as model.small_stem and
-    model.pretrained mean them."""
+    report (None without pretraining). ``small_stem``, ``pretrained`` and ``width`` as model.small_stem,
+    model.pretrained and model.width mean them."""
     small_stem = resolve_small_stem(small_stem, image_size)
-    backbone, dim = build_backbone(name, small_stem)
+    backbone, dim = build_backbone(name, small_stem, width)
     report = None
     if pretrained == "imagenet":
         if small_stem:
             raise WeightLoadError("ImageNet weights need the standard stem: set model.small_stem=false")
+        if width != TORCHVISION_WIDTH:
+            raise WeightLoadError(f"ImageNet weights need model.width={TORCHVISION_WIDTH} (got {width})")
         report = load_imagenet_weights(backbone, name)
     elif pretrained:
         report = load_backbone_weights(backbone, pretrained)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from soft_dist.method.model import TORCHVISION_WIDTH
 from soft_dist.safe_text import markdown_text
 from soft_dist.serve.network import LoadedModel
 
@@ -82,7 +83,8 @@ def card_markdown(card: dict) -> str:
     lines = [
         f"# soft-dist model: {markdown_text(card['dataset'])} ({card['num_classes']} classes)",
         "",
-        f"{arch['name']} (small stem: {arch.get('small_stem')}), method `{card['method']}`, the `{card['branch']}` "
+        f"{arch['name']} (width {arch.get('width', TORCHVISION_WIDTH)}, small stem: {arch.get('small_stem')}), "
+        f"method `{card['method']}`, the `{card['branch']}` "
         f"branch of epoch {card['epoch']} (counted from 1), chosen on validation by {card['metrics']['selected_by']}. "
         f"Training noise: {noise.get('kind')} at rate {noise.get('rate')} (seed {noise.get('seed')}). "
         f"Training config sha256 `{card['training_config_sha256']}`.",

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from soft_dist.method.model import ExpressionNet, build_student
+from soft_dist.method.model import TORCHVISION_WIDTH, ExpressionNet, build_student
 from soft_dist.train.errors import CheckpointError
 from soft_dist.train.model_file import ModelFile, parse_model, read_model_bytes
 
@@ -55,7 +55,7 @@ def build_network(model: LoadedModel) -> ExpressionNet:
     meta = model.meta
     arch = meta["architecture"]
     net, _ = build_student(arch["name"], len(meta["classes"]), int(meta["image_size"]), arch.get("small_stem"),
-                           pretrained=None, uncertainty=False)
+                           pretrained=None, width=int(arch.get("width", TORCHVISION_WIDTH)), uncertainty=False)
     try:
         net.load_state_dict(model.file.state_dict, strict=True)
     except RuntimeError as err:  # missing / unexpected keys or shapes: the metadata and weights disagree

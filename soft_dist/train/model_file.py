@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 
 from soft_dist.config import field_declaration
+from soft_dist.method.model import TORCHVISION_WIDTH
 from soft_dist.storage import RunStore, is_remote
 from soft_dist.train.errors import CheckpointError
 
 # The backbones a model file may name: model.name's choices.
 ARCHITECTURES = field_declaration("model.name")[0].metadata["choices"]
+MIN_WIDTH = field_declaration("model.width")[0].metadata["range"][0]
 MODEL_FILE = "model.pt"
 MODEL_FORMAT = "soft-dist-model/1"
 
@@ -116,6 +118,9 @@ def check_meta(meta, where: str) -> None:
     if not isinstance(arch, dict) or arch.get("name") not in ARCHITECTURES:
         name = arch.get("name") if isinstance(arch, dict) else arch
         raise bad("architecture.name", f"must be one of {list(ARCHITECTURES)}, got {name!r}")
+    width = arch.get("width", TORCHVISION_WIDTH)  # model files written before model.width existed are torchvision's width
+    if not isinstance(width, int) or isinstance(width, bool) or width < MIN_WIDTH:
+        raise bad("architecture.width", f"must be an integer >= {MIN_WIDTH}, got {width!r}")
 
 
 def config_digest(config: dict) -> str:

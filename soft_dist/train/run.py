@@ -177,7 +177,8 @@ class Trainer:
         cfg, device = self.cfg, self.place.device
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         student, weights = build_student(cfg.model.name, self.num_classes, cfg.data.image_size,
-                                         cfg.model.small_stem, cfg.model.pretrained, uncertainty=cfg.preset.head)
+                                         cfg.model.small_stem, cfg.model.pretrained, width=cfg.model.width,
+                                         uncertainty=cfg.preset.head)
         student = student.to(device)
         if device.type == "cuda" and cfg.model.channels_last:
             student = student.to(memory_format=torch.channels_last)
