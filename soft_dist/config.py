@@ -701,11 +701,17 @@ def config_docs() -> str:
         lines += [f"## {f.name}: {f.metadata['doc']}", "", *fields_table(field_rows(section_cls, f"{f.name}.")), ""]
     lines += ["## Method presets (`method.name`)", "",
               "Each preset is a `MethodPreset` in `soft_dist/method/presets.py`; the objective reads only these switches.",
-              "", "| name | teacher | consistency target | SLS on | uncertainty head | CE target | pins | what it is |",
-              "|---|---|---|---|---|---|---|---|"]
+              "Per-sample epsilon: each sample's smoothing mass is `method.epsilon` times the teacher's normalised",
+              "entropy on it (0 for a one-hot teacher, all of `method.epsilon` for a uniform one). Teacher pool: the",
+              "SLS source is the mean of the softmaxes of the current teacher and of that many frozen past teachers,",
+              "those with the best validation scores so far (kept in the checkpoint; `teacher_pool` in metrics.jsonl).",
+              "", "| name | teacher | consistency target | SLS on | uncertainty head | CE target | per-sample epsilon "
+              "| teacher pool | pins | what it is |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, p in METHOD_PRESETS.items():
         pins = ", ".join(f"{k}={v}" for k, v in p.pinned)
         sls_on = p.sls_on if p.target == "sls" else ""
         lines.append(f"| `{name}` | {'yes' if p.teacher else 'no'} | {p.target} | {sls_on} | "
-                     f"{'yes' if p.head else 'no'} | {p.ce_target} | {pins} | {p.summary} |")
+                     f"{'yes' if p.head else 'no'} | {p.ce_target} | {'yes' if p.epsilon_per_sample else 'no'} | "
+                     f"{p.teacher_pool or ''} | {pins} | {p.summary} |")
     return "\n".join(lines) + "\n"

@@ -190,6 +190,22 @@ def test_cut_short_run_continues_exactly(uninterrupted, tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0003"]
 
 
+def test_a_resumed_teacher_pool_run_continues_exactly(tmp_path):
+    """soft_pool: the pool of past teachers rides in the checkpoint, so a run cut after epoch 2 continues
+    to the same epoch-3 numbers and the same pool as one that never stopped."""
+    whole = _run(tmp_path / "whole", 3, "method.name=soft_pool")
+    _run(tmp_path / "cut", 2, "method.name=soft_pool")
+    resumed = _run(tmp_path / "cut", 3, "method.name=soft_pool")
+    pools = [[json.loads(x)["teacher_pool"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+             for name in ("whole", "cut")]
+    assert pools[0] == pools[1] and len(pools[0][-1]) == 3  # a member per epoch, best first
+    state = ckpt.read_state_folder(tmp_path / "cut" / "checkpoints" / "epoch_0003")
+    assert [m["epoch"] for m in state["learner"]["teacher_pool"]] == [m["epoch"] for m in pools[0][-1]]
+    for split in ("val", "test"):
+        assert resumed[split] == whole[split]
+    assert resumed["protocols"] == whole["protocols"]
+
+
 @pytest.mark.parametrize("change, field", [
     ({"architecture": {"name": "vgg11", "small_stem": True}}, "architecture.name"),
     ({"architecture": {"name": "resnet18", "small_stem": True, "width": 2}}, "architecture.width"),

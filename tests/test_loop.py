@@ -40,7 +40,8 @@ def test_soft_two_stages_on_noisy_digits_beats_chance(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0004"]  # the newest only
 
 
-@pytest.mark.parametrize("method", ["ce", "mt", "mt_sls", "lsr", "lsr_star", "sls0", "sls_student", "sls_both", "sls_self"])
+@pytest.mark.parametrize("method", ["ce", "mt", "mt_sls", "lsr", "lsr_star", "sls0", "sls_student", "sls_both", "sls_self",
+                                    "soft_eps"])
 def test_every_method_steps_and_learns_a_batch(method):
     cfg = load_config(None, [f"method.name={method}", "method.stage1_epochs=0", "data.image_size=16", "model.width=16",
                              "optim.lr=0.01", "method.rampup_epochs=0"])

@@ -83,10 +83,10 @@ def test_padding_rows_do_not_count():
 def test_sls_on_the_student_smooths_the_student_side_only():
     preset = METHOD_PRESETS["sls_student"]
     student, source, _ = _batch()
-    target, log_probs, k = consistency_target(preset, source, student, tau=0.3, epsilon=0.3)
+    target, log_probs, k, sample_epsilon = consistency_target(preset, source, student, tau=0.3, epsilon=0.3)
     assert torch.allclose(target, torch.softmax(source, -1))
     assert torch.allclose(log_probs.exp(), soft_label_smoothing(student.detach(), 0.3, 0.3), atol=1e-6)
-    assert k is not None
+    assert k is not None and sample_epsilon is None
 
 
 def test_a_teacher_preset_needs_source_logits_and_presets_are_checked():
@@ -97,3 +97,26 @@ def test_a_teacher_preset_needs_source_logits_and_presets_are_checked():
                        source_logits=None, valid=None, epoch=0, progress_epochs=0.0)
     with pytest.raises(ValueError, match="target"):
         MethodPreset(teacher=True, target="kl", summary="x")
+
+
+def test_per_sample_epsilon_follows_the_teachers_entropy():
+    """soft_eps: a confident source row keeps its top class almost whole, a uniform-ish one is smoothed by
+    nearly the full method.epsilon; the mean epsilon is logged."""
+    preset = METHOD_PRESETS["soft_eps"]
+    source = torch.tensor([[12.0, 0.0, 0.0, 0.0, 0.0], [0.1, 0.0, 0.0, 0.0, 0.05], [2.0, 1.5, 0.0, 0.0, 0.0]])
+    student = torch.zeros(3, 5, requires_grad=True)
+    target, _, k, sample_epsilon = consistency_target(preset, source, student, tau=0.175, epsilon=0.3)
+    assert sample_epsilon.shape == (3, 1)
+    assert float(sample_epsilon[0]) < 0.01 and float(sample_epsilon[1]) > 0.29
+    assert 0.01 < float(sample_epsilon[2]) < 0.29
+    for row in range(3):  # each row is SLS with its own epsilon
+        expected = soft_label_smoothing(source[row:row + 1], 0.175, float(sample_epsilon[row]))
+        assert torch.allclose(target[row:row + 1], expected, atol=1e-6)
+    assert torch.allclose(target.sum(-1), torch.ones(3))
+    _, parts, (_, source, _, _) = _loss("soft_eps")
+    assert 0.0 < float(parts["epsilon_mean"]) < 0.3 and "epsilon_mean" not in _loss("soft")[1]
+
+
+def test_per_sample_epsilon_needs_sls_targets():
+    with pytest.raises(ValueError, match="epsilon_per_sample"):
+        MethodPreset(teacher=True, target="softmax", epsilon_per_sample=True, summary="x")

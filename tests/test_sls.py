@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from soft_dist.method.sls import (
+    entropy_scaled_epsilon,
     label_smoothing,
     label_smoothing_top1,
     soft_label_smoothing,
@@ -100,3 +101,21 @@ def test_tau_above_uniform_note_names_the_ratio_of_the_paper():
     note = tau_above_uniform_note(0.125, 10, 0.875)
     assert note and "1/10" in note and "0.0875" in note
     assert tau_above_uniform_note(0.0875, 10, 0.875) is None
+
+
+def test_entropy_scaled_epsilon_worked_by_hand():
+    # uniform over 4 classes: entropy log 4, the whole epsilon; one-hot: none; two equal classes: half
+    logits = torch.log(torch.tensor([[0.25] * 4, [1.0, 1e-30, 1e-30, 1e-30], [0.5, 0.5, 1e-30, 1e-30]]))
+    eps = entropy_scaled_epsilon(logits, 0.4)
+    assert eps.shape == (3, 1)
+    assert torch.allclose(eps.squeeze(-1), torch.tensor([0.4, 0.0, 0.2]), atol=1e-5)
+
+
+def test_sls_with_one_epsilon_per_sample_is_sls_row_by_row():
+    logits = torch.randn(5, 7, generator=torch.Generator().manual_seed(2))
+    eps = torch.tensor([[0.0], [0.1], [0.3], [0.5], [0.9]])
+    batch = soft_label_smoothing_with_k(logits, 0.125, eps)
+    for row in range(5):
+        alone = soft_label_smoothing_with_k(logits[row:row + 1], 0.125, float(eps[row]))
+        assert torch.allclose(batch.target[row:row + 1], alone.target) and batch.k[row] == alone.k[0]
+    assert torch.allclose(batch.target.sum(-1), torch.ones(5))

@@ -15,7 +15,12 @@ import torch
 
 from soft_dist.method.losses import consistency_kl, masked_mean, sigmoid_rampup, weighted_cross_entropy
 from soft_dist.method.presets import MethodPreset
-from soft_dist.method.sls import label_smoothing, label_smoothing_top1, soft_label_smoothing_with_k
+from soft_dist.method.sls import (
+    entropy_scaled_epsilon,
+    label_smoothing,
+    label_smoothing_top1,
+    soft_label_smoothing_with_k,
+)
 
 
 def consistency_target(
@@ -26,14 +31,15 @@ def consistency_target(
     tau: float,
     epsilon: float,
     sls_active: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The consistency target and the student's log-probabilities it is compared with.
 
     source_logits: [B, C] float32 without gradient (teacher, or detached student for a teacherless preset);
     student_logits: [B, C] float32 with gradient;
     sls_active: False during the plain mean-teacher epochs before ``method.sls_start_epoch``.
-    Returns target [B, C] (rows sum to 1, no gradient), student log-probs [B, C] (with gradient) and k [B]
-    (high-confidence classes per sample) when SLS made the target, else None.
+    Returns target [B, C] (rows sum to 1, no gradient), student log-probs [B, C] (with gradient), k [B]
+    (high-confidence classes per sample) when SLS made the target, else None, and the per-sample epsilon
+    [B, 1] when the preset sets one (epsilon_per_sample), else None.
     """
     kind = preset.target
     if kind == "sls" and not sls_active:
@@ -41,6 +47,11 @@ def consistency_target(
     smooth_source = preset.sls_on in ("teacher", "both") or not preset.teacher
     smooth_student = kind == "sls" and preset.sls_on in ("student", "both") and preset.teacher
     k = None
+    sample_epsilon = None
+    if kind == "sls" and preset.epsilon_per_sample:
+        # the source's uncertainty sets each sample's smoothing, also where the student's side is smoothed
+        sample_epsilon = entropy_scaled_epsilon(source_logits, epsilon)
+        epsilon = sample_epsilon
     if kind == "lsr_star":
         target = label_smoothing_top1(source_logits, epsilon)
     elif kind == "sls" and smooth_source:
@@ -53,7 +64,7 @@ def consistency_target(
         k = k if k is not None else k_student
     else:
         student_log_probs = torch.log_softmax(student_logits, dim=-1)
-    return target, student_log_probs, k
+    return target, student_log_probs, k, sample_epsilon
 
 
 def soft_objective(
@@ -87,7 +98,7 @@ def soft_objective(
         return loss_ce, parts
     if source_logits is None:
         raise ValueError(f"a preset with target {preset.target!r} needs source_logits")
-    target, student_log_probs, k = consistency_target(
+    target, student_log_probs, k, sample_epsilon = consistency_target(
         preset, source_logits, student_logits, tau=method.tau_for(num_classes), epsilon=method.epsilon,
         sls_active=epoch >= method.sls_start_epoch,
     )
@@ -100,4 +111,6 @@ def soft_objective(
     parts["teacher_agrees"] = masked_mean((source_logits.argmax(dim=-1) == labels).float(), valid).detach()
     if k is not None:
         parts["share_k_gt_1"] = masked_mean((k > 1).float(), valid).detach()
+    if sample_epsilon is not None:
+        parts["epsilon_mean"] = masked_mean(sample_epsilon.squeeze(-1), valid).detach()
     return loss_ce + weight * loss_cons, parts

@@ -25,6 +25,11 @@ class MethodPreset:
     sls_on: with target sls, whose logits are smoothed: teacher, student or both.
     head: the uncertainty head weights the cross-entropy after stage 1 (paper Sec. 3.3).
     ce_target: the classification target: onehot, or lsr (label smoothing of the given label, Eq. 1-2).
+    epsilon_per_sample: with target sls, each sample's smoothing mass is method.epsilon times the source's
+        normalised entropy on it (0 for a one-hot source, method.epsilon for a uniform one), so samples the
+        teacher is unsure of are smoothed more; off: method.epsilon for every sample (the paper).
+    teacher_pool: how many of the best past teachers (by validation score, frozen at the end of their
+        epoch) are averaged with the current teacher as the consistency source; 0: the current teacher alone.
     pinned: method fields this preset fixes whatever the config says, as (field, value) pairs; the
         resolved config (and the run's saved config.yaml) shows the pinned value.
     summary: one line for the docs.
@@ -36,6 +41,8 @@ class MethodPreset:
     sls_on: str = "teacher"
     head: bool = False
     ce_target: str = "onehot"
+    epsilon_per_sample: bool = False
+    teacher_pool: int = 0
     pinned: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
@@ -45,6 +52,10 @@ class MethodPreset:
                 raise ValueError(f"MethodPreset.{name} must be one of {allowed}, got {value!r}")
         if self.target == "none" and self.teacher:
             raise ValueError("a preset with a teacher needs a consistency target")
+        if self.epsilon_per_sample and self.target != "sls":
+            raise ValueError("epsilon_per_sample smooths SLS targets: it needs target 'sls'")
+        if self.teacher_pool < 0 or (self.teacher_pool and not self.teacher):
+            raise ValueError(f"teacher_pool must be >= 0 and needs a teacher, got {self.teacher_pool}")
 
 
 METHOD_PRESETS: dict[str, MethodPreset] = {
@@ -68,6 +79,14 @@ METHOD_PRESETS: dict[str, MethodPreset] = {
                          summary="SLS with epsilon pinned at 0: the high classes renormalised, zero on the rest"),
     "sls_student": MethodPreset(teacher=True, target="sls", sls_on="student", head=True,
                                 summary="SLS applied to the student's distribution instead of the teacher's"),
+    # Past the paper (issue 24): SOFT whose smoothing follows the teacher's uncertainty per sample.
+    "soft_eps": MethodPreset(teacher=True, target="sls", head=True, epsilon_per_sample=True,
+                             summary="SOFT with a per-sample epsilon: method.epsilon times the teacher's "
+                                     "normalised entropy on the sample"),
+    # ... and SOFT whose SLS source is the current teacher averaged with the 3 best past ones.
+    "soft_pool": MethodPreset(teacher=True, target="sls", head=True, teacher_pool=3,
+                              summary="SOFT with the SLS source averaged over the teacher and the 3 best past "
+                                      "teachers on validation"),
     "sls_both": MethodPreset(teacher=True, target="sls", sls_on="both", head=True,
                              summary="SLS applied to both the teacher's and the student's distributions"),
 }

@@ -5,6 +5,7 @@ All functions return probability rows [B, C] that sum to 1 and are finite for an
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -16,8 +17,9 @@ class SmoothedTarget(NamedTuple):
     k: torch.Tensor  # [B] int64, number of high-confidence classes per sample (after the k = 0 rule)
 
 
-def soft_label_smoothing_with_k(logits: torch.Tensor, tau: float, epsilon: float) -> SmoothedTarget:
+def soft_label_smoothing_with_k(logits: torch.Tensor, tau: float, epsilon: float | torch.Tensor) -> SmoothedTarget:
     """SLS of ``logits`` [B, C]; also returns k per sample (for the share of samples with k > 1).
+    ``epsilon`` is one number, or one per sample [B, 1] (see :func:`entropy_scaled_epsilon`).
 
     q = softmax(logits); high = {i : q_i > tau}; k = |high|
     y_i = (1 - eps) * q_i / sum_{j in high} q_j   for i in high
@@ -46,7 +48,17 @@ def soft_label_smoothing_with_k(logits: torch.Tensor, tau: float, epsilon: float
     return SmoothedTarget(target, k.squeeze(-1))
 
 
-def soft_label_smoothing(logits: torch.Tensor, tau: float, epsilon: float) -> torch.Tensor:
+def entropy_scaled_epsilon(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Per-sample smoothing mass [B, 1] from ``logits`` [B, C]: ``epsilon`` * H(softmax) / log C.
+
+    0 where the source is one-hot (its top classes are trusted as they are), ``epsilon`` where it is
+    uniform (it knows nothing, so more of the target goes to the other classes). Float32, no gradient."""
+    q = torch.softmax(logits.detach().float(), dim=-1)
+    entropy = -(q * torch.log(q.clamp(min=1e-12))).sum(dim=-1, keepdim=True)
+    return epsilon * (entropy / math.log(q.shape[-1])).clamp(0.0, 1.0)
+
+
+def soft_label_smoothing(logits: torch.Tensor, tau: float, epsilon: float | torch.Tensor) -> torch.Tensor:
     """SLS target [B, C] from logits [B, C] (Eq. 3-4 with the edge rules above)."""
     return soft_label_smoothing_with_k(logits, tau, epsilon).target
 

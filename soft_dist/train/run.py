@@ -137,6 +137,7 @@ class Trainer:
             sync.end_epoch()  # ... and the same teacher
             val = evaluate(learner, loaders.val, self.num_classes, val_lookup)[0]
             test = evaluate(learner, loaders.test, self.num_classes)[0] if loaders.test is not None else None
+            pool = learner.end_epoch(epoch, val, cfg.train.select_metric)  # after the teachers are synced
             sync.check()  # before every checkpoint
             digests = sync.digests()
             # val/test ride in the history because it survives a resume inside the checkpoint, while
@@ -155,6 +156,7 @@ class Trainer:
                 "images_all_ranks": int(sum(images)),
                 "images_per_s_per_worker": speeds,
                 "teacher_sync": sync.summary(), "selected_epoch": best["epoch"],
+                **({"teacher_pool": pool} if pool is not None else {}),
                 **self._lock_in(history)})
             if last:
                 self.log.finish(results)

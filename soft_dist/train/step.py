@@ -22,6 +22,7 @@ from soft_dist.method.losses import masked_mean
 from soft_dist.method.model import ExpressionNet
 from soft_dist.method.objective import soft_objective
 from soft_dist.method.teacher import EmaTeacher
+from soft_dist.method.teacher_pool import TeacherPool
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -75,6 +76,8 @@ class SoftLearner:
                 warmup=cfg.method.ema_warmup,
                 buffer_policy=cfg.method.teacher_buffers,
             )
+        # the best past teachers, averaged into the consistency source (presets with teacher_pool > 0)
+        self.teacher_pool = TeacherPool(self.preset.teacher_pool) if self.preset.teacher_pool else None
         if sync_batchnorm:
             # After the teacher is made, so only the student's BatchNorm is synchronised: a SyncBN teacher
             # would add a collective to every teacher forward. The converted layers keep the same parameter
@@ -115,6 +118,8 @@ class SoftLearner:
             return logits_s.detach().float()
         with torch.inference_mode(), self._autocast():
             teacher_logits = self.teacher.teacher(view_t)
+            if self.teacher_pool is not None:
+                teacher_logits = self.teacher_pool.source_logits(teacher_logits, view_t)
         return teacher_logits.float().clone()  # a normal tensor, usable by autograd
 
     def train_step(self, batch, progress_epochs: float) -> dict[str, torch.Tensor]:
@@ -151,19 +156,32 @@ class SoftLearner:
         self.global_step += 1
         return out
 
+    def end_epoch(self, epoch: int, val_reports: dict[str, dict], metric: str) -> list[dict] | None:
+        """After an epoch's validation (``val_reports``: branch -> report, the same on every rank): offer the
+        teacher to the pool. Returns the pool's [{epoch, score}] for the log, or None without a pool."""
+        if self.teacher_pool is None:
+            return None
+        self.teacher_pool.consider(epoch, val_reports["teacher"][metric], self.teacher.teacher)
+        return self.teacher_pool.summary()
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return {
+        state = {
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "global_step": self.global_step,
         }
+        if self.teacher_pool is not None:
+            state["teacher_pool"] = self.teacher_pool.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
+        if self.teacher_pool is not None:
+            self.teacher_pool.load_state_dict(state.get("teacher_pool", []), self.teacher.teacher)
         self.optimizer.load_state_dict(state["optimizer"])
         self.global_step = int(state["global_step"])
 
