@@ -188,7 +188,7 @@ def run_grid(
             if folder.exists():
                 # An interrupted earlier attempt (no results.json): start the cell again from scratch.
                 shutil.rmtree(folder)
-            log(f"{head}: training ({cfg.train.epochs} epochs, {cfg.train.workers} workers)")
+            log(f"{head}: training ({cfg.train.epochs} epochs, {cfg.train.workers} worker{'s' * (cfg.train.workers != 1)})")
             results = run_training(cfg, folder)
             test = (results.get("test") or results["val"])["chosen"]
             outcome.trained.append(cell.name)
