@@ -235,6 +235,11 @@ class TrainConfig:
     sync_batchnorm: bool = setting(False, "SyncBatchNorm in the student (not the teacher); GPU only")
     select_metric: str = setting("accuracy", "validation metric that chooses the epoch and branch of model.pt",
                                  choices=("accuracy", "mean_class_accuracy"))
+    model_epoch: str = setting("auto", "which epoch model.pt holds: best (the best validation score of the run, "
+                                       "protocol val_selected), last (the last epoch, protocol last), auto (last "
+                                       "for methods with an EMA teacher, best without one; docs/experiments.md, "
+                                       "'Which epoch model.pt holds'); the branch is chosen on validation",
+                               choices=("auto", "best", "last"))
     fail_at_step: int | None = setting(None, lo=0, doc="test hook: rank 0 exits at this global step (once per "
                                                        "run directory) to exercise recovery", resumable=True)
 

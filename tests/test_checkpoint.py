@@ -157,9 +157,19 @@ def test_state_and_model_load_with_weights_only(uninterrupted):
     table = NoiseTable.load(run_dir / "noise_table.csv")
     val = report_predictions(*predict(net, loaders.val.epoch(0)), 10, table.lookup())
     assert val["accuracy"] == pytest.approx(selection["val"]["accuracy"], abs=1e-12)
-    # model.pt holds the best validation epoch seen, never a worse later one.
-    val_curve = [max(r["val"][b]["accuracy"] for b in r["val"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    # SOFT has an EMA teacher: under train.model_epoch=auto model.pt holds the last epoch
+    assert (selection["rule"], selection["protocol"], selection["epoch"]) == ("last", "last", 3)
+
+
+def test_model_epoch_best_keeps_the_best_validation_epoch_never_a_worse_later_one(tmp_path):
+    results = _run(tmp_path, 3, "train.model_epoch=best")
+    selection = results["model"]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val_curve = [max(r["val"][b]["accuracy"] for b in r["val"]) for r in lines]
     assert selection["score"] == max(val_curve) and selection["epoch"] == val_curve.index(max(val_curve)) + 1
+    assert (selection["rule"], selection["protocol"]) == ("best", "val_selected")
+    assert load_model(tmp_path).meta["epoch"] == selection["epoch"]
+    assert [x["selected_epoch"] for x in lines][-1] == selection["epoch"]
 
 
 def test_cut_short_run_continues_exactly(uninterrupted, tmp_path):

@@ -200,9 +200,11 @@ def test_cells_csv_has_every_protocol(experiment):
     for _, row in cells.iterrows():
         results = experiment["results"][row["cell"]]
         p = results["protocols"]
-        assert row["val_selected_accuracy"] == pytest.approx(results["model"]["test"]["accuracy"], abs=1e-12)
-        assert (row["val_selected_epoch"], row["val_selected_branch"]) == (results["model"]["epoch"],
-                                                                            results["model"]["branch"])
+        protocol = results["model"]["protocol"]  # model.pt's: last for a method with a teacher, else val_selected
+        assert protocol == ("val_selected" if row["method"] == "ce" else "last")
+        assert row[f"{protocol}_accuracy"] == pytest.approx(results["model"]["test"]["accuracy"], abs=1e-12)
+        assert (row[f"{protocol}_epoch"], row[f"{protocol}_branch"]) == (results["model"]["epoch"],
+                                                                          results["model"]["branch"])
         assert row["val_selected_val_samples"] == 179
         assert row["last_accuracy"] == pytest.approx(row["accuracy"], abs=1e-12)  # legacy column = last
         assert row["mean_last_5_num_epochs"] == 2
@@ -268,6 +270,15 @@ def test_report_numbers_match_cells_csv(experiment):
                f"{row['val_selected_branch']}, " in line
     mt_pairs = [x for x in report.splitlines() if x.startswith("| mt | ce | symmetric 30% |")]
     assert len(mt_pairs) == 4 and all("| 2 |" in x for x in mt_pairs)
+    # the selection section: last - val_selected per run, and each protocol's regret against best_on_test
+    selection = report.split("## Selection: the last epoch")[1].split("\n## ")[0]
+    for method in ("ce", "mt"):
+        mine = cells[cells["method"] == method]
+        diff = 100 * (mine["last_accuracy"] - mine["val_selected_accuracy"])
+        regret = 100 * (mine["best_on_test_accuracy"] - mine["val_selected_accuracy"])
+        line = next(x for x in selection.splitlines() if x.startswith(f"| {method} |"))
+        assert line.startswith(f"| {method} | symmetric 30% | 2 | {diff.mean():+.2f} | ")
+        assert f"| {regret.mean():.2f} ({regret.max():.2f}) |" in line
     branch = next(x for x in report.split("## Branch chosen")[1].splitlines() if x.startswith("| mt |"))
     teacher, student = (int(v) for v in branch.split("|")[3:5])
     assert teacher + student == 2

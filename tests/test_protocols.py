@@ -1,5 +1,5 @@
 """Evaluation protocols (soft_dist.train.protocols) on hand-made per-epoch records, and on a real short
-single-process run: val_selected is what model.pt holds, and results.json agrees with metrics.jsonl."""
+single-process run: model.pt holds what its protocol chose, and results.json agrees with metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -187,7 +187,9 @@ def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(refe
     results = json.loads((reference_run / "results.json").read_text())
 
     p, model = results["protocols"], results["model"]
-    chosen = p["val_selected"]
+    # SOFT has an EMA teacher: under train.model_epoch=auto model.pt is the last epoch (protocol last)
+    assert cfg.train.model_epoch == "auto" and (model["rule"], model["protocol"]) == ("last", "last")
+    chosen = p["last"]
     assert (chosen["epoch"], chosen["branch"], chosen["val_score"]) == (model["epoch"], model["branch"], model["score"])
     assert {"accuracy": chosen["accuracy"], "mean_class_accuracy": chosen["mean_class_accuracy"]} == {
         k: model["test"][k] for k in ("accuracy", "mean_class_accuracy")}
@@ -202,7 +204,7 @@ def test_a_real_run_records_protocols_that_match_model_pt_and_metrics_jsonl(refe
     val_samples = load_manifest(digit_shards).split(cfg.data.val_split).num_samples
     assert p["val_selected"]["val_samples"] == lines[0]["val"]["student"]["num_samples"] == val_samples
     assert p["mean_last_5"]["epochs"] == [1, 2, 3]  # epochs are numbered from 1
-    assert all(x["selected_epoch"] == chosen["epoch"] for x in lines[chosen["epoch"] - 1:])
+    assert [x["selected_epoch"] for x in lines] == [1, 2, 3]  # every epoch was model.pt's in its turn
     assert list(itertools.chain(p["val_selected"]["branches"])) == ["student", "teacher"]
 
 
@@ -222,8 +224,10 @@ def test_demo_prints_every_protocol_branch_and_the_evidence_for_each_choice():
 
     ce_records = [record(e, {"student": v}, {"student": t}) for e, (v, t) in enumerate([(100, 250), (120, 300),
                                                                                         (110, 280)])]
-    rows = [("ce", {"protocols": compute_protocols(ce_records, "accuracy"), "test": {"chosen": {"num_samples": 360}}}),
-            ("soft", {"protocols": compute_protocols(SIX, "accuracy"), "test": {"chosen": {"num_samples": 360}}})]
+    test = {"chosen": {"num_samples": 360}}
+    rows = [("ce", {"protocols": compute_protocols(ce_records, "accuracy"), "test": test,
+                    "model": {"protocol": "val_selected"}}),
+            ("soft", {"protocols": compute_protocols(SIX, "accuracy"), "test": test, "model": {"protocol": "last"}})]
     lines = protocol_table(rows)
     text = "\n".join(lines)
     assert "(360 images)" in lines[0]
@@ -233,8 +237,9 @@ def test_demo_prints_every_protocol_branch_and_the_evidence_for_each_choice():
     assert lines[5].split()[2:4] == ["84.7", "(t)"]
     assert lines[4].split()[2] == "84.7" and lines[3].split()[2] == "83.3"  # both branches at that epoch
     # the records' own epoch numbers are printed as they are (files count epochs from 1)
-    assert "soft: model.pt = epoch 2, teacher, chosen on 179 noisy validation images; it beat the other " \
-           "branch there by 3 images" in text
-    assert "ce: model.pt = epoch 1, student, chosen on 179 noisy validation images" in text
-    # the headline difference in points and in test images: 305 - 300 = 5 images
-    assert "soft - ce (val_selected): +1.4 points = 5 of 360 test images" in text
+    # each model.pt by its own protocol: soft's the last epoch (teacher 146 vs 145), ce's the best on validation
+    assert "soft: model.pt = epoch 5 (protocol last), teacher, chosen on 179 noisy validation images; it beat " \
+           "the other branch there by 1 image" in text
+    assert "ce: model.pt = epoch 1 (protocol val_selected), student, chosen on 179 noisy validation images" in text
+    # the headline difference in points and in test images: 318 - 300 = 18 images
+    assert "soft - ce (model.pt against model.pt): +5.0 points = 18 of 360 test images" in text

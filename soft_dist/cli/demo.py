@@ -154,20 +154,28 @@ def protocol_table(rows: list[tuple[str, dict]]) -> list[str]:
     lines.append("  chosen = the branch validation picks (s student, t teacher); * picks the epoch with the test "
                  "labels: optimistic, only for comparison with published tables")
     for method, results in rows:
-        lines.append("  " + choice_sentence(method, results["protocols"]["val_selected"]))
+        lines.append("  " + choice_sentence(method, model_protocol(results)))
     if len(rows) == 2:
         (a, ra), (b, rb) = rows
-        diff = rb["protocols"]["val_selected"]["accuracy"] - ra["protocols"]["val_selected"]["accuracy"]
+        diff = model_protocol(rb)["accuracy"] - model_protocol(ra)["accuracy"]
         images = f" = {round(abs(diff) * test_n)} of {test_n} test images" if test_n else ""
-        lines.append(f"  {b} - {a} (val_selected): {100 * diff:+.1f} points{images}; one run per method, so a "
-                     "difference of a few images is noise (docs/experiments.md has the cross-validated grid)")
+        lines.append(f"  {b} - {a} (model.pt against model.pt): {100 * diff:+.1f} points{images}; one run per "
+                     "method, so a difference of a few images is noise (docs/experiments.md has the "
+                     "cross-validated grid)")
     return lines
 
 
+def model_protocol(results: dict) -> dict:
+    """The protocol entry model.pt follows (results.json ``model.protocol``; val_selected in runs from
+    before train.model_epoch existed), with its name under ``protocol``."""
+    name = results["model"].get("protocol", "val_selected")
+    return {**results["protocols"][name], "protocol": name}
+
+
 def choice_sentence(method: str, entry: dict) -> str:
-    """How model.pt was chosen: the epoch, the branch and the validation evidence for it."""
-    text = (f"{method}: model.pt = epoch {entry['epoch']}, {entry['branch']}, chosen on "
-            f"{entry['val_samples']} noisy validation images")
+    """How model.pt was chosen: the epoch (by its protocol), the branch and the validation evidence for it."""
+    text = (f"{method}: model.pt = epoch {entry['epoch']} (protocol {entry['protocol']}), {entry['branch']}, "
+            f"chosen on {entry['val_samples']} noisy validation images")
     margin = entry.get("val_margin_samples")
     if margin is not None:
         text += f"; it beat the other branch there by {margin} image{'s' if abs(margin) != 1 else ''}"

@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(results: dict, run_dir: Path | str) -> None:
     model = results["model"]
-    print(f"model.pt: epoch {model['epoch']}, {model['branch']} branch, chosen on validation "
-          f"{model['metric']} {model['score']:.4f}")
+    epoch = "the last epoch" if model.get("rule") == "last" else "the best epoch on validation"
+    print(f"model.pt: epoch {model['epoch']} ({epoch}, train.model_epoch), {model['branch']} branch "
+          f"(validation {model['metric']} {model['score']:.4f})")
     for split in ("val", "test"):
         row = model.get(split)
         if row:

@@ -31,12 +31,14 @@ from soft_dist.experiment.layout import (
 )
 from soft_dist.experiment.summary import (
     PROTOCOL_DEFINITIONS,
+    TIE_TOLERANCE,
     collect,
     interval,
     mean_std,
     paired,
     percent,
     summarise,
+    t_interval,
     write_summary,
 )
 from soft_dist.train.protocols import PROTOCOLS
@@ -209,6 +211,41 @@ def _branch_section(table: pd.DataFrame, grid: Grid) -> list[str]:
     return [*lines, *markdown_table(header, rows), ""]
 
 
+TIE_POINTS = 100 * TIE_TOLERANCE  # equal counts of correct images, in percentage points
+
+
+def _selection_section(table: pd.DataFrame, grid: Grid) -> list[str]:
+    """Which epoch to ship, measured: per method, the last epoch against the validation choice on the same
+    runs, and every protocol's regret against the optimistic best_on_test (train.model_epoch's evidence)."""
+    extra = list(grid.extra)
+    lines = ["## Selection: the last epoch against the validation choice", "",
+             "Per run, test accuracy of protocol `last` minus `val_selected` in percentage points (95% CI: t "
+             "interval over the runs; wins / ties / losses of `last`), and each protocol's regret: "
+             "`best_on_test` (chosen on test, optimistic) minus the protocol, mean and largest over the runs. "
+             "model.pt follows `last` for a method with an EMA teacher and `val_selected` without one "
+             "(`train.model_epoch=auto`).", ""]
+    finished = table.dropna(subset=["last_accuracy", "val_selected_accuracy"]) if not table.empty else table
+    if finished.empty:
+        return [*lines, "(no finished runs)", ""]
+    rows = []
+    for _, part in finished.groupby(["method", "noise_kind", "noise_rate", *extra], sort=False, dropna=False):
+        first = part.iloc[0]
+        diff = 100 * (part["last_accuracy"] - part["val_selected_accuracy"])
+        stat = t_interval(diff)
+        ci = "—" if np.isnan(stat["ci_low"]) else f"{stat['ci_low']:+.2f} to {stat['ci_high']:+.2f}"
+        record = f"{int((diff > TIE_POINTS).sum())} / {int((diff.abs() <= TIE_POINTS).sum())} / " \
+                 f"{int((diff < -TIE_POINTS).sum())}"
+        regrets = []
+        for protocol in ("val_selected", "last", "mean_last_5"):
+            regret = 100 * (part["best_on_test_accuracy"] - part[f"{protocol}_accuracy"])
+            regrets.append("—" if regret.isna().all() else f"{regret.mean():.2f} ({regret.max():.2f})")
+        rows.append([str(first["method"]), _noise(first), *_extras(first, extra), str(stat["n"]),
+                     f"{stat['mean']:+.2f}", ci, record, *regrets])
+    header = ["method", "noise", *extra, "n", "last − val_selected", "95% CI", "wins / ties / losses",
+              "regret val_selected (max)", "regret last (max)", "regret mean_last_5 (max)"]
+    return [*lines, *markdown_table(header, rows), ""]
+
+
 def _runs_section(table: pd.DataFrame, grid: Grid) -> list[str]:
     lines = ["## Runs", "", "Test accuracy % of every finished run under each protocol (as in cells.csv); "
              "val_selected also gives epoch, branch and margin / validation images.", ""]
@@ -261,6 +298,7 @@ def render(run_dir: Path, grid: Grid, cells_total: int, table: pd.DataFrame, sum
     for protocol in PROTOCOLS:
         lines += protocol_section(protocol, summary, table, extra)
     lines += paired_section(pairs, extra, grid.unit_keys)
+    lines += _selection_section(table, grid)
     lines += _branch_section(table, grid)
     lines += _runs_section(table, grid)
     lines += _plots_section(run_dir, where)

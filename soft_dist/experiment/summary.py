@@ -40,8 +40,10 @@ UNIT_COLUMNS = ("seed", "fold", "split_seed")  # which of them a grid has: Grid.
 CONFIDENCE = 0.95
 TIE_TOLERANCE = 1e-9  # accuracies are counts / N: equal counts give equal floats, up to rounding
 PROTOCOL_DEFINITIONS = {
-    "val_selected": "epoch and branch with the best validation score over the run (= model.pt)",
-    "last": "last epoch, branch chosen on validation at that epoch",
+    "val_selected": "epoch and branch with the best validation score over the run (model.pt of a method "
+                    "without a teacher, and of any with train.model_epoch=best)",
+    "last": "last epoch, branch chosen on validation at that epoch (model.pt of a method with an EMA teacher "
+            "under the default train.model_epoch=auto)",
     "mean_last_5": "mean over the last 5 epochs (fewer if the run is shorter) of the branch chosen on "
                    "validation at the last epoch",
     "best_on_test": "best test score over epochs and branches: chosen on TEST, optimistic; only for comparison "

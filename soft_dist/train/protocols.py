@@ -3,11 +3,13 @@
 Papers on noisy labels do not agree on which epoch's test number they print, and the protocols differ by
 more than the methods do on small test sets, so a run records all of them side by side:
 
-* ``val_selected`` (the headline): the epoch AND branch with the best validation score over the whole
-  run (ties: the earlier epoch; within an epoch the teacher, as :func:`choose_branch`). This is what the
-  run loop writes to model.pt and ``results["model"]``;
+* ``val_selected``: the epoch AND branch with the best validation score over the whole run (ties: the
+  earlier epoch; within an epoch the teacher, as :func:`choose_branch`). model.pt and
+  ``results["model"]`` hold it under ``train.model_epoch=best`` (and ``auto`` for a method without a
+  teacher);
 * ``last``: the last epoch, the branch chosen on validation at that epoch (what results.json's
-  ``test.chosen`` holds);
+  ``test.chosen`` holds; model.pt under ``train.model_epoch=last``, and ``auto`` for a method with an EMA
+  teacher). ``results["model"]["protocol"]`` names the one model.pt follows;
 * ``mean_last_5``: the mean over the last 5 epochs (fewer when the run is shorter; ``num_epochs`` says how
   many), of every branch, and of the branch chosen on validation at the last epoch;
 * ``best_on_test``: the best TEST score over all epochs and branches, marked ``optimistic: true``. It

@@ -33,7 +33,7 @@ def final_results(
     return {
         "method": cfg.method.name,
         "tau": cfg.method.tau,  # the value that ran (resolved from method.tau_relative unless given)
-        # protocol `last`'s branch; model.pt's (protocol val_selected) is results["model"]["branch"]
+        # protocol `last`'s branch; model.pt's is results["model"]["branch"] (its protocol: ["protocol"])
         "last_epoch_branch": chosen,
         "select_metric": cfg.train.select_metric,
         "val": with_chosen(val, chosen),

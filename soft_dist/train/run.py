@@ -46,7 +46,7 @@ from soft_dist.train.epoch import evaluate, noise_diagnostics, train_epoch
 from soft_dist.train.protocols import choose_branch
 from soft_dist.train.results import run_results
 from soft_dist.train.runlog import RunLog, SilentLog, read_metrics, read_results
-from soft_dist.train.selection import DatasetInfo, ModelSelection, ModelWriter
+from soft_dist.train.selection import DatasetInfo, ModelSelection, ModelWriter, model_epoch_rule
 from soft_dist.train.step import SoftLearner
 from soft_dist.train.teacher_sync import NoTeacherSync, TeacherSync, teacher_sync
 
@@ -102,7 +102,8 @@ class Trainer:
         self.log = RunLog(store, cfg.train.epochs, echo) if chief else SilentLog()
         self.checkpoints = (CheckpointWriter if chief else Checkpoints)(
             store, report or put_into_run(store), cfg, table.digest(), restored, self.log.say)
-        self.selection = ModelWriter(cfg, store, table, data) if chief else ModelSelection(cfg.train.select_metric)
+        self.selection = (ModelWriter(cfg, store, table, data) if chief
+                          else ModelSelection(cfg.train.select_metric, model_epoch_rule(cfg)))
         self.fail_at_step = cfg.train.fail_at_step if chief else None  # failure injection: rank 0 dies
         self.progress = progress and chief
 

@@ -1,10 +1,15 @@
-"""Choosing model.pt on validation: the best epoch and branch so far, and model.pt's metadata.
+"""Choosing model.pt: its epoch by ``train.model_epoch``, its branch on validation, and its metadata.
 
-After every epoch the run loop hands the validation (and test) reports to a :class:`ModelSelection`;
-when the epoch beats the best so far on ``train.select_metric`` (the branch validation would choose, see
-soft_dist.train.protocols.choose_branch) it becomes the new best. Every rank keeps that record (it goes
-into the epoch's metrics line and results.json); rank 0 holds a :class:`ModelWriter`, which also writes
-that epoch's branch to RUN/model.pt and, on resume, takes the best so far from the model.pt it wrote.
+After every epoch the run loop hands the validation (and test) reports to a :class:`ModelSelection`.
+Under the rule ``best`` the epoch becomes model.pt's when it beats the best so far on
+``train.select_metric`` (protocol val_selected); under ``last`` every epoch does, so model.pt ends as the
+last epoch (protocol last). Either way the branch is the one validation chooses at that epoch (see
+soft_dist.train.protocols.choose_branch). ``auto`` is ``last`` for methods with an EMA teacher and
+``best`` without: measured on three noisy datasets, choosing among a teacher's epochs on a small noisy
+validation split lost more to noise than it gained, while plain CE needs the early stop
+(docs/experiments.md, "Which epoch model.pt holds"). Every rank keeps the record (it goes into the epoch's
+metrics line and results.json); rank 0 holds a :class:`ModelWriter`, which also writes that epoch's
+branch to RUN/model.pt and, on resume, takes the record so far from the model.pt it wrote.
 """
 
 from __future__ import annotations
@@ -17,6 +22,17 @@ from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train.model_file import MODEL_FILE, branch_weights, config_digest, load_model, save_model
 from soft_dist.train.protocols import choose_branch
+
+
+# train.model_epoch's rules and the protocol (soft_dist.train.protocols) each one follows
+PROTOCOL_OF_RULE = {"best": "val_selected", "last": "last"}
+
+
+def model_epoch_rule(cfg: Config) -> str:
+    """train.model_epoch as it runs: "best" or "last" (auto: last with an EMA teacher, best without)."""
+    if cfg.train.model_epoch != "auto":
+        return cfg.train.model_epoch
+    return "last" if cfg.preset.teacher else "best"
 
 
 @dataclass(frozen=True)
@@ -59,11 +75,14 @@ def model_meta(cfg: Config, data: DatasetInfo, table: NoiseTable, best: dict) ->
 
 
 class ModelSelection:
-    """The best epoch so far on validation, kept in the resumable state (:meth:`state`). Ranks other than
-    0 use this class as it is: they keep the record and write nothing."""
+    """model.pt's epoch so far (the best on validation under the rule "best", the newest under "last"),
+    kept in the resumable state (:meth:`state`). Ranks other than 0 use this class as it is: they keep the
+    record and write nothing."""
 
-    def __init__(self, metric: str):
-        self.metric = metric
+    def __init__(self, metric: str, rule: str):
+        if rule not in PROTOCOL_OF_RULE:
+            raise ValueError(f"model epoch rule must be one of {list(PROTOCOL_OF_RULE)}, got {rule!r}")
+        self.metric, self.rule = metric, rule
         self.best: dict | None = None
 
     def state(self) -> dict | None:
@@ -79,12 +98,14 @@ class ModelSelection:
         """The epoch's checkpoint is committed: what depends on it may be written now."""
 
     def consider(self, epoch: int, val: dict, test: dict | None, learner) -> dict:
-        """Take the epoch's reports (branch -> report) into account -> the best so far (this epoch when it
-        beats the previous best); ``learner`` (a SoftLearner) holds the epoch's branches."""
+        """Take the epoch's reports (branch -> report) into account -> model.pt's record so far (this epoch
+        under "last", or when it beats the previous best under "best"); ``learner`` (a SoftLearner) holds
+        the epoch's branches."""
         chosen = choose_branch(val, self.metric)
         score = val[chosen][self.metric]
-        if self.best is None or score > self.best["score"]:
+        if self.rule == "last" or self.best is None or score > self.best["score"]:
             self.best = {"epoch": epoch, "branch": chosen, "score": score, "metric": self.metric,
+                         "rule": self.rule, "protocol": PROTOCOL_OF_RULE[self.rule],
                          "val": val[chosen], "test": test[chosen] if test else None}
             self._new_best(learner)
         return self.best
@@ -94,14 +115,14 @@ class ModelSelection:
 
 
 class ModelWriter(ModelSelection):
-    """Rank 0's selection: writes the best epoch's branch (weights without the head) and metadata to
-    RUN/model.pt whenever the best changes, but only once that epoch's checkpoint is committed
+    """Rank 0's selection: writes the selected epoch's branch (weights without the head) and metadata to
+    RUN/model.pt whenever the selection changes, but only once that epoch's checkpoint is committed
     (:meth:`commit`). So after a crash at any point model.pt holds an epoch the resumed history keeps:
     either the best of the committed epochs, or (crash between the checkpoint and model.pt) the epoch
     just restored, which :meth:`resume` writes again."""
 
     def __init__(self, cfg: Config, store: RunStore, table: NoiseTable, data: DatasetInfo):
-        super().__init__(cfg.train.select_metric)
+        super().__init__(cfg.train.select_metric, model_epoch_rule(cfg))
         self.cfg, self.store, self.table, self.data = cfg, store, table, data
         self.pending: tuple[dict, dict] | None = None  # (weights, meta) of a new best not yet written
 
