@@ -88,6 +88,9 @@ def test_model_card_matches_model_pt(reference_run, reference_export):
     assert json.loads({p.key: p.value for p in proto.metadata_props}["soft_dist.classes"]) == meta["classes"]
     text = (reference_export / "MODEL_CARD.md").read_text()
     assert "inside the model" in text and f"epoch {meta['epoch']}" in text and "model.onnx" in text
+    # SOFT under train.model_epoch=auto: model.pt is the last epoch, and the card says how the epoch was chosen
+    assert card["epoch_rule"] == meta["selection"]["rule"] == "last" and "the last epoch of the run" in text
+    assert f"(width {meta['architecture']['width']}, " in text
     # the validation score is agreement with noisy labels, and the card says so
     assert card["metrics"]["val_labels"] == "noisy" and "validation (noisy labels)" in text
     assert "against the noisy training labels" in text

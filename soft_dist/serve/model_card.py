@@ -51,6 +51,8 @@ def build_card(model: LoadedModel, files: list[dict]) -> dict:
         "method": meta.get("method"),
         "noise": meta.get("noise"),
         "training_config_sha256": meta.get("config_sha256"),
+        # which epoch: train.model_epoch's rule as it ran (model files from before it: the best on validation)
+        "epoch_rule": selection.get("rule", "best"),
         "metrics": {"selected_by": selection.get("metric"), "val": selection.get("val"),
                     "val_labels": (meta.get("config") or {}).get("data", {}).get("val_labels"),
                     "test": selection.get("test")},
@@ -60,6 +62,7 @@ def build_card(model: LoadedModel, files: list[dict]) -> dict:
     }
 
 
+EPOCH_RULE_WORDS = {"best": "the epoch with the best validation score", "last": "the last epoch of the run"}
 NOISY_VAL_NOTE = ("Validation was scored against the noisy training labels (what a user without clean labels "
                   "has): it measures agreement with those labels, so it sits below the accuracy on clean labels.")
 
@@ -85,7 +88,8 @@ def card_markdown(card: dict) -> str:
         "",
         f"{arch['name']} (width {arch.get('width', TORCHVISION_WIDTH)}, small stem: {arch.get('small_stem')}), "
         f"method `{card['method']}`, the `{card['branch']}` "
-        f"branch of epoch {card['epoch']} (counted from 1), chosen on validation by {card['metrics']['selected_by']}. "
+        f"branch of epoch {card['epoch']} (counted from 1; {EPOCH_RULE_WORDS[card.get('epoch_rule', 'best')]}), "
+        f"the branch chosen on validation by {card['metrics']['selected_by']}. "
         f"Training noise: {noise.get('kind')} at rate {noise.get('rate')} (seed {noise.get('seed')}). "
         f"Training config sha256 `{card['training_config_sha256']}`.",
         "",
