@@ -57,5 +57,6 @@ def print_summary(results: dict, run_dir: Path | str) -> None:
         if row:
             print(f"  {split:<5} accuracy {row['accuracy']:.4f}   mean class accuracy {row['mean_class_accuracy']:.4f}")
     throughput = results["throughput"]
-    print(f"{throughput['images_per_s_total']:.0f} img/s over {throughput['workers']} workers; "
+    workers = throughput["workers"]
+    print(f"{throughput['images_per_s_total']:.0f} img/s over {workers} worker{'s' * (workers != 1)}; "
           f"run directory: {run_dir}")
