@@ -44,7 +44,7 @@ from soft_dist.experiment.summary import (
 from soft_dist.train.protocols import PROTOCOLS
 
 HEADINGS = {
-    "val_selected": "val_selected (headline: epoch and branch chosen on validation)",
+    "val_selected": "val_selected (epoch and branch chosen on validation)",
     "last": "last (last epoch, branch chosen on validation)",
     "mean_last_5": "mean_last_5 (mean of the last 5 epochs)",
     "best_on_test": "best_on_test (OPTIMISTIC: chosen on the test set)",

@@ -2,9 +2,9 @@
 method, noise kind, noise rate and extra-axis values: n runs, mean, std and a 95% t-interval under every
 evaluation protocol), paired.csv (method against method on the same runs) and failed.csv.
 
-Protocols (soft_dist.train.protocols): ``val_selected`` (epoch and branch chosen on validation: the
-headline), ``last``, ``mean_last_5`` and ``best_on_test`` (chosen on TEST: optimistic, only for
-comparison with published tables). Every cell's protocols come from its results.json, or, for cells
+Protocols (soft_dist.train.protocols): ``val_selected`` (epoch and branch chosen on validation: model.pt
+without a teacher), ``last`` (model.pt with one), ``mean_last_5`` and ``best_on_test`` (chosen on TEST:
+optimistic, only for comparison with published tables). Every cell's protocols come from its results.json, or, for cells
 trained before results.json had them, from its metrics.jsonl with the same function.
 
 The older columns are kept as they were for existing readers: cells.csv ``accuracy`` /
