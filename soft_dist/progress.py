@@ -55,6 +55,11 @@ class NoProgress(LineProgress):
         self.n += n
 
 
+def counted(number: int, noun: str) -> str:
+    """``number`` with ``noun`` in the singular or plural, for console lines: "1 worker", "2 workers"."""
+    return f"{number} {noun}{'' if abs(number) == 1 else 's'}"
+
+
 def progress_bar(total: int, desc: str, unit: str, *, enabled: bool = True, initial: int = 0,
                  leave: bool = False, lines_in_logs: bool = True):
     """A tqdm bar on a terminal; ``LineProgress`` in a log (or nothing when ``lines_in_logs`` is False,

@@ -20,6 +20,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from soft_dist.progress import counted
+
 DEMO_CONFIG = "digits_cpu"  # the bundled configs/digits_cpu.yaml
 METHODS = ("ce", "soft")
 DEMO_OVERRIDES = ("data.val_fraction=0.2",)
@@ -178,5 +180,5 @@ def choice_sentence(method: str, entry: dict) -> str:
             f"chosen on {entry['val_samples']} noisy validation images")
     margin = entry.get("val_margin_samples")
     if margin is not None:
-        text += f"; it beat the other branch there by {margin} image{'s' if abs(margin) != 1 else ''}"
+        text += f"; it beat the other branch there by {counted(margin, 'image')}"
     return text

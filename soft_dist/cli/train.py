@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from soft_dist.progress import counted
+from soft_dist.train.protocols import EPOCH_RULE_WORDS
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -49,14 +52,13 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(results: dict, run_dir: Path | str) -> None:
     model = results["model"]
-    epoch = "the last epoch" if model.get("rule") == "last" else "the best epoch on validation"
-    print(f"model.pt: epoch {model['epoch']} ({epoch}, train.model_epoch), {model['branch']} branch "
+    print(f"model.pt: epoch {model['epoch']} ({EPOCH_RULE_WORDS[model.get('rule', 'best')]}, train.model_epoch), "
+          f"{model['branch']} branch "
           f"(validation {model['metric']} {model['score']:.4f})")
     for split in ("val", "test"):
         row = model.get(split)
         if row:
             print(f"  {split:<5} accuracy {row['accuracy']:.4f}   mean class accuracy {row['mean_class_accuracy']:.4f}")
     throughput = results["throughput"]
-    workers = throughput["workers"]
-    print(f"{throughput['images_per_s_total']:.0f} img/s over {workers} worker{'s' * (workers != 1)}; "
+    print(f"{throughput['images_per_s_total']:.0f} img/s over {counted(throughput['workers'], 'worker')}; "
           f"run directory: {run_dir}")

@@ -41,6 +41,7 @@ from soft_dist.experiment.layout import (  # noqa: F401
     is_finished,
     machine,
 )
+from soft_dist.progress import counted
 
 
 @dataclass
@@ -188,7 +189,7 @@ def run_grid(
             if folder.exists():
                 # An interrupted earlier attempt (no results.json): start the cell again from scratch.
                 shutil.rmtree(folder)
-            log(f"{head}: training ({cfg.train.epochs} epochs, {cfg.train.workers} worker{'s' * (cfg.train.workers != 1)})")
+            log(f"{head}: training ({cfg.train.epochs} epochs, {counted(cfg.train.workers, 'worker')})")
             results = run_training(cfg, folder)
             test = (results.get("test") or results["val"])["chosen"]
             outcome.trained.append(cell.name)

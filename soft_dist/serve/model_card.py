@@ -9,6 +9,7 @@ from pathlib import Path
 from soft_dist.method.model import TORCHVISION_WIDTH
 from soft_dist.safe_text import markdown_text
 from soft_dist.serve.network import LoadedModel
+from soft_dist.train.protocols import EPOCH_RULE_WORDS
 
 CARD_FORMAT = "soft-dist-model-card/1"
 CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
@@ -62,7 +63,6 @@ def build_card(model: LoadedModel, files: list[dict]) -> dict:
     }
 
 
-EPOCH_RULE_WORDS = {"best": "the epoch with the best validation score", "last": "the last epoch of the run"}
 NOISY_VAL_NOTE = ("Validation was scored against the noisy training labels (what a user without clean labels "
                   "has): it measures agreement with those labels, so it sits below the accuracy on clean labels.")
 

@@ -31,6 +31,8 @@ import math
 import numpy as np
 
 PROTOCOLS = ("val_selected", "last", "mean_last_5", "best_on_test")
+# train.model_epoch's rules as the console and the model card say them (soft_dist.train.selection applies them)
+EPOCH_RULE_WORDS = {"best": "the epoch with the best validation score", "last": "the last epoch of the run"}
 METRICS = ("accuracy", "mean_class_accuracy")
 LAST_K = 5
 TEACHER = "teacher"

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from soft_dist.progress import counted
 from soft_dist.storage import RunStore
 
 METRICS_FILE = "metrics.jsonl"
@@ -123,7 +124,7 @@ def epoch_summary_line(epoch: int, epochs: int, train: dict, val: dict, workers:
     if "teacher_agrees" in train:
         parts.append(f"teacher=label {train['teacher_agrees']:.2f}")
     parts.append(f"val on {val_labels} labels: " + ", ".join(f"{b} {r['accuracy']:.3f}" for b, r in val.items()))
-    parts.append(f"{train['images_per_s']:.0f} img/s" + (f" x {workers} worker{'s' * (workers != 1)}" if workers else ""))
+    parts.append(f"{train['images_per_s']:.0f} img/s" + (f" x {counted(workers, 'worker')}" if workers else ""))
     return " | ".join(parts)
 
 
