@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 
+# In parallel test processes (`make test`: 2 processes on 2 cores) each process computes with one thread,
+# and so do the commands it starts. torch's default is a thread per core in every process, and its OpenMP
+# threads spin while they wait: the SOFT two-stage test run twice side by side took 54.5 s with 2 threads
+# each and 20.0 s with 1. Set before anything imports torch; a single test process keeps the default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 # Every Ray cluster the tests start (in this process, in subprocesses, `ray start`) keeps its session
 # folder (logs, sockets, runtime resources) under one short folder that is removed when the session
 # ends: Ray's default /tmp/ray keeps every session forever. Short because of the unix-socket path limit.

@@ -25,20 +25,58 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 
 
-@pytest.fixture
-def two_node_cluster(no_ray_in_this_process):
-    """A head node and one worker node, 1 CPU each; the test process is the driver (so the session's
-    shared cluster is stopped first)."""
+# How fast the head declares a killed node dead. Ray's defaults (a check every 3 s, 10 s to answer, 5 misses
+# in a row) suit a real network; on loopback a raylet killed with SIGKILL refuses the next check at once, so
+# 3 misses 1 s apart say it as surely, and a live raylet under this machine's full load still answers
+# within the 2 s allowed. Measured: a node loss took about 60 s to reach the run with the defaults.
+FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000,
+                   "health_check_failure_threshold": 3}
+# After a worker's failure an elastic run sizes its new worker group by the resources the cluster still
+# lists, the dead node's included until the head declares it dead; the group then waits for a worker that
+# cannot start until Ray Train's start-up timeout (60 s by default) passes, and only then starts with the one
+# it has. 30 s still lets two workers start on a loaded machine (a fixed-size run would start them again).
+WORKER_GROUP_START_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="module")
+def _two_node_cluster(_shared_ray):
+    """A head node and one worker node, 1 CPU each, shared by the module's tests: each test leaves it as it
+    found it (it kills the worker node and adds the replacement an autoscaler would bring). Started with no
+    other Ray instance in this process."""
+    _shared_ray.stop()
+    with pytest.MonkeyPatch.context() as env:
+        # Read by Ray Train's controller, a process the raylets below start with this environment.
+        env.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_GROUP_START_TIMEOUT_S))
+        yield from _started_cluster()
+
+
+def _started_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    node = cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address)
-    cluster.wait_for_nodes()
-    yield cluster, node
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "_system_config": FAST_NODE_DEATH})
+    cluster.add_node(num_cpus=1)
+    yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture
+def two_node_cluster(_two_node_cluster, no_ray_in_this_process):
+    """(cluster, its worker node), with this process as the driver (the session's shared cluster stopped
+    first): two live nodes of 1 CPU each."""
+    import ray
+
+    cluster = _two_node_cluster
+    if not ray.is_initialized():
+        ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    _wait_for(lambda: sum(n["Alive"] for n in ray.nodes()) == 2 and ray.cluster_resources().get("CPU") == 2, 60,
+              "two live nodes of 1 CPU")
+    (node,) = cluster.worker_nodes
+    yield cluster, node
+    ray.shutdown()
 
 
 def _epochs(run_dir: Path) -> list[dict]:
