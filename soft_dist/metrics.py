@@ -23,14 +23,14 @@ def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -
     )
 
 
-def accuracy(targets: np.ndarray, preds: np.ndarray) -> float:
-    targets = np.asarray(targets)
-    return float((targets == np.asarray(preds)).mean()) if len(targets) else float("nan")
+def _share(count: int, total: int) -> float:
+    return float(count / total) if total else float("nan")
 
 
-def mean_class_accuracy(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
-    """Mean over the classes PRESENT in ``targets`` of their recall (AffectNet's metric)."""
-    cm = confusion_matrix(targets, preds, num_classes)
+def mean_class_accuracy_of(cm: np.ndarray) -> float:
+    """Mean over the classes PRESENT (rows with samples) of a confusion matrix [C, C] of their recall
+    (AffectNet's metric); nan when no class is present."""
+    cm = np.asarray(cm)
     support = cm.sum(axis=1)
     present = support > 0
     if not present.any():
@@ -38,32 +38,43 @@ def mean_class_accuracy(targets: np.ndarray, preds: np.ndarray, num_classes: int
     return float((np.diag(cm)[present] / support[present]).mean())
 
 
+def report_of_confusion(cm: np.ndarray) -> dict:
+    """{'accuracy', 'mean_class_accuracy', 'num_samples'} of a confusion matrix [C, C] (rows true).
+
+    Counts are all it needs, so ranks can sum their matrices and report the whole split exactly."""
+    cm = np.asarray(cm)
+    total = int(cm.sum())
+    return {"accuracy": _share(int(np.trace(cm)), total), "mean_class_accuracy": mean_class_accuracy_of(cm),
+            "num_samples": total}
+
+
 def classification_report(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> dict:
     """{'accuracy', 'mean_class_accuracy', 'num_samples'}: both metrics are always reported."""
-    return {
-        "accuracy": accuracy(targets, preds),
-        "mean_class_accuracy": mean_class_accuracy(targets, preds, num_classes),
-        "num_samples": int(len(targets)),
-    }
+    return report_of_confusion(confusion_matrix(targets, preds, num_classes))
 
 
-def noisy_part_diagnostics(preds: np.ndarray, clean: np.ndarray, noisy: np.ndarray) -> dict:
-    """Table 2 diagnostics on training samples.
+# The counts behind the Table 2 diagnostics, in this order (see noisy_part_counts)
+NOISY_PART_COUNTS = ("flipped", "flipped_predicted_clean", "flipped_predicted_noisy", "kept", "kept_correct")
 
-    On the flipped part (noisy != clean): the share predicted as the clean label ("predicted correct")
-    and the share predicted as the injected label ("predicted noise"); on the rest, plain accuracy."""
+
+def noisy_part_counts(preds: np.ndarray, clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    """[5] int64 counts, named by NOISY_PART_COUNTS, over training samples: the flipped ones (noisy !=
+    clean), those of them predicted as the clean label and as the injected one, the others, and those of
+    them predicted as their (clean) label. Sums of the counts of parts are the counts of the whole."""
     preds, clean, noisy = (np.asarray(a) for a in (preds, clean, noisy))
     flipped = clean != noisy
-    out = {
-        "num_flipped": int(flipped.sum()),
-        "clean_part_accuracy": float((preds[~flipped] == clean[~flipped]).mean()) if (~flipped).any() else float("nan"),
-    }
-    if flipped.any():
-        out["noisy_predicted_correct"] = float((preds[flipped] == clean[flipped]).mean())
-        out["noisy_predicted_noise"] = float((preds[flipped] == noisy[flipped]).mean())
-    else:
-        out["noisy_predicted_correct"] = out["noisy_predicted_noise"] = float("nan")
-    return out
+    return np.array([flipped.sum(), (preds[flipped] == clean[flipped]).sum(), (preds[flipped] == noisy[flipped]).sum(),
+                     (~flipped).sum(), (preds[~flipped] == clean[~flipped]).sum()], dtype=np.int64)
+
+
+def diagnostics_of_counts(counts: np.ndarray) -> dict:
+    """Table 2 diagnostics of :func:`noisy_part_counts`' [5] counts.
+
+    On the flipped part: the share predicted as the clean label ("predicted correct") and the share
+    predicted as the injected label ("predicted noise"); on the rest, plain accuracy (nan for an empty part)."""
+    flipped, to_clean, to_noisy, kept, kept_correct = (int(c) for c in counts)
+    return {"num_flipped": flipped, "clean_part_accuracy": _share(kept_correct, kept),
+            "noisy_predicted_correct": _share(to_clean, flipped), "noisy_predicted_noise": _share(to_noisy, flipped)}
 
 
 def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:

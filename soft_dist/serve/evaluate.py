@@ -16,7 +16,7 @@ import numpy as np
 
 from soft_dist.config import DataConfig
 from soft_dist.data.format import MANIFEST_NAME, Manifest, ManifestError
-from soft_dist.metrics import accuracy, confusion_matrix, mean_class_accuracy, per_class_scores
+from soft_dist.metrics import confusion_matrix, per_class_scores, report_of_confusion
 from soft_dist.progress import progress_bar
 from soft_dist.serve.network import LoadedModel
 
@@ -56,9 +56,7 @@ def scores(targets: np.ndarray, preds: np.ndarray, classes: list[str]) -> tuple[
     rows = [{"class": name, **{k: (int(v[i]) if k == "support" else float(v[i])) for k, v in per_class.items()}}
             for i, name in enumerate(classes)]
     report = {
-        "num_samples": int(len(targets)),
-        "accuracy": accuracy(targets, preds),
-        "mean_class_accuracy": mean_class_accuracy(targets, preds, num_classes),
+        **report_of_confusion(cm),  # num_samples, accuracy, mean_class_accuracy
         "macro_f1": float(per_class["f1"].mean()),
         "per_class": rows,
         "confusion_matrix": {"classes": list(classes), "rows": "true class", "columns": "predicted class",

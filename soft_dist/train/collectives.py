@@ -5,6 +5,7 @@ the others for ever."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -26,6 +27,18 @@ def broadcast_from_rank0(module: nn.Module, parameters: bool = False) -> None:
     tensors = list(module.buffers()) + (list(module.parameters()) if parameters else [])
     for t in tensors:
         dist.broadcast(t.data, src=0)
+
+
+@torch.no_grad()
+def all_reduce_sum(counts: np.ndarray, device: torch.device) -> np.ndarray:
+    """The element-wise sum over ranks of int64 ``counts`` (any shape; ``counts`` itself when not
+    distributed). A tensor collective on ``device`` (NCCL needs the GPU): its size is that of the counts,
+    whatever the number of samples behind them."""
+    if not is_distributed():
+        return counts
+    tensor = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int64)).to(device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.cpu().numpy()
 
 
 def all_gather_objects(obj) -> list:

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from soft_dist.metrics import classification_report, noisy_part_diagnostics
+from soft_dist.metrics import (classification_report, confusion_matrix, diagnostics_of_counts, noisy_part_counts,
+                               report_of_confusion)
 from soft_dist.noise.table import NoiseTable
 from soft_dist.progress import progress_bar
-from soft_dist.train.collectives import all_gather_objects
+from soft_dist.train.collectives import all_reduce_sum
 from soft_dist.train.step import RunningMeans, SoftLearner
 
 
@@ -92,31 +93,31 @@ def predictions(learner: SoftLearner, loader) -> dict[str, tuple[np.ndarray, np.
     }
 
 
-def reports(preds_by_branch: dict, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
-    """branch -> {accuracy, mean_class_accuracy, num_samples}."""
-    return {b: report_predictions(*p, num_classes, label_lookup) for b, p in preds_by_branch.items()}
+def evaluate(learner: SoftLearner, loader, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
+    """branch -> {accuracy, mean_class_accuracy, num_samples} over the whole split (a collective: every
+    rank calls it); ``label_lookup`` as in :func:`report_predictions`.
 
-
-def evaluate(learner: SoftLearner, loader, num_classes: int,
-             label_lookup: np.ndarray | None = None) -> tuple[dict, dict]:
-    """Every branch's predictions on this rank's share, gathered from all ranks (a collective: every rank
-    calls it) -> (reports, predictions by branch); ``label_lookup`` as in :func:`report_predictions`."""
+    Each rank counts a confusion matrix [C, C] per branch on its share and the ranks sum them (a tensor of
+    branches x C x C integers): nothing that grows with the split crosses the ranks. The split's shares
+    are disjoint (padding rows are not valid), so the sums are the whole split's matrices."""
     mine = predictions(learner, loader)
-    everyone = all_gather_objects(mine)
-    merged = {b: tuple(np.concatenate([p[b][i] for p in everyone]) for i in range(3)) for b in mine}
-    return reports(merged, num_classes, label_lookup), merged
+    counts = np.stack([confusion_matrix(label_lookup[idx] if label_lookup is not None else labels, preds, num_classes)
+                       for preds, labels, idx in mine.values()])
+    summed = all_reduce_sum(counts, learner.device)
+    return {branch: report_of_confusion(cm) for branch, cm in zip(mine, summed)}
 
 
-def noise_diagnostics(preds_by_branch: dict, table: NoiseTable) -> dict:
-    """branch -> Table 2 diagnostics on training predictions, using the table's clean/noisy labels.
-
-    Rows whose idx is not in the table are left out."""
+def noise_diagnostics(learner: SoftLearner, loader, table: NoiseTable) -> dict:
+    """branch -> Table 2 diagnostics of the branch's predictions on ``loader`` (the training split without
+    augmentation) against the table's clean and noisy labels; rows whose idx is not in the table are left
+    out. A collective: each rank counts on its share, the ranks sum the counts."""
     order = np.argsort(table.idx, kind="stable")  # a noise file given by the user need not be sorted
     idx_sorted, clean, noisy = table.idx[order], table.clean[order], table.noisy[order]
-    out = {}
-    for branch, (preds, _, idx) in preds_by_branch.items():
+    counts = []
+    for preds, _, idx in predictions(learner, loader).values():
         pos = np.searchsorted(idx_sorted, idx)
         keep = (pos < len(idx_sorted)) & (idx_sorted[np.minimum(pos, len(idx_sorted) - 1)] == idx)
         pos = pos[keep]
-        out[branch] = noisy_part_diagnostics(preds[keep], clean[pos], noisy[pos])
-    return out
+        counts.append(noisy_part_counts(preds[keep], clean[pos], noisy[pos]))
+    summed = all_reduce_sum(np.stack(counts), learner.device)
+    return {branch: diagnostics_of_counts(c) for branch, c in zip(learner.branches(), summed)}

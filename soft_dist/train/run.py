@@ -136,8 +136,8 @@ class Trainer:
             speeds = list(speeds)
             broadcast_from_rank0(learner.student)  # every rank evaluates and would checkpoint the same student
             sync.end_epoch()  # ... and the same teacher
-            val = evaluate(learner, loaders.val, self.num_classes, val_lookup)[0]
-            test = evaluate(learner, loaders.test, self.num_classes)[0] if loaders.test is not None else None
+            val = evaluate(learner, loaders.val, self.num_classes, val_lookup)
+            test = evaluate(learner, loaders.test, self.num_classes) if loaders.test is not None else None
             pool = learner.end_epoch(epoch, val, cfg.train.select_metric)  # after the teachers are synced
             sync.check()  # before every checkpoint
             digests = sync.digests()
@@ -220,8 +220,7 @@ class Trainer:
         """The last epoch's results record; the noise diagnostics evaluate the training split (every rank)."""
         diagnostics = None
         if self.loaders.train_eval is not None:
-            diagnostics = noise_diagnostics(evaluate(learner, self.loaders.train_eval, self.num_classes)[1],
-                                            self.table)
+            diagnostics = noise_diagnostics(learner, self.loaders.train_eval, self.table)
         return run_results(self.cfg, self.table, self.store, val=val, test=test,
                            diagnostics=diagnostics, history=history, world_size=self.place.world_size,
                            teacher_sync=sync.results(train_seconds), model=self.selection.best,
