@@ -139,6 +139,10 @@ def load_sample_table(shards_dir: str | Path, split: str | SplitSelection) -> Sa
         return _selected_table(shards_dir, split)
     manifest = load_manifest(shards_dir)
     paths = manifest.shard_paths(split)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise ManifestError(f"{missing[0]}: shard listed in the manifest is missing"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     index_paths = manifest.index_paths(split)
     per_shard = None
     if index_paths is not None:
