@@ -20,6 +20,7 @@ BENCHMARKS = {
     "shard": ("soft_dist.bench.shard", "sharding throughput: images/s with and without MTCNN, 1 and 2 processes"),
     "scaling": ("soft_dist.bench.scaling", "Ray Train images/s and scaling efficiency with 1..N workers"),
     "predict": ("soft_dist.bench.predict", "soft-dist predict photos/s: one process vs Ray Data stages"),
+    "metadata": ("soft_dist.bench.metadata", "the stages that touch every sample's metadata (labels, splits, noise, sampler, audit ranking) against N"),
     "audit": ("soft_dist.bench.audit", "finding wrong labels: SOFT audit vs CE loss vs cleanlab K-fold (AUROC, compute)"),
 }
 
