@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-quick test-field-walk docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit clean-venv
+.PHONY: setup demo test test-quick test-field-walk docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit bench-metadata clean-venv
 
 setup: $(STAMP)
 
@@ -66,6 +66,10 @@ bench-pipeline: $(STAMP)
 
 bench-predict: $(STAMP)
 	$(VENV)/bin/soft-dist bench predict --json runs/bench/predict.json
+
+# 10k, 100k and 1M samples' shard sets, one at a time (about 4 GB on disk at 1M, removed once measured)
+bench-metadata: $(STAMP)
+	$(VENV)/bin/soft-dist bench metadata --sizes 10000,100000,1000000 --folder runs/bench-metadata --json runs/bench/metadata.json
 
 # cleanlab (AGPL) is the baseline's optional extra, installed here only for this benchmark.
 bench-audit: $(STAMP)

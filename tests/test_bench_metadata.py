@@ -19,8 +19,9 @@ STAGES = {"manifest", "labels", "splits", "noise_table", "sampler", "audit_rank"
 
 def test_bench_metadata_times_every_stage_at_every_size(tmp_path, capsys):
     out = tmp_path / "metadata.json"
+    table = tmp_path / "scale.md"
     assert main(["bench", "metadata", "--sizes", "400,200", "--repeats", "5", "--folder", str(tmp_path / "sets"),
-                 "--json", str(out)]) == 0
+                 "--json", str(out), "--markdown", str(table)]) == 0
     result = json.loads(out.read_text())
     assert result["sizes"] == [200, 400] and set(result["by_size"]) == {"200", "400"}
     for n in (200, 400):
@@ -32,6 +33,9 @@ def test_bench_metadata_times_every_stage_at_every_size(tmp_path, capsys):
     assert set(result["per_sample_growth"]) == STAGES and result["machine"]["cores"] >= 1
     assert not any((tmp_path / "sets").iterdir())  # each shard set is removed once measured
     assert "per_sample_growth.labels" in capsys.readouterr().out
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("| stage | N=200") and [r.split(" | ")[0] for r in rows[2:8]] == [
+        f"| {name}" for name in ("manifest", "labels", "splits", "noise_table", "sampler", "audit_rank")]
 
 
 def test_the_bench_shard_set_is_a_real_one(tmp_path):

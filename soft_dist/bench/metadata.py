@@ -41,6 +41,8 @@ AUDIT_CLASSES = 7
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000",
                         help="comma-separated training-set sizes N (default 10000,100000,1000000)")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="also write the stage x size table as Markdown to this file (docs/scale.md holds one)")
     parser.add_argument("--folder", type=Path, default=None,
                         help="where the shard sets are written, one at a time (default: a temporary folder; "
                              "1M samples take about 4 GB)")
@@ -164,4 +166,24 @@ def run(args: argparse.Namespace) -> dict:
     small, large = by_size[str(sizes[0])]["stages"], by_size[str(sizes[-1])]["stages"]
     growth = {name: large[name]["us_per_sample"] / small[name]["us_per_sample"] if small[name]["median_s"] > 0 else None
               for name in small}
-    return {"sizes": sizes, "by_size": by_size, "per_sample_growth": growth}
+    result = {"sizes": sizes, "by_size": by_size, "per_sample_growth": growth}
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown_table(result))
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    """One row per stage: microseconds per sample and allocation peak (MB) at each N, and the growth."""
+    sizes = result["sizes"]
+    head = ["stage", *(f"N={n:,}: us/sample, peak MB" for n in sizes), "us/sample largest / smallest N"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in result["by_size"][str(sizes[0])]["stages"]:
+        cells = []
+        for n in sizes:
+            entry = result["by_size"][str(n)]["stages"][name]
+            cells.append(f"{entry['us_per_sample']:.3g} us ({entry['median_s']:.3g} s), {entry['peak_mb']:.3g} MB")
+        growth = result["per_sample_growth"][name]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'-' if growth is None else f'{growth:.2f}'} |")
+    writes = ", ".join(f"{result['by_size'][str(n)]['write_shards_s']:.0f} s at N={n:,}" for n in sizes)
+    return "\n".join(lines) + f"\n\nWriting the shard sets (not a stage of a run, for scale): {writes}.\n"
