@@ -109,3 +109,14 @@ def test_noise_table_info_travels_in_the_header_line(tmp_path):
     assert (again.kind, again.rate) == ("file", 0.333333) and again.digest() == plain.digest()
     with pytest.raises(ValueError, match="single tokens"):
         NoiseTable(idx, plain.clean, plain.noisy, info={"file": "my list.txt"}).to_csv()
+
+
+def test_a_sample_index_in_two_splits_is_refused():
+    labels = np.arange(10) % 2
+    with pytest.raises(ValueError, match="sample indices repeat across splits"):
+        build_noise_table({"train": (np.arange(10), labels), "val": (np.array([10, 3]), np.array([0, 1]))},
+                          2, "symmetric", 0.3, seed=0)
+    table = build_noise_table({"train": (np.arange(10), labels), "val": (np.array([11, 10]), np.array([0, 1]))},
+                              2, "symmetric", 0.3, seed=0)
+    assert table.idx.tolist() == list(range(12))  # sorted by idx, the clean labels moved with them
+    assert table.clean.tolist() == [*labels.tolist(), 1, 0]

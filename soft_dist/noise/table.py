@@ -188,11 +188,12 @@ def build_noise_table(
         clean_parts.append(clean)
         noisy_parts.append(noisy)
     idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
-    if len(np.unique(idx)) != len(idx):
-        raise ValueError("sample indices repeat across splits; a noise table needs unique idx")
     order = np.argsort(idx, kind="stable")
+    idx = idx[order]
+    if (np.diff(idx) == 0).any():  # sorted: a repeat sits next to its twin (one sort, not two)
+        raise ValueError("sample indices repeat across splits; a noise table needs unique idx")
     return NoiseTable(
-        idx=idx[order],
+        idx=idx,
         clean=np.concatenate(clean_parts)[order],
         noisy=np.concatenate(noisy_parts)[order],
         kind=kind,
