@@ -81,8 +81,10 @@ def machine_description() -> dict:
     return info
 
 
-def print_table(result: dict, out=sys.stdout) -> None:
-    """Print the flat numeric leaves of a result as a two-column table."""
+def print_table(result: dict, out=None) -> None:
+    """Print the flat numeric leaves of a result as a two-column table (to ``out``, default: sys.stdout as
+    it is at the call, not as it was at import, so a caller that redirects stdout gets the table)."""
+    out = out if out is not None else sys.stdout
 
     def leaves(node, prefix=""):
         if isinstance(node, dict):
