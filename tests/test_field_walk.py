@@ -124,7 +124,7 @@ def test_the_packed_runs_hold_every_accepted_value_once():
     assert len(PACKED_RUNS) == len(METHOD_PRESETS)  # as few as the field with most values (method.name) allows
 
 
-@pytest.mark.slow  # together: 11 runs of about 15 s
+@pytest.mark.slow  # together: one run per method preset (13), 12-35 s each in the parallel suite
 @pytest.mark.parametrize("settings", [
     pytest.param(run, id=f"run{i}-{run.get('method.name', '')}") for i, run in enumerate(PACKED_RUNS)])
 def test_packed_values_train_on_two_workers(settings, walk_shards, ray_cluster, tmp_path):
