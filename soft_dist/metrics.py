@@ -53,14 +53,10 @@ def classification_report(targets: np.ndarray, preds: np.ndarray, num_classes: i
     return report_of_confusion(confusion_matrix(targets, preds, num_classes))
 
 
-# The counts behind the Table 2 diagnostics, in this order (see noisy_part_counts)
-NOISY_PART_COUNTS = ("flipped", "flipped_predicted_clean", "flipped_predicted_noisy", "kept", "kept_correct")
-
-
 def noisy_part_counts(preds: np.ndarray, clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
-    """[5] int64 counts, named by NOISY_PART_COUNTS, over training samples: the flipped ones (noisy !=
-    clean), those of them predicted as the clean label and as the injected one, the others, and those of
-    them predicted as their (clean) label. Sums of the counts of parts are the counts of the whole."""
+    """[5] int64 counts over training samples, in this order: the flipped ones (noisy != clean), those of
+    them predicted as the clean label, those predicted as the injected one, the others (kept), and those
+    of them predicted as their (clean) label. Sums of the counts of parts are the counts of the whole."""
     preds, clean, noisy = (np.asarray(a) for a in (preds, clean, noisy))
     flipped = clean != noisy
     return np.array([flipped.sum(), (preds[flipped] == clean[flipped]).sum(), (preds[flipped] == noisy[flipped]).sum(),

@@ -47,13 +47,7 @@ def _split():
     noisy = labels.numpy().copy()
     noisy[::3] = (noisy[::3] + 1) % CLASSES
     table = NoiseTable(idx=idx.numpy()[:40], clean=labels.numpy()[:40], noisy=noisy[:40], kind="symmetric", rate=0.3)
-    return images, labels, idx, table, _lookup(idx, noisy)
-
-
-def _lookup(idx: torch.Tensor, noisy: np.ndarray) -> np.ndarray:
-    dense = np.full(int(idx.max()) + 1, -1, dtype=np.int64)
-    dense[idx.numpy()] = noisy
-    return dense
+    return images, labels, idx, table, NoiseTable(idx=idx.numpy(), clean=labels.numpy(), noisy=noisy).lookup()
 
 
 def _loader(images, labels, idx, rows) -> MemoryLoader:

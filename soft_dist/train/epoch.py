@@ -79,10 +79,14 @@ def predict(module: nn.Module, batches: Iterable, device: torch.device | str = "
     return cat(preds), cat(labels), cat(idxs)
 
 
+def _targets(labels: np.ndarray, idx: np.ndarray, label_lookup: np.ndarray | None) -> np.ndarray:
+    """The labels a report scores against: ``label_lookup`` [max idx + 1] by idx (noisy val), else ``labels``."""
+    return label_lookup[idx] if label_lookup is not None else labels
+
+
 def report_predictions(preds, labels, idx, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
     """Accuracy and mean class accuracy; ``label_lookup`` [max idx + 1] replaces labels by idx (noisy val)."""
-    targets = label_lookup[idx] if label_lookup is not None else labels
-    return classification_report(targets, preds, num_classes)
+    return classification_report(_targets(labels, idx, label_lookup), preds, num_classes)
 
 
 def predictions(learner: SoftLearner, loader) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -101,7 +105,7 @@ def evaluate(learner: SoftLearner, loader, num_classes: int, label_lookup: np.nd
     branches x C x C integers): nothing that grows with the split crosses the ranks. The split's shares
     are disjoint (padding rows are not valid), so the sums are the whole split's matrices."""
     mine = predictions(learner, loader)
-    counts = np.stack([confusion_matrix(label_lookup[idx] if label_lookup is not None else labels, preds, num_classes)
+    counts = np.stack([confusion_matrix(_targets(labels, idx, label_lookup), preds, num_classes)
                        for preds, labels, idx in mine.values()])
     summed = all_reduce_sum(counts, learner.device)
     return {branch: report_of_confusion(cm) for branch, cm in zip(mine, summed)}
@@ -113,11 +117,12 @@ def noise_diagnostics(learner: SoftLearner, loader, table: NoiseTable) -> dict:
     out. A collective: each rank counts on its share, the ranks sum the counts."""
     order = np.argsort(table.idx, kind="stable")  # a noise file given by the user need not be sorted
     idx_sorted, clean, noisy = table.idx[order], table.clean[order], table.noisy[order]
+    mine = predictions(learner, loader)
     counts = []
-    for preds, _, idx in predictions(learner, loader).values():
+    for preds, _, idx in mine.values():
         pos = np.searchsorted(idx_sorted, idx)
         keep = (pos < len(idx_sorted)) & (idx_sorted[np.minimum(pos, len(idx_sorted) - 1)] == idx)
         pos = pos[keep]
         counts.append(noisy_part_counts(preds[keep], clean[pos], noisy[pos]))
     summed = all_reduce_sum(np.stack(counts), learner.device)
-    return {branch: diagnostics_of_counts(c) for branch, c in zip(learner.branches(), summed)}
+    return {branch: diagnostics_of_counts(c) for branch, c in zip(mine, summed)}
