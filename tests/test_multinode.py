@@ -43,23 +43,19 @@ def _two_node_cluster(_shared_ray):
     """A head node and one worker node, 1 CPU each, shared by the module's tests: each test leaves it as it
     found it (it kills the worker node and adds the replacement an autoscaler would bring). Started with no
     other Ray instance in this process."""
+    import ray
+    from ray.cluster_utils import Cluster
+
     _shared_ray.stop()
     with pytest.MonkeyPatch.context() as env:
         # Read by Ray Train's controller, a process the raylets below start with this environment.
         env.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_GROUP_START_TIMEOUT_S))
-        yield from _started_cluster()
-
-
-def _started_cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                            "_system_config": FAST_NODE_DEATH})
-    cluster.add_node(num_cpus=1)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                                "_system_config": FAST_NODE_DEATH})
+        cluster.add_node(num_cpus=1)
+        yield cluster
+        ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture

@@ -61,19 +61,14 @@ def parse_sizes(text: str) -> list[int]:
 def write_metadata_shards(out: Path, num_train: int) -> Path:
     """A shard set at ``out``: ``num_train`` training and num_train // 10 validation samples of 8 px digits
     (labels cycling through the digits' own), written with the project's writer. Returns ``out``."""
-    import io
-
     from PIL import Image
 
     from soft_dist.shard.digits import DIGIT_CLASSES, load_digits_rgb
+    from soft_dist.shard.encode import jpeg_bytes
     from soft_dist.shard.writer import Sample, write_manifest, write_split
 
     images, labels = load_digits_rgb(8)
-    jpegs = []
-    for image in images[:100]:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=90)
-        jpegs.append(buffer.getvalue())
+    jpegs = [jpeg_bytes(Image.fromarray(image), quality=90) for image in images[:100]]  # the sharder's encoder
     entries, first = {}, 0
     for split, count in (("train", num_train), ("val", max(10, num_train // 10))):
         samples = [Sample(idx=first + i, label=int(labels[(first + i) % 100]), jpeg=jpegs[(first + i) % 100],
