@@ -325,3 +325,17 @@ def test_bench_pipeline_cli_writes_json(tmp_path):
     assert result["ratio_dali_over_torch"] == pytest.approx(
         result["dali"]["images_per_s"] / result["torch"]["images_per_s"]
     )
+
+
+@pytest.mark.parametrize("kind", ["dali", "torch"])
+def test_an_epoch_resumed_mid_way_yields_the_rest_of_the_uninterrupted_epoch(shards, kind):
+    """epoch(e, start) after 1 step of 2 ranks: the same batches (pixels of both views, labels, idx, valid)
+    as steps 2.. of the whole epoch, the last one's padding included; steps(start) counts them."""
+    whole, rest = (build_train_loader(shards, "train", cfg(kind), BATCH, rank=1, world_size=2, seed=4) for _ in "ab")
+    tail = collect(whole, 3)[1:]
+    resumed = list(rest.epoch(3, start=BATCH * 2))
+    assert len(resumed) == len(tail) == rest.steps(BATCH * 2) == len(rest) - 1
+    for a, b in zip(resumed, tail):
+        for field in ("view_s", "view_t", "label", "idx", "valid"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert not bool(tail[-1].valid.all())  # the comparison covered padding rows

@@ -58,3 +58,29 @@ def test_bad_arguments():
 def test_derive_seed_is_stable_and_31_bit():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
     assert 0 <= derive_seed(2**40, -1) < 2**31
+
+
+@pytest.mark.parametrize("n,batch,world", [(70, 16, 2), (1258, 64, 2), (7, 2, 3), (1000, 64, 8)])
+def test_a_mid_epoch_start_continues_the_plan_with_the_same_rows_and_padding(n, batch, world):
+    """After s steps the ranks trained the first s * B * W entries of the order; a plan from there is the
+    rest of the uninterrupted plan, padding rows included (they are in the batch's BatchNorm statistics)."""
+    whole = plans(n, batch, world, seed=3, epoch=2)
+    for steps in range(1, whole[0].num_batches):
+        start = steps * batch * world
+        for rank in range(world):
+            rest = epoch_plan(n, batch, rank=rank, world_size=world, seed=3, epoch=2, shuffle=True, start=start)
+            assert np.array_equal(rest.positions, whole[rank].positions[steps:])
+            assert np.array_equal(rest.valid, whole[rank].valid[steps:])
+
+
+@pytest.mark.parametrize("new_world", [1, 3, 4])
+def test_a_mid_epoch_start_with_another_world_size_still_trains_every_sample_once(new_world):
+    n, batch, world, steps = 203, 8, 2, 5
+    before = np.concatenate([p.positions[:steps][p.valid[:steps]] for p in plans(n, batch, world, seed=1, epoch=4)])
+    after = [epoch_plan(n, batch, rank=r, world_size=new_world, seed=1, epoch=4, shuffle=True,
+                        start=steps * batch * world) for r in range(new_world)]
+    assert len({p.positions.shape for p in after}) == 1  # equal step counts in the resumed group
+    rest = np.concatenate([p.positions[p.valid] for p in after])
+    assert sorted(np.concatenate([before, rest]).tolist()) == list(range(n))
+    with pytest.raises(ValueError, match="cannot start at sample 203"):
+        epoch_plan(n, batch, rank=0, world_size=1, seed=1, epoch=4, shuffle=True, start=n)

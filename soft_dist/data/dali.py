@@ -121,17 +121,19 @@ def make_pipeline(
 class PlanSource:
     """external_source callback over the current epoch's plan: batch ``i`` -> (jpegs, label [B], idx [B],
     valid [B]) plus, for training, the used view_params fields of the student's view and then of the
-    teacher's, drawn from a generator seeded with (seed, epoch, rank, i). Raises StopIteration after the
-    plan's last batch. ``seconds`` adds up the time spent in the calls (the Python side of feeding)."""
+    teacher's, drawn from a generator seeded with (seed, epoch, rank, first + i), where ``first`` is the
+    epoch's step the plan starts at (0, or where a mid-epoch resume picks up, so that the resumed steps
+    draw what they would have drawn). Raises StopIteration after the plan's last batch. ``seconds`` adds
+    up the time spent in the calls (the Python side of feeding)."""
 
     def __init__(self, table: SampleTable, data_cfg: DataConfig, *, train: bool, seed: int, rank: int):
         self.table, self.data_cfg, self.train, self.seed, self.rank = table, data_cfg, train, seed, rank
         self.fields = used_fields(data_cfg.augment) if train else ()
-        self.epoch, self.plan = 0, None
+        self.epoch, self.plan, self.first = 0, None, 0
         self.seconds, self.calls = 0.0, 0
 
-    def start(self, epoch: int, plan: EpochPlan) -> None:
-        self.epoch, self.plan = epoch, plan
+    def start(self, epoch: int, plan: EpochPlan, first: int = 0) -> None:
+        self.epoch, self.plan, self.first = epoch, plan, first
 
     def __call__(self, info) -> tuple:
         if info.iteration >= self.plan.num_batches:
@@ -143,7 +145,7 @@ class PlanSource:
             self.plan.valid[info.iteration],
         )
         if self.train:
-            rng = np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.epoch, self.rank, info.iteration)))
+            rng = np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.epoch, self.rank, self.first + info.iteration)))
             image_hw = self.table.image_hw(positions)
             size = self.data_cfg.image_size
             views = [draw_view_params(rng, image_hw, self.data_cfg.augment, size) for _ in range(2)]
@@ -188,16 +190,20 @@ class _DaliLoader:
         """Mean Python time spent preparing one batch for the pipeline (bytes, parameters), in ms."""
         return 1e3 * self._source.seconds / max(1, self._source.calls)
 
-    def plan(self, epoch: int) -> EpochPlan:
+    def plan(self, epoch: int, start: int = 0) -> EpochPlan:
         return epoch_plan(
             len(self.table), self.batch_size, rank=self.rank, world_size=self.world_size, seed=self.seed,
-            epoch=epoch, shuffle=self.train,
+            epoch=epoch, shuffle=self.train, start=start,
         )
 
-    def _batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    def steps(self, start: int = 0) -> int:
+        """Batches of an epoch that starts at sample ``start`` of its order (see EpochLoader)."""
+        return batches_per_epoch(len(self.table) - start, self.batch_size, self.world_size)
+
+    def _batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         # The plan is set before the pipeline prefetches, which happens in the iterator's constructor
         # or reset(), both called from this thread.
-        self._source.start(epoch, self.plan(epoch))
+        self._source.start(epoch, self.plan(epoch, start), first=start // (self.batch_size * self.world_size))
         if self._iterator is not None and self._drained:
             self._iterator.reset()
         else:  # first epoch, or the last one was abandoned half-way: its prefetched batches are stale
@@ -226,8 +232,8 @@ class TrainLoader(_DaliLoader):
     train = True
     outputs = TRAIN_OUTPUTS
 
-    def epoch(self, epoch: int) -> Iterator[TwoViewBatch]:
-        for b in self._batches(epoch):
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[TwoViewBatch]:
+        for b in self._batches(epoch, start):
             yield TwoViewBatch(
                 view_s=_as_nchw(b["view_s"], self.device), view_t=_as_nchw(b["view_t"], self.device),
                 label=b["label"].view(-1), idx=b["idx"].view(-1), valid=b["valid"].view(-1),

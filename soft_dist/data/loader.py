@@ -6,6 +6,9 @@ use ``data.loader: torch``. Semantics shared by both implementations (docs/pipel
 * every batch has exactly ``batch_size`` rows; rows with ``valid=False`` are padding (soft_dist.data.sampler);
 * over one epoch the valid rows of all ranks hold every sample of the split exactly once;
 * ``epoch(e)`` is a pure function of (seed, e, rank, world_size): the same after a restart;
+* ``epoch(e, start)`` resumes epoch ``e`` after the first ``start`` samples of its order (all ranks
+  together; soft_dist.data.sampler), with the batches and augmentations the uninterrupted epoch had
+  there when the world size is the same; ``steps(start)`` is how many batches that leaves;
 * training batches carry two independently augmented views; evaluation batches one deterministic view.
 """
 
@@ -25,10 +28,16 @@ from soft_dist.data.batches import EvalBatch, TwoViewBatch
 class EpochLoader(Protocol):
     num_samples: int  # real (valid) samples this rank sees per epoch
 
+    batch_size: int
+    world_size: int
+
     def __len__(self) -> int:  # batches per epoch, identical on every rank
         ...
 
-    def epoch(self, epoch: int) -> Iterator[TwoViewBatch | EvalBatch]:
+    def steps(self, start: int = 0) -> int:  # batches of an epoch resumed at sample ``start``
+        ...
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[TwoViewBatch | EvalBatch]:
         ...
 
     def close(self) -> None:

@@ -56,8 +56,14 @@ class MemoryLoader:
         self.flip = flip
         self.num_samples = len(labels)
 
+    world_size = 1
+
     def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
+        return self.steps()
+
+    def steps(self, start: int = 0) -> int:
+        """Batches of an epoch that starts at sample ``start`` of its order (see EpochLoader)."""
+        return -(-(self.num_samples - start) // self.batch_size)
 
     def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Random crop (from reflect padding) + flip, per sample; x [B, 3, H, W]."""
@@ -71,20 +77,26 @@ class MemoryLoader:
             out = torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)
         return out
 
-    def epoch(self, epoch: int) -> Iterator[TwoViewBatch | EvalBatch]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[TwoViewBatch | EvalBatch]:
+        """The epoch's batches from sample ``start`` of its order on (a multiple of the batch size). The
+        batches before it are drawn and dropped: one generator draws every batch's augmentation in turn."""
+        if start % self.batch_size:
+            raise ValueError(f"an in-memory epoch starts at a whole batch, not at sample {start}")
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.num_samples, generator=gen) if self.train else torch.arange(self.num_samples)
-        for start in range(0, self.num_samples, self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for first in range(0, self.num_samples, self.batch_size):
+            rows = order[first : first + self.batch_size]
             valid = torch.ones(self.batch_size, dtype=torch.bool)
             if len(rows) < self.batch_size:  # pad with repeats of the first rows, marked invalid
                 valid[len(rows):] = False
                 rows = torch.cat([rows, order[: self.batch_size - len(rows)]])
             x, y, i = self.images[rows], self.labels[rows], self.idx[rows]
             if self.train:
-                yield TwoViewBatch(self._augment(x, gen), self._augment(x, gen), y, i, valid)
+                batch = TwoViewBatch(self._augment(x, gen), self._augment(x, gen), y, i, valid)
             else:
-                yield EvalBatch(x, y, i, valid)
+                batch = EvalBatch(x, y, i, valid)
+            if first >= start:
+                yield batch
 
     def close(self) -> None:
         pass

@@ -12,6 +12,11 @@ same (seed, epoch, rank, world_size). Rules:
   ``ceil(ceil(N/W) / batch_size)`` full batches. The rows past a rank's samples repeat its own samples
   (so they hold real images) and are marked ``valid=False``: nothing is dropped and nothing is counted
   twice when the loss and the metrics skip invalid rows.
+* Resuming mid-epoch (``start``): after ``s`` full steps of ``W`` ranks with batch ``B`` the ranks have
+  trained exactly the first ``s * B * W`` entries of the epoch's permutation (a checkpoint is only taken
+  before the last step, where no rank has reached its padding yet). ``start`` is that count: the rest of
+  the permutation is cut across the ranks of the resumed run by the same rule, so over the whole epoch
+  every sample is still trained exactly once, with the same or another world size.
 """
 
 from __future__ import annotations
@@ -50,22 +55,29 @@ class EpochPlan:
 
 
 def epoch_plan(
-    num_samples: int, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool
+    num_samples: int, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool,
+    start: int = 0,
 ) -> EpochPlan:
-    """The positions rank ``rank`` reads in epoch ``epoch`` (see the module docstring for the rules)."""
+    """The positions rank ``rank`` reads in epoch ``epoch`` from entry ``start`` of the epoch's order on
+    (0: the whole epoch; see the module docstring for the rules)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
     if num_samples < 1:
         raise ValueError("the split has no samples")
+    if not 0 <= start < num_samples:
+        raise ValueError(f"an epoch of {num_samples} samples cannot start at sample {start}")
     order = (
         np.random.Generator(np.random.PCG64(derive_seed(seed, epoch))).permutation(num_samples)
         if shuffle
         else np.arange(num_samples)
     )
-    share = order[rank::world_size]
-    rows = batches_per_epoch(num_samples, batch_size, world_size) * batch_size
-    # A rank with no sample at all (N < W) still runs the same number of steps, on padding only.
-    source = share if len(share) else order[:1]
-    positions = source[np.arange(rows) % len(source)].astype(np.int64)
+    share = order[start:][rank::world_size]
+    rows = batches_per_epoch(num_samples - start, batch_size, world_size) * batch_size
+    # Padding repeats the rank's share of the whole epoch from its first sample, also after a mid-epoch
+    # resume: padding rows are not trained on, but they are in the batch's BatchNorm statistics, so a
+    # resumed epoch pads with the images the uninterrupted one had. A rank with no sample at all (N < W)
+    # still runs the same number of steps, on padding only.
+    pad = order[rank::world_size] if len(order[rank::world_size]) else order[:1]
+    positions = np.concatenate([share, pad[np.arange(rows - len(share)) % len(pad)]]).astype(np.int64)
     valid = np.arange(rows) < len(share)
     return EpochPlan(positions.reshape(-1, batch_size), valid.reshape(-1, batch_size))

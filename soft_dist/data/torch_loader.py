@@ -10,7 +10,8 @@ and shuffles in a buffer, which cannot give the global per-epoch permutation, th
 the exactly-once valid rows the training loop relies on.
 
 Determinism: each sample's augmentation seeds torch's RNG from (seed, epoch, rank, row of the epoch)
-inside the worker, so the pixels do not depend on which worker handled the row or on the worker count.
+inside the worker, so the pixels do not depend on which worker handled the row or on the worker count
+(rows count from the epoch's first step, also when a mid-epoch resume starts later).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class _PlanBatches(Sampler):
     def __init__(self, num_batches: int):
         self.num_batches = num_batches
         self.epoch = 0
+        self.first_row = 0  # the epoch's row the plan starts at (after a mid-epoch resume)
         self.plan: EpochPlan | None = None
 
     def __len__(self) -> int:
@@ -110,7 +112,7 @@ class _PlanBatches(Sampler):
         plan, batch_size = self.plan, self.plan.positions.shape[1]
         for b in range(plan.num_batches):
             yield [
-                (self.epoch, b * batch_size + i, int(plan.positions[b, i]), bool(plan.valid[b, i]))
+                (self.epoch, self.first_row + b * batch_size + i, int(plan.positions[b, i]), bool(plan.valid[b, i]))
                 for i in range(batch_size)
             ]
 
@@ -140,14 +142,19 @@ class _TorchLoader:
     def __len__(self) -> int:
         return self._sampler.num_batches
 
-    def plan(self, epoch: int) -> EpochPlan:
+    def plan(self, epoch: int, start: int = 0) -> EpochPlan:
         return epoch_plan(
             len(self.table), self.batch_size, rank=self.rank, world_size=self.world_size, seed=self.seed,
-            epoch=epoch, shuffle=self.train,
+            epoch=epoch, shuffle=self.train, start=start,
         )
 
-    def _batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        self._sampler.epoch, self._sampler.plan = epoch, self.plan(epoch)
+    def steps(self, start: int = 0) -> int:
+        """Batches of an epoch that starts at sample ``start`` of its order (see EpochLoader)."""
+        return batches_per_epoch(len(self.table) - start, self.batch_size, self.world_size)
+
+    def _batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        self._sampler.epoch, self._sampler.plan = epoch, self.plan(epoch, start)
+        self._sampler.first_row = start // self.world_size  # this rank's rows before ``start``
         for batch in self._loader:
             if self.device == "cuda":
                 batch = {k: v.to("cuda", non_blocking=True) for k, v in batch.items()}
@@ -173,8 +180,8 @@ class TrainLoader(_TorchLoader):
 
     train = True
 
-    def epoch(self, epoch: int) -> Iterator[TwoViewBatch]:
-        for b in self._batches(epoch):
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[TwoViewBatch]:
+        for b in self._batches(epoch, start):
             yield TwoViewBatch(view_s=b["view_s"], view_t=b["view_t"], label=b["label"], idx=b["idx"], valid=b["valid"])
 
 
