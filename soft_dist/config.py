@@ -240,6 +240,12 @@ class TrainConfig:
                                        "for methods with an EMA teacher, best without one; docs/experiments.md, "
                                        "'Which epoch model.pt holds'); the branch is chosen on validation",
                                choices=("auto", "best", "last"))
+    checkpoint_every_steps: int = setting(0, "steps between mid-epoch checkpoints (0: only at each epoch's end); "
+                                             "a run stopped mid-epoch resumes at the next step, every sample of "
+                                             "the epoch still trained once", lo=0, resumable=True)
+    trace_samples: bool = setting(False, "write the sample idx of every training step, per rank and process, to "
+                                         "RUN/sample_trace/ (to check the data order, e.g. across a resume; local "
+                                         "run directories only)", resumable=True)
     fail_at_step: int | None = setting(None, lo=0, doc="test hook: rank 0 exits at this global step (once per "
                                                        "run directory) to exercise recovery", resumable=True)
 

@@ -260,6 +260,8 @@ def _without_timing(node):
     ("CheckpointWriter.save", 1),  # epoch 1 is always a new best: its state is committed, its model.pt not
     ("RunLog.finish", 3),          # results.json written, the last state not
     ("CheckpointWriter.save", 3),  # the last state committed, model.pt (if epoch 3 is the best) not
+    ("CheckpointWriter.save_step", 0),  # mid-epoch 1, after step 4 of 10 (train.checkpoint_every_steps=4)
+    ("CheckpointWriter.save_step", 2),  # mid-epoch 3, after step 4: epoch 2's checkpoint and model.pt are in
 ])
 def test_a_crash_between_any_two_writes_resumes_to_the_same_files(uninterrupted, tmp_path, monkeypatch, method,
                                                                  epoch):
@@ -272,19 +274,23 @@ def test_a_crash_between_any_two_writes_resumes_to_the_same_files(uninterrupted,
 
     def crashing(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        at = args[0] if name in ("save", "record") else 3  # finish() only runs at the last epoch
+        at = args[0] if name in ("save", "save_step", "record") else 3  # finish() only runs at the last epoch
         if at == epoch:
             raise _Crash(f"died after {method} of epoch {at}")
 
     monkeypatch.setattr(owner, name, crashing)
+    # Step checkpoints change nothing in what is trained: the run with them must end as the one without.
+    steps = ["train.checkpoint_every_steps=4"] if name == "save_step" else []
     with pytest.raises(_Crash):
-        _run(tmp_path, epochs=3)
+        _run(tmp_path, 3, *steps)
     # What the crash left: model.pt holds an epoch whose checkpoint is committed (one the resumed history keeps)
     committed = max(ckpt.checkpoint_epochs(RunStore(tmp_path)), default=0)
     if (tmp_path / "model.pt").exists():
         assert load_model(tmp_path).meta["epoch"] <= committed
+    if steps:  # the newest checkpoint is the one written mid-epoch, beside the last epoch's own
+        assert ckpt.checkpoint_positions(RunStore(tmp_path))[:2] == [(epoch, 4)] + ([(epoch, 0)] if epoch else [])
     monkeypatch.setattr(owner, name, original)
-    _run(tmp_path, epochs=3)  # the same command again: it resumes
+    _run(tmp_path, 3, *steps)  # the same command again: it resumes
 
     whole, _ = uninterrupted
     expected, got = load_model(whole), load_model(tmp_path)
@@ -293,5 +299,17 @@ def test_a_crash_between_any_two_writes_resumes_to_the_same_files(uninterrupted,
     read = lambda run, f: (run / f).read_text()  # noqa: E731
     assert _without_timing(json.loads(read(tmp_path, "results.json"))) == _without_timing(
         json.loads(read(whole, "results.json")))
-    assert [_without_timing(json.loads(x)) for x in read(tmp_path, "metrics.jsonl").splitlines()] == [
-        _without_timing(json.loads(x)) for x in read(whole, "metrics.jsonl").splitlines()]
+    got, want = ([_without_timing(json.loads(x)) for x in read(run, "metrics.jsonl").splitlines()]
+                 for run in (tmp_path, whole))
+    # Only the record of the epoch the crash cut says so: resumed at step 4, and this process trained its
+    # images from there (the run's count, images_all_ranks, is the whole split).
+    for line in want:
+        assert line["train"].pop("resumed_at_step") == 0
+    for line in got:
+        cut = steps and line["epoch"] == epoch + 1
+        assert line["train"].pop("resumed_at_step") == (4 if cut else 0)
+        if cut:
+            line["train"]["images"] += 4 * 128
+    assert got == want
+    if steps:
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0003"]

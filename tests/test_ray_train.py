@@ -1,9 +1,15 @@
 """Ray Train against a real local Ray cluster at tiny sizes: identical teachers across 2 ranks, a worker
-killed mid-run and replaced, and `--resume` of an interrupted run matching an uninterrupted one."""
+killed mid-run and replaced, a worker killed with SIGKILL mid-epoch and the run resumed at the next step,
+and `--resume` of an interrupted run matching an uninterrupted one."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -36,7 +42,8 @@ def uninterrupted(digit_shards, _shared_ray, tmp_path_factory):
     _shared_ray.start()
 
     run_dir = tmp_path_factory.mktemp("run_a")
-    return run_dir, run_training(config(digit_shards), run_dir)
+    # The trace (each step's samples per rank) changes nothing in training; the mid-epoch test compares with it.
+    return run_dir, run_training(config(digit_shards, "train.trace_samples=true"), run_dir)
 
 
 def test_two_workers_keep_identical_teachers(uninterrupted, digit_shards):
@@ -70,6 +77,53 @@ def test_killed_worker_is_replaced_and_training_resumes(uninterrupted, digit_sha
     assert epochs == list(range(1, EPOCHS + 1))  # epoch 1 was not redone: restored from its checkpoint
     assert results["epochs"] == EPOCHS
     assert final_numbers(results) == final_numbers(uninterrupted[1])
+
+
+def _kill_when_trained(trace_dir: Path, rank: int, epoch: int, step: int, stop: threading.Event, killed: list) -> None:
+    """SIGKILL the process of ``rank`` once its trace shows epoch ``epoch``'s step ``step`` (polls every 10 ms)."""
+    from soft_dist.train.sample_trace import read_trace
+
+    while not stop.is_set() and not killed:
+        for f in read_trace(trace_dir) if trace_dir.is_dir() else []:
+            if f["rank"] == rank and any((r["epoch"], r["step"]) >= (epoch, step) for r in f["steps"]):
+                os.kill(f["pid"], signal.SIGKILL)
+                killed.append(f["pid"])
+                return
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_epoch_resumes_at_the_next_step(uninterrupted, digit_shards, ray_cluster, tmp_path):
+    """kill -9 of rank 1 at step 4 of epoch 2 (checkpoints every 3 steps): the new worker group resumes from
+    the step checkpoint, trains every remaining step on the samples the uninterrupted run trained there, and
+    over the run every training sample is trained exactly once per epoch; the final numbers are the same."""
+    from soft_dist.train.ray_trainer import run_training
+    from soft_dist.train.sample_trace import read_trace, trained_steps
+
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_when_trained, args=(tmp_path / "sample_trace", 1, 2, 4, stop, killed))
+    killer.start()
+    try:
+        results = run_training(config(digit_shards, "train.checkpoint_every_steps=3", "train.trace_samples=true",
+                                      "train.max_failures=1"), tmp_path, echo=None)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 1  # a worker process really died by SIGKILL
+    files = read_trace(tmp_path / "sample_trace")
+    attempts = list(dict.fromkeys(f["attempt"] for f in files))
+    assert len(attempts) == 2  # the first worker group, and the one Ray Train started after the kill
+    resumed = {tuple(f["resumed_from"]) for f in files if f["attempt"] == attempts[1]}
+    assert resumed in ({(1, 3)}, {(1, 6)}, {(1, 9)})  # a step checkpoint of epoch 2 (6 or 9 if the kill was late)
+
+    got = trained_steps(files)
+    want = trained_steps(read_trace(uninterrupted[0] / "sample_trace"))
+    assert got == want  # the same (epoch, step, rank) -> samples, in the same order
+    pairs = Counter((epoch, i) for (epoch, _, _), idx in got.items() for i in idx)
+    split = load_manifest(digit_shards).split("train").num_samples
+    assert set(pairs.values()) == {1} and len(pairs) == EPOCHS * split  # each sample once per epoch
+    assert final_numbers(results) == final_numbers(uninterrupted[1])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*")) == [f"epoch_{EPOCHS:04d}"]
 
 
 @pytest.mark.slow

@@ -9,6 +9,12 @@ counts as complete only when meta.json parses and state.pt has exactly that size
 half-copied by a dying worker (or half-uploaded to object storage) is never resumed from. Only the newest
 complete one is kept. (RUN/model.pt, the model chosen on validation, is soft_dist.train.model_file.)
 
+With ``train.checkpoint_every_steps`` rank 0 also writes mid-epoch checkpoints,
+``epoch_NNNN_step_SSSSSS/`` (NNNN epochs done, then SSSSSS steps of the next one), the same files plus the
+epoch's progress (soft_dist.train.epoch.EpochProgress). They go straight into the run directory, not
+through the launcher (Ray Tune reads each report as a finished epoch). The newest epoch checkpoint stays
+beside the newest step checkpoint until the epoch ends; a resume takes the newest complete one of all.
+
 state.pt holds only tensors, numbers, strings, lists and dicts: it loads with
 ``torch.load(..., weights_only=True)`` (RNG states are stored as tensors and lists, not pickled objects).
 No Ray and no DALI here: Ray Train uploads the same folders through ``ray.train.report``.
@@ -38,21 +44,22 @@ STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 # /2: "epoch" is the count of epochs done (numbered from 1, as everywhere); /1 counted from 0.
 STATE_FORMAT = "soft-dist-state/2"
-_EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
+_CHECKPOINT_DIR = re.compile(r"^epoch_(\d{4,})(?:_step_(\d{6,}))?$")
 PARTIAL_PREFIX = ".partial-"
 DIGEST_KEY = "state_sha256"  # added to a state when it is read (not stored in state.pt)
 # What a process killed while writing a checkpoint leaves in RUN/checkpoints: its scratch folder, or
 # RunStore.put_folder's hidden staging / set-aside copies (.epoch_0003.<hex>.tmp|old).
-_LEFTOVER = re.compile(rf"^({re.escape(PARTIAL_PREFIX)}|\.epoch_\d{{4,}}\.)")
+_LEFTOVER = re.compile(rf"^({re.escape(PARTIAL_PREFIX)}|\.epoch_\d{{4,}}(_step_\d{{6,}})?\.)")
 
 # report(metrics, checkpoint_folder, epoch): hand one epoch's flat metrics on and, on rank 0, make the
 # local checkpoint folder durable as RUN/checkpoints/epoch_NNNN before returning (other ranks get None).
 ReportFn = Callable[[dict, "Path | None", int], None]
 
 
-def epoch_dir_name(epoch: int) -> str:
-    """``epoch_0003``: checkpoint folders sort by name in epoch order."""
-    return f"epoch_{epoch:04d}"
+def epoch_dir_name(epoch: int, step: int = 0) -> str:
+    """``epoch_0003`` at the end of epoch 3, ``epoch_0003_step_000050`` after 50 steps of epoch 4: folders
+    sort by name in the order they were written."""
+    return f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "")
 
 
 # ----------------------------------------------------------------------------------------------- RNG
@@ -100,8 +107,8 @@ def write_state_folder(state: dict, folder: Path) -> Path:
     torch.save({"format": STATE_FORMAT, **state}, buffer)
     data = buffer.getvalue()
     (folder / STATE_FILE).write_bytes(data)
-    meta = {"format": STATE_FORMAT, "epoch": int(state["epoch"]), "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    meta = {"format": STATE_FORMAT, "epoch": int(state["epoch"]), "step": int(state.get("step", 0)),
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (folder / META_FILE).write_text(json.dumps(meta))
     return folder
 
@@ -134,15 +141,27 @@ def read_state_folder(folder: Path) -> dict:
     return _parse_state(data, meta, str(folder))
 
 
-def checkpoint_epochs(store: RunStore) -> list[int]:
-    """Epochs of the checkpoint folders under RUN/checkpoints, newest first (complete or not)."""
+def checkpoint_positions(store: RunStore) -> list[tuple[int, int]]:
+    """(epochs done, steps of the next epoch) of the checkpoint folders under RUN/checkpoints, newest
+    first (complete or not); step 0 is an epoch's end."""
     names = store.listdir(CHECKPOINTS_DIR)
-    return sorted((int(m.group(1)) for m in map(_EPOCH_DIR.match, names) if m), reverse=True)
+    found = ((int(m.group(1)), int(m.group(2) or 0)) for m in map(_CHECKPOINT_DIR.match, names) if m)
+    return sorted(found, reverse=True)
 
 
-def read_checkpoint(store: RunStore, epoch: int) -> dict:
-    """The state in RUN/checkpoints/epoch_NNNN; CheckpointError when it is incomplete."""
-    rel = f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}"
+def checkpoint_epochs(store: RunStore) -> list[int]:
+    """Epochs of the end-of-epoch checkpoint folders under RUN/checkpoints, newest first (complete or not)."""
+    return [epoch for epoch, step in checkpoint_positions(store) if step == 0]
+
+
+def position_of(state: dict) -> tuple[int, int]:
+    """(epochs done, steps of the next epoch) of a state: how far the run it resumes had come."""
+    return int(state["epoch"]), int(state.get("step", 0))
+
+
+def read_checkpoint(store: RunStore, epoch: int, step: int = 0) -> dict:
+    """The state in RUN/checkpoints/epoch_NNNN[_step_SSSSSS]; CheckpointError when it is incomplete."""
+    rel = f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch, step)}"
     try:
         data, meta = store.read_bytes(f"{rel}/{STATE_FILE}"), store.read_text(f"{rel}/{META_FILE}")
     except OSError as err:  # FileNotFoundError included
@@ -153,18 +172,18 @@ def read_checkpoint(store: RunStore, epoch: int) -> dict:
 def latest_state(store: RunStore, skipped: Callable[[str], None] | None = None) -> dict | None:
     """The newest COMPLETE resumable state in the run, or None. Incomplete folders (a worker died while
     writing) are passed over; ``skipped`` is told about each one."""
-    for epoch in checkpoint_epochs(store):
+    for epoch, step in checkpoint_positions(store):
         try:
-            return read_checkpoint(store, epoch)
+            return read_checkpoint(store, epoch, step)
         except CheckpointError as err:
             if skipped is not None:
                 skipped(str(err))
     return None
 
 
-def save_checkpoint(store: RunStore, folder: Path, epoch: int) -> None:
-    """Put a written state folder into RUN/checkpoints/epoch_NNNN (atomically on local disk)."""
-    store.put_folder(folder, f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
+def save_checkpoint(store: RunStore, folder: Path, epoch: int, step: int = 0) -> None:
+    """Put a written state folder into RUN/checkpoints/epoch_NNNN[_step_SSSSSS] (atomically on local disk)."""
+    store.put_folder(folder, f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch, step)}")
 
 
 def drop_resumable_state(store: RunStore) -> None:
@@ -173,12 +192,14 @@ def drop_resumable_state(store: RunStore) -> None:
     store.delete(CHECKPOINTS_DIR)
 
 
-def prune_checkpoints(store: RunStore, keep_epoch: int) -> None:
-    """Delete every checkpoint folder but ``keep_epoch``'s (called by rank 0 once that one is complete),
-    and what killed writers left behind (only rank 0 writes checkpoints, one at a time)."""
-    for epoch in checkpoint_epochs(store):
-        if epoch != keep_epoch:
-            store.delete(f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
+def prune_checkpoints(store: RunStore, keep_epoch: int, keep_step: int = 0) -> None:
+    """Delete every checkpoint folder but the one at (``keep_epoch``, ``keep_step``) (called by rank 0 once
+    that one is complete) and, after a step checkpoint, the end of ``keep_epoch`` (the launcher registered
+    it); also what killed writers left behind (only rank 0 writes checkpoints, one at a time)."""
+    keep = {(keep_epoch, keep_step), (keep_epoch, 0)}
+    for epoch, step in checkpoint_positions(store):
+        if (epoch, step) not in keep:
+            store.delete(f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch, step)}")
     for name in store.listdir(CHECKPOINTS_DIR):
         if _LEFTOVER.match(name):
             store.delete(f"{CHECKPOINTS_DIR}/{name}")
@@ -232,7 +253,7 @@ class Checkpoints:
         if self.chooses:
             try:
                 state = self._own_newest_state()
-                choice = None if state is None else (state["epoch"], state[DIGEST_KEY])
+                choice = None if state is None else (*position_of(state), state[DIGEST_KEY])
             except CheckpointError as err:
                 problem = str(err)
         choice, chief_problem = broadcast_object_from_rank0((choice, problem))
@@ -251,22 +272,22 @@ class Checkpoints:
         candidates = [s for s in (self.restored, on_disk) if s is not None]
         if not candidates:
             return None
-        state = max(candidates, key=lambda s: s["epoch"])
+        state = max(candidates, key=position_of)
         if state["noise_table_sha256"] != self.table_digest:
             raise CheckpointError(f"{self.store.path(CHECKPOINTS_DIR)}: the checkpoint was made with "
                                   "a different noise table; refusing to resume")
         return state
 
-    def _state_matching(self, choice: tuple[int, str] | None) -> tuple[dict | None, str | None]:
-        """The state with rank 0's (epoch, sha256) -> (state, None), or (None, why it is not here)."""
+    def _state_matching(self, choice: tuple[int, int, str] | None) -> tuple[dict | None, str | None]:
+        """The state with rank 0's (epoch, step, sha256) -> (state, None), or (None, why it is not here)."""
         if choice is None:
             return None, None
-        epoch, digest = choice
+        epoch, step, digest = choice
         if self.restored is not None and self.restored[DIGEST_KEY] == digest:
             return self.restored, None
-        where = self.store.path(f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch)}")
+        where = self.store.path(f"{CHECKPOINTS_DIR}/{epoch_dir_name(epoch, step)}")
         try:
-            state = read_checkpoint(self.store, epoch)
+            state = read_checkpoint(self.store, epoch, step)
         except CheckpointError as err:
             state, seen = None, str(err)
         else:
@@ -277,21 +298,25 @@ class Checkpoints:
                       f"cannot read it ({seen}); every node must see the same run directory (shared disk "
                       "or object storage)")
 
-    def resume(self, learner, sync) -> tuple[int, list, dict | None]:
+    def resume(self, learner, sync) -> tuple[int, list, dict | None, dict | None]:
         """Restore ``learner`` (a SoftLearner), the RNG states and ``sync``'s counts from the newest state
         -> (epochs done, which is the 0-based index of the first epoch to train; history of those epochs;
-        model selection's best record or None); (0, [], None) for a new run."""
+        model selection's best record or None; the next epoch's progress from a mid-epoch checkpoint, or
+        None); (0, [], None, None) for a new run."""
         state = self.newest_state()
         if state is None:
-            return 0, [], None
+            return 0, [], None, None
         learner.load_state_dict(state["learner"])
         set_rng_state(state["rng"])
         sync.restore(state["teacher_sync"])
-        return state["epoch"], state["history"], state.get("selection")
+        return state["epoch"], state["history"], state.get("selection"), state.get("epoch_progress")
 
     def save(self, epoch: int, metrics: dict, learner, sync, history: list, selection: dict | None = None) -> None:
         """The end of ``epoch``: report ``metrics`` to the launcher."""
         self.report(metrics, None, epoch)
+
+    def save_step(self, epoch: int, progress: dict, learner, sync, history: list, selection: dict | None) -> None:
+        """``progress`` (EpochProgress.state()) into the epoch after ``epoch``: rank 0 writes it."""
 
     def report_again(self, epoch: int, metrics: dict) -> None:
         """Report an epoch whose checkpoint already exists (the launcher stopped before hearing of it)."""
@@ -305,10 +330,20 @@ class CheckpointWriter(Checkpoints):
 
     chooses = True
 
+    def _state(self, epoch: int, learner, sync, history: list, selection: dict | None) -> dict:
+        return {"learner": learner.state_dict(), "epoch": epoch, "rng": rng_state(), "history": history,
+                "config": to_dict(self.cfg), "noise_table_sha256": self.table_digest,
+                "teacher_sync": sync.state(), "selection": selection}
+
     def save(self, epoch: int, metrics: dict, learner, sync, history: list, selection: dict | None = None) -> None:
-        state = {"learner": learner.state_dict(), "epoch": epoch, "rng": rng_state(), "history": history,
-                 "config": to_dict(self.cfg), "noise_table_sha256": self.table_digest,
-                 "teacher_sync": sync.state(), "selection": selection}
+        state = self._state(epoch, learner, sync, history, selection)
         with scratch_folder(self.store) as folder:
             self.report(metrics, write_state_folder(state, Path(folder)), epoch)
         prune_checkpoints(self.store, keep_epoch=epoch)
+
+    def save_step(self, epoch: int, progress: dict, learner, sync, history: list, selection: dict | None) -> None:
+        step = int(progress["steps"])
+        state = {**self._state(epoch, learner, sync, history, selection), "step": step, "epoch_progress": progress}
+        with scratch_folder(self.store) as folder:
+            save_checkpoint(self.store, write_state_folder(state, Path(folder)), epoch, step)
+        prune_checkpoints(self.store, keep_epoch=epoch, keep_step=step)

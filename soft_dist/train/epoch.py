@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
@@ -19,35 +20,73 @@ from soft_dist.train.collectives import all_reduce_sum
 from soft_dist.train.step import RunningMeans, SoftLearner
 
 
+@dataclass
+class EpochProgress:
+    """How far one epoch's training has come: ``steps`` of it done, ``samples`` of its order trained by all
+    ranks together (soft_dist.data.sampler), the running sums of its epoch line and its seconds so far.
+    A mid-epoch checkpoint keeps it; a resumed run continues the epoch from it."""
+
+    steps: int = 0
+    samples: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    seconds: float = 0.0
+
+    def state(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "EpochProgress":
+        return cls(**state)
+
+
+# on_step(global step, epoch index, step of the epoch from 1, batch): after every step (teacher-buffer sync, failure
+# injection, the sample trace); at_checkpoint(progress): every ``checkpoint_every`` steps of an epoch but
+# its last (the epoch's own checkpoint follows that one).
+StepHook = Callable[[int, int, int, object], None]
+
+
 def train_epoch(
     learner: SoftLearner,
     loader,
     epoch: int,
-    on_step: Callable[[int], None] | None = None,
+    on_step: StepHook | None = None,
     progress: bool = False,
+    resume: EpochProgress | None = None,
+    checkpoint_every: int = 0,
+    at_checkpoint: Callable[[EpochProgress], None] | None = None,
 ) -> dict:
-    """Train one epoch; returns mean loss parts, images/s (valid rows only) and the step count.
-
-    ``on_step(global_step)`` runs after every step (teacher-buffer sync, failure injection)."""
+    """Train one epoch (the rest of it after ``resume``); returns mean loss parts, images/s (valid rows
+    only), the step count and ``resumed_at_step`` (0 for a whole epoch). ``images`` and ``seconds`` count
+    this process's part; the means run over the whole epoch."""
     learner.start_epoch(epoch)
-    means = RunningMeans()
-    steps = len(loader)
+    resume = resume or EpochProgress()
+    means = RunningMeans(resume.sums, resume.count)
+    steps = resume.steps + loader.steps(resume.samples)
+    samples_per_step = loader.batch_size * loader.world_size  # all valid until the last step (sampler)
     images = 0
     # a bar for people on a terminal; logs and CI get the epoch line only
-    bar = progress_bar(steps, f"epoch {epoch + 1}", "step", enabled=progress, lines_in_logs=False)
+    bar = progress_bar(steps, f"epoch {epoch + 1}", "step", enabled=progress, lines_in_logs=False,
+                       initial=resume.steps)
     start = time.perf_counter()
-    for i, batch in enumerate(loader.epoch(epoch)):
-        means.add(learner.train_step(batch, epoch + i / max(steps, 1)))
+    for i, batch in enumerate(loader.epoch(epoch, resume.samples)):
+        done = resume.steps + i + 1
+        means.add(learner.train_step(batch, epoch + (done - 1) / max(steps, 1)))
         images += int(batch.valid.sum()) if getattr(batch, "valid", None) is not None else len(batch.idx)
         if on_step is not None:
-            on_step(learner.global_step)
+            on_step(learner.global_step, epoch, done, batch)
+        if at_checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:
+            sums, count = means.state()
+            at_checkpoint(EpochProgress(done, resume.samples + (i + 1) * samples_per_step, sums, count,
+                                        resume.seconds + time.perf_counter() - start))
         bar.update(1)
     if learner.device.type == "cuda":
         torch.cuda.synchronize(learner.device)
     elapsed = time.perf_counter() - start
     bar.close()
     out = means.result()
-    out.update(images=images, steps=steps, seconds=elapsed, images_per_s=images / max(elapsed, 1e-9))
+    out.update(images=images, steps=steps, seconds=resume.seconds + elapsed, images_per_s=images / max(elapsed, 1e-9),
+               resumed_at_step=resume.steps)
     return out
 
 

@@ -20,6 +20,8 @@ Run directory (a local folder or s3://bucket/prefix, see soft_dist.storage)::
     tensorboard/                   TensorBoard events
     checkpoints/epoch_NNNN/        the newest complete resumable state (state.pt + meta.json); Ray
                                    Train's own bookkeeping files live beside it
+    checkpoints/epoch_NNNN_step_SSSSSS/   with train.checkpoint_every_steps: the newest mid-epoch state
+    sample_trace/                  with train.trace_samples: every step's samples (train.sample_trace)
     model.pt                       the best epoch on validation (weights of the chosen branch + metadata)
     results.json                   written when the last epoch ends
 """
@@ -41,11 +43,12 @@ from soft_dist.method.lock_in import lock_in_note
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoints import CheckpointWriter, Checkpoints, ReportFn, put_into_run, seed_everything
-from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0
-from soft_dist.train.epoch import evaluate, noise_diagnostics, train_epoch
+from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0, broadcast_object_from_rank0
+from soft_dist.train.epoch import EpochProgress, StepHook, evaluate, noise_diagnostics, train_epoch
 from soft_dist.train.protocols import choose_branch
 from soft_dist.train.results import run_results
 from soft_dist.train.runlog import RunLog, SilentLog, read_metrics, read_results
+from soft_dist.train.sample_trace import SampleTrace
 from soft_dist.train.selection import DatasetInfo, ModelSelection, ModelWriter, model_epoch_rule
 from soft_dist.train.step import SoftLearner
 from soft_dist.train.teacher_sync import NoTeacherSync, TeacherSync, teacher_sync
@@ -113,8 +116,12 @@ class Trainer:
         cfg, loaders, world_size = self.cfg, self.loaders, self.place.world_size
         learner, weights = self._build_learner()
         sync = teacher_sync(learner.teacher, cfg.train)
-        epochs_done, history, best = self.checkpoints.resume(learner, sync)
-        if epochs_done > 0:
+        epochs_done, history, best, partial = self.checkpoints.resume(learner, sync)
+        partial = EpochProgress.from_state(partial) if partial is not None else None
+        if partial is not None:
+            self.log.say(f"resumed after epoch {epochs_done} and {partial.steps} steps of epoch {epochs_done + 1} "
+                         f"(world size {world_size})")
+        elif epochs_done > 0:
             self.log.say(f"resumed after epoch {epochs_done} (world size {world_size})")
         else:
             sync.broadcast_from_rank0()
@@ -122,7 +129,8 @@ class Trainer:
         if epochs_done >= cfg.train.epochs:
             return self._report_finished_run()
         self.log.start(epochs_done)
-        on_step = self._on_step(sync)
+        trace = self._sample_trace((epochs_done, partial.steps if partial else 0))
+        on_step = self._on_step(sync, trace)
         val_lookup = self.table.lookup() if cfg.data.val_labels == "noisy" else None
         train_seconds = 0.0  # in this process (a restarted worker starts again from 0)
         for index in range(epochs_done, cfg.train.epochs):
@@ -130,7 +138,14 @@ class Trainer:
             # checkpoints/epoch_NNNN, the console): ``epoch`` is the count of epochs done after this one.
             # The method's schedules (ramp-up, stage 1, SLS start) take the 0-based ``index``.
             epoch = index + 1
-            train = train_epoch(learner, loaders.train, index, on_step=on_step, progress=self.progress)
+            resume = partial if index == epochs_done else None
+
+            def at_checkpoint(progress: EpochProgress, done: int = index) -> None:
+                self.checkpoints.save_step(done, progress.state(), learner, sync, history, self.selection.state())
+
+            train = train_epoch(learner, loaders.train, index, on_step=on_step, progress=self.progress,
+                                resume=resume, checkpoint_every=cfg.train.checkpoint_every_steps,
+                                at_checkpoint=at_checkpoint)
             train_seconds += train["seconds"]
             speeds, images = zip(*all_gather_objects((train["images_per_s"], train["images"])))
             speeds = list(speeds)
@@ -153,8 +168,9 @@ class Trainer:
             self.log.record(epoch, {
                 "train": train, "val": val, "val_labels": cfg.data.val_labels, "test": test, "head": learner.head_on,
                 "lr": learner.optimizer.param_groups[0]["lr"], "world_size": world_size,
-                # valid rows trained on by all ranks: the split's size whatever the world size
-                "images_all_ranks": int(sum(images)),
+                # valid rows trained on by all ranks: the split's size whatever the world size (with
+                # those trained before a mid-epoch resume)
+                "images_all_ranks": (resume.samples if resume else 0) + int(sum(images)),
                 "images_per_s_per_worker": speeds,
                 "teacher_sync": sync.summary(), "selected_epoch": best["epoch"],
                 **({"teacher_pool": pool} if pool is not None else {}),
@@ -165,6 +181,8 @@ class Trainer:
                                   self.selection.state())
             self.selection.commit()  # model.pt only once the epoch it holds is in a committed checkpoint
         self.log.close()
+        if trace is not None:
+            trace.close()
         return results
 
     # ------------------------------------------------------------------ its pieces
@@ -190,13 +208,22 @@ class Trainer:
                               sync_batchnorm=cfg.train.sync_batchnorm and self.place.world_size > 1)
         return learner, weights
 
-    def _on_step(self, sync: TeacherSync | NoTeacherSync) -> Callable[[int], None]:
+    def _sample_trace(self, resumed_from: tuple[int, int]) -> SampleTrace | None:
+        """This process's trace (train.trace_samples), tagged with a token every rank of this start shares."""
+        if not self.cfg.train.trace_samples:
+            return None
+        attempt = broadcast_object_from_rank0(os.urandom(8).hex())  # a collective: every rank calls it
+        return SampleTrace(self.store, self.place.rank, resumed_from, attempt)
+
+    def _on_step(self, sync: TeacherSync | NoTeacherSync, trace: SampleTrace | None) -> StepHook:
         store, fail_at_step = self.store, self.fail_at_step
 
-        def on_step(step: int) -> None:
-            sync.after_step(step)
-            if step == fail_at_step and not store.exists(FAILURE_MARKER):
-                store.write_text(FAILURE_MARKER, f"rank 0 exited at step {step}\n")
+        def on_step(global_step: int, epoch_index: int, step: int, batch) -> None:
+            sync.after_step(global_step)
+            if trace is not None:
+                trace.step(epoch_index + 1, step, batch)
+            if global_step == fail_at_step and not store.exists(FAILURE_MARKER):
+                store.write_text(FAILURE_MARKER, f"rank 0 exited at step {global_step}\n")
                 os._exit(1)  # a real process death, not an exception
 
         return on_step

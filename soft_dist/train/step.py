@@ -194,11 +194,16 @@ class SoftLearner:
 
 
 class RunningMeans:
-    """Averages of per-step tensors over an epoch, kept on the device until :meth:`result`."""
+    """Averages of per-step tensors over an epoch, kept on the device until :meth:`result`; ``sums`` and
+    ``count`` continue an epoch's averages from a mid-epoch checkpoint (:meth:`state`)."""
 
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+    def __init__(self, sums: dict[str, float] | None = None, count: int = 0):
+        self.sums: dict[str, torch.Tensor] = {k: torch.tensor(float(v)) for k, v in (sums or {}).items()}
+        self.count = count
+
+    def state(self) -> tuple[dict[str, float], int]:
+        """(sums as floats, count): what a mid-epoch checkpoint keeps of the epoch's averages."""
+        return {k: float(v) for k, v in self.sums.items()}, self.count
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         for key, value in values.items():
