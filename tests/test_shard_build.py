@@ -240,6 +240,27 @@ def test_mtcnn_alignment_in_the_builder(tmp_path):
     assert m["splits"]["train"]["num_samples"] == m["alignment"]["faces_found"]
 
 
+
+def test_an_mtcnn_build_after_one_without_alignment_forks_from_a_server_with_torch_loaded(digits_out, tmp_path):
+    """A fork server keeps the imports it started with. After a 2-process build without alignment, a
+    2-process MTCNN build must start a new server that imports torch and facenet once, not fork workers
+    that each import them (that made 2 processes slower than 1 in `bench shard`)."""
+    from multiprocessing import forkserver
+
+    build_shards(ShardConfig(out=str(tmp_path / "plain"), **{**DIGITS, "workers": 2}), log=lambda m: None)
+    plain_server = forkserver._forkserver._forkserver_pid
+    assert plain_server is not None and "torch" not in build_mod._SERVER_PRELOAD
+    root = tmp_path / "folder" / "train" / "face"
+    root.mkdir(parents=True)
+    for i, face in enumerate(_faces(4)):
+        face.save(root / f"{i}.jpg")
+    m = build_shards(ShardConfig(layout="imagefolder", root=str(tmp_path / "folder"), out=str(tmp_path / "crop"),
+                                 size=32, align="mtcnn", min_shards=2, val_fraction=0, progress=False, workers=2),
+                     log=lambda m: None)
+    assert m["alignment"]["faces_found"] >= 3
+    assert forkserver._forkserver._forkserver_pid not in (None, plain_server)
+    assert {"torch", "facenet_pytorch"} <= set(build_mod._SERVER_PRELOAD)
+
 def test_progress_in_a_log_is_lines_not_carriage_return_frames(tmp_path):
     """`soft-dist shard ... > log 2>&1`: stderr is a file, not a terminal."""
     import subprocess

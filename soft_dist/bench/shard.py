@@ -16,7 +16,8 @@ from pathlib import Path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--num-images", type=int, default=200, help="images per run (default 200)")
+    parser.add_argument("--num-images", type=int, default=1000,
+                        help="images per run (default 1000: at 200, starting the worker pool weighs as much as the work)")
     parser.add_argument("--source-size", type=int, default=160, help="side of the input JPEGs (default 160)")
     parser.add_argument("--size", type=int, default=112, help="output side (default 112)")
     parser.add_argument("--workers", default="1,2", help="comma-separated process counts (default 1,2)")
