@@ -3,7 +3,7 @@
 Data flow (docs/pipelines.md):
 
     EpochPlan (soft_dist.data.sampler)    -> which split positions this rank reads, batch by batch
-    SampleTable (soft_dist.data.tarindex) -> the JPEG bytes of each position (mmap) and its pixel size
+    SampleTable (soft_dist.data.tarindex) -> the JPEG bytes of each position (one positioned read) and its pixel size
     view_params.draw_view_params          -> crop box, rotation, colour, flip, erasing of each view (numpy)
     PlanSource -> fn.external_source      -> jpegs, label, idx, valid and the parameters of both views
     fn.decoders.image (cpu | mixed)       -> decoded once, augmented twice (soft_dist.data.dali_augment)

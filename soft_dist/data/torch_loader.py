@@ -80,7 +80,7 @@ class _PlanDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int, int, bool]) -> dict[str, torch.Tensor]:
         epoch, row, position, valid = item
-        data = torch.from_numpy(self.table.jpeg(position).copy())  # copy: the mmap view is read-only
+        data = torch.from_numpy(self.table.jpeg(position).copy())  # copy: the bytes are read-only
         image = decode_jpeg(data, mode=ImageReadMode.RGB)
         out = {
             "label": torch.tensor(self.table.label[position]),
