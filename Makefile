@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-quick test-field-walk docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit bench-metadata clean-venv
+.PHONY: setup demo test test-quick test-field-walk docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit bench-metadata bench-scale clean-venv
 
 setup: $(STAMP)
 
@@ -70,6 +70,10 @@ bench-predict: $(STAMP)
 # 10k, 100k and 1M samples' shard sets, one at a time (about 4 GB on disk at 1M, removed once measured)
 bench-metadata: $(STAMP)
 	$(VENV)/bin/soft-dist bench metadata --sizes 10000,100000,1000000 --folder runs/bench-metadata --json runs/bench/metadata.json
+
+# The generated shard sets (about 2.3 GB at 10k + 100k + 300k) stay in runs/bench-scale for the next run.
+bench-scale: $(STAMP)
+	$(VENV)/bin/soft-dist bench scale --sizes 10000,100000,300000 --folder runs/bench-scale --json runs/bench/scale.json
 
 # cleanlab (AGPL) is the baseline's optional extra, installed here only for this benchmark.
 bench-audit: $(STAMP)

@@ -339,3 +339,26 @@ def test_an_epoch_resumed_mid_way_yields_the_rest_of_the_uninterrupted_epoch(sha
         for field in ("view_s", "view_t", "label", "idx", "valid"):
             assert torch.equal(getattr(a, field), getattr(b, field)), field
     assert not bool(tail[-1].valid.all())  # the comparison covered padding rows
+
+
+def test_the_sample_table_reads_any_order_with_few_files_open(shards, monkeypatch):
+    """JPEG bytes come from positioned reads, not mapped files (whose touched pages count in the worker's
+    RSS); at most OPEN_SHARDS files stay open, the least recently used closed first."""
+    import tarfile
+
+    from soft_dist.data import tarindex
+
+    monkeypatch.setattr(tarindex, "OPEN_SHARDS", 2)
+    table = load_sample_table(shards, "train")
+    assert len(table.paths) >= 4
+    expected = {}
+    for path in table.paths:
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".jpg"):
+                    expected[member.name] = tar.extractfile(member).read()
+    read = {int(p): table.jpeg(int(p)).tobytes() for p in np.random.default_rng(0).permutation(len(table))}
+    assert len(table._files) <= 2
+    assert sorted(read.values()) == sorted(expected.values())
+    table.close()
+    assert not table._files

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "scaling": ("soft_dist.bench.scaling", "Ray Train images/s and scaling efficiency with 1..N workers"),
     "predict": ("soft_dist.bench.predict", "soft-dist predict photos/s: one process vs Ray Data stages"),
     "metadata": ("soft_dist.bench.metadata", "the stages that touch every sample's metadata (labels, splits, noise, sampler, audit ranking) against N"),
+    "scale": ("soft_dist.bench.scale", "training from shards at 10k / 100k / 300k generated images: images/s, memory, eval, checkpoint"),
     "audit": ("soft_dist.bench.audit", "finding wrong labels: SOFT audit vs CE loss vs cleanlab K-fold (AUROC, compute)"),
 }
 

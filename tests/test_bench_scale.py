@@ -1,0 +1,55 @@
+"""`soft-dist bench scale` at tiny sizes: a generated shard set from real digit pixels (distinct images,
+the same bytes when written again, read back by the project's loaders), and the benchmark's training,
+evaluation and checkpoint figures per size from fresh processes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from soft_dist.bench.scale_data import scale_images, write_scale_shards
+from soft_dist.cli import main
+from soft_dist.data.format import load_manifest
+from soft_dist.data.tarindex import load_sample_table
+
+
+def test_generated_images_are_distinct_seeded_and_labelled_by_their_digit():
+    pixels, labels = scale_images(200, 24, seed=5)
+    assert pixels.shape == (200, 24, 24, 3) and pixels.dtype == np.uint8 and labels.shape == (200,)
+    assert len({p.tobytes() for p in pixels}) == 200 and set(labels.tolist()) == set(range(10))
+    again, same_labels = scale_images(200, 24, seed=5)
+    assert np.array_equal(again, pixels) and np.array_equal(same_labels, labels)
+    assert not np.array_equal(scale_images(200, 24, seed=6)[0], pixels)
+    assert 40 < pixels.std() < 120  # ink and paper differ: not blank, not saturated
+
+
+def test_a_generated_shard_set_is_real_and_written_the_same_twice(tmp_path):
+    a = write_scale_shards(tmp_path / "a", 1500, size=24)
+    b = write_scale_shards(tmp_path / "b", 1500, size=24)
+    for name in ("train-000000.tar", "train-000001.tar", "val-000000.tar"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    manifest = load_manifest(a)
+    assert manifest.split("train").num_samples == 1500 and manifest.split("val").num_samples == 150
+    table = load_sample_table(a, "train")
+    assert table.used_index_files and table.idx.tolist() == list(range(1500))
+    assert table.image_hw(np.array([0, 1499])).tolist() == [[24, 24], [24, 24]]
+
+
+def test_bench_scale_reports_every_stage_at_every_size(tmp_path, capsys):
+    out = tmp_path / "scale.json"
+    assert main(["bench", "scale", "--sizes", "600,300", "--image-size", "16", "--steps", "1", "--warmup", "1",
+                 "--eval-batches", "1", "--rounds", "1", "--folder", str(tmp_path / "sets"), "--json", str(out),
+                 "model.width=16", "train.batch_size=16", "train.eval_batch_size=32"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["sizes"]) == {"300", "600"} and result["config"]["image_size"] == 16
+    for entry in result["sizes"].values():
+        assert entry["train_images_per_s_min"] <= entry["train_images_per_s"] <= entry["train_images_per_s_max"]
+        assert entry["train_rss_mb"] > entry["driver_rss_mb"] > 0 and entry["eval_images_per_s"] > 0
+        assert entry["checkpoint_mb"] > 0
+    assert set(result["per_image_growth"]) == {"train_images_per_s_smallest_over_largest",
+                                                "train_rss_mb_largest_minus_smallest",
+                                                "driver_rss_mb_largest_minus_smallest"}
+    assert "sizes.600.train_images_per_s" in capsys.readouterr().out
+    # the sets stay in --folder for the next run, which reuses them
+    assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["scale300_16px", "scale600_16px"]
