@@ -12,6 +12,7 @@ from soft_dist.bench.scale_data import scale_images, write_scale_shards
 from soft_dist.cli import main
 from soft_dist.data.format import load_manifest
 from soft_dist.data.tarindex import load_sample_table
+from soft_dist.shard.verify import verify_shards
 
 
 def test_generated_images_are_distinct_seeded_and_labelled_by_their_digit():
@@ -31,6 +32,7 @@ def test_a_generated_shard_set_is_real_and_written_the_same_twice(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     manifest = load_manifest(a)
     assert manifest.split("train").num_samples == 1500 and manifest.split("val").num_samples == 150
+    assert verify_shards(a, decode=True)["ok"]  # what `soft-dist shard --verify` checks of the sharder's sets
     table = load_sample_table(a, "train")
     assert table.used_index_files and table.idx.tolist() == list(range(1500))
     assert table.image_hw(np.array([0, 1499])).tolist() == [[24, 24], [24, 24]]
@@ -46,7 +48,7 @@ def test_bench_scale_reports_every_stage_at_every_size(tmp_path, capsys):
     for entry in result["sizes"].values():
         assert entry["train_images_per_s_min"] <= entry["train_images_per_s"] <= entry["train_images_per_s_max"]
         assert entry["train_rss_mb"] > entry["driver_rss_mb"] > 0 and entry["eval_images_per_s"] > 0
-        assert entry["checkpoint_mb"] > 0
+        assert entry["checkpoint_mb"] > 0 and entry["verify_us_per_image"] > 0
     assert set(result["per_image_growth"]) == {"train_images_per_s_smallest_over_largest",
                                                 "train_rss_mb_largest_minus_smallest",
                                                 "driver_rss_mb_largest_minus_smallest"}

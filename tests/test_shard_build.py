@@ -183,6 +183,22 @@ def test_verify_finds_tampering(digits_out, tmp_path):
     assert any("split 'train': class counts" in e for e in errors)
 
 
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_verify_finds_an_idx_repeated_in_another_shard(digits_out, tmp_path, bounded):
+    """Repeats are found with a flag per idx below the manifest's num_indices, or a set without one."""
+    out = tmp_path / "copy"
+    shutil.copytree(digits_out, out)
+    for ext in ("tar", "idx"):
+        shutil.copy(out / f"test-000001.{ext}", out / f"test-000002.{ext}")
+    m = json.loads((out / "manifest.json").read_text())
+    if not bounded:
+        del m["num_indices"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    errors = verify_shards(out)["errors"]
+    assert any(e.startswith("test-000002.tar:") and "appears twice" in e for e in errors)
+    assert not any("appears twice" in e for e in errors if not e.startswith("test-000002.tar:"))
+
 def _faces(n):
     import skimage.data
 

@@ -72,7 +72,8 @@ def write_metadata_shards(out: Path, num_train: int) -> Path:
     entries, first = {}, 0
     for split, count in (("train", num_train), ("val", max(10, num_train // 10))):
         samples = [Sample(idx=first + i, label=int(labels[(first + i) % 100]), jpeg=jpegs[(first + i) % 100],
-                          meta={"source": f"digits/{(first + i) % 100}"}) for i in range(count)]
+                          meta={"source": f"digits/{(first + i) % 100}", "label": int(labels[(first + i) % 100])})
+                   for i in range(count)]
         shards = write_split(out, split, samples, SHARD_SIZE)
         counts = Counter(DIGIT_CLASSES[s.label] for s in samples)
         entries[split] = {"num_samples": count, "class_counts": dict(counts), "shards": shards}

@@ -6,6 +6,7 @@ pixels by soft_dist.bench.scale_data (the digits through seeded warps, elastic d
 generator settings is reused. Then, for each N, a fresh process does what a training worker does, on
 the whole split:
 
+    verify     `soft-dist shard --verify` of the whole set (sha256, every member, index files): seconds
     driver     the noise table from the shards' labels (what the driver reads before any worker starts)
     loaders    the run's loaders over the shards (sample tables of every split)
     train      ``--warmup`` untimed steps, then ``--repeats`` windows of ``--steps`` steps of the learner
@@ -60,7 +61,8 @@ def shard_set(folder: Path, num_train: int, image_size: int, log=print) -> Path:
     manifest = out / MANIFEST_NAME
     if manifest.is_file():
         data = json.loads(manifest.read_text())
-        if data.get("generator", {}).get("size") == image_size and data["splits"]["train"]["num_samples"] == num_train:
+        same = data.get("generator", {}).get("size") == image_size and "num_indices" in data
+        if same and data["splits"]["train"]["num_samples"] == num_train:
             return out
     total = num_train + max(10, num_train // 10)
     bar = progress_bar(total, f"scale set N={num_train}", "img", leave=True)
@@ -93,6 +95,7 @@ def measure_training(shards: str, config: str, overrides: list[str], steps: int,
     from soft_dist.data.run_loaders import shard_loaders
     from soft_dist.method.model import build_student
     from soft_dist.noise.setup import make_noise_table
+    from soft_dist.shard.verify import verify_shards
     from soft_dist.train.checkpoints import write_state_folder
     from soft_dist.train.epoch import predict
     from soft_dist.train.step import SoftLearner
@@ -100,6 +103,12 @@ def measure_training(shards: str, config: str, overrides: list[str], steps: int,
     cfg = load_config(config, [f"data.shards={shards}", *overrides])
     torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     out = {"start": _memory_mb()}
+    began = time.perf_counter()
+    report = verify_shards(shards)
+    if not report["ok"]:
+        raise SystemExit(f"soft-dist bench scale: {shards} does not verify: {report['errors'][:3]}")
+    out["verify"] = {"seconds": time.perf_counter() - began, "us_per_image": 1e6 * (time.perf_counter() - began)
+                     / report["num_samples"], **_memory_mb()}
     began = time.perf_counter()
     table, num_classes = make_noise_table(cfg)
     out["driver"] = {"seconds": time.perf_counter() - began, **_memory_mb()}
@@ -195,6 +204,8 @@ def _summary(rounds: list[dict]) -> dict:
         "train_images_per_s_min": min(windows), "train_images_per_s_max": max(windows),
         "train_rss_mb": median("train", "rss_mb"), "train_peak_rss_mb": median("train", "peak_rss_mb"),
         "train_anon_mb": median("train", "anon_mb"), "train_file_mb": median("train", "file_mb"),
+        "verify_seconds": median("verify", "seconds"), "verify_us_per_image": median("verify", "us_per_image"),
+        "verify_rss_mb": median("verify", "rss_mb"),
         "driver_seconds": median("driver", "seconds"), "driver_rss_mb": median("driver", "rss_mb"),
         "loaders_seconds": median("loaders", "seconds"), "loaders_rss_mb": median("loaders", "rss_mb"),
         "eval_images_per_s": median("eval", "images_per_s"),

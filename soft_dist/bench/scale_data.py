@@ -97,13 +97,14 @@ def write_scale_shards(out: Path, num_train: int, size: int = 48, seed: int = 0,
             pixels, labels = scale_images(n, size, derive_seed(seed, split_number, number), source)
             samples = [Sample(idx=first + start + i, label=int(labels[i]),
                               jpeg=jpeg_bytes(Image.fromarray(pixels[i]), quality=quality),
-                              meta={"source": f"scale/{split}/{first + start + i}"}) for i in range(n)]
+                              meta={"source": f"scale/{split}/{first + start + i}", "label": int(labels[i])})
+                       for i in range(n)]
             shards.append(write_shard(out / shard_name(split, number), samples))
             counts.update(DIGIT_CLASSES[label] for label in labels)
             if progress is not None:
                 progress(n)
         entries[split] = {"num_samples": count, "class_counts": {c: counts[c] for c in DIGIT_CLASSES}, "shards": shards}
         first += count
-    write_manifest(out, {"dataset": "digits", "classes": list(DIGIT_CLASSES), "splits": entries,
+    write_manifest(out, {"dataset": "digits", "classes": list(DIGIT_CLASSES), "splits": entries, "num_indices": first,
                          "generator": {"kind": "scale", "seed": seed, "size": size, "quality": quality}})
     return out

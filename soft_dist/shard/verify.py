@@ -15,6 +15,8 @@ import tarfile
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from soft_dist.data.format import SAMPLE_EXTS, decode_int64, load_manifest, sample_key
 from soft_dist.shard.writer import index_text, sha256_file
 
@@ -24,9 +26,21 @@ def verify_shards(root: str | Path, decode: bool = False, max_errors: int = 50) 
     manifest = load_manifest(root)
     root = Path(root)
     errors: list[str] = []
-    seen_idx: set[int] = set()
     num_classes = manifest.num_classes
     limit = manifest.raw.get("num_indices")
+    # Which idx were seen: one byte per possible idx (1 MB at a million samples; a set of Python ints
+    # held about 60 MB), or a set when the manifest does not bound the idx.
+    seen_flags = np.zeros(limit, dtype=bool) if limit is not None else None
+    seen_idx: set[int] = set()
+
+    def seen_before(idx: int) -> bool:
+        if seen_flags is not None:
+            before = bool(seen_flags[idx])
+            seen_flags[idx] = True
+            return before
+        before = idx in seen_idx
+        seen_idx.add(idx)
+        return before
     total = shards = 0
 
     def err(message: str) -> None:
@@ -71,11 +85,10 @@ def verify_shards(root: str | Path, decode: bool = False, max_errors: int = 50) 
                     err(f"{where}: json label {meta.get('label')} != cls {label}")
                 if key != sample_key(idx):
                     err(f"{where}: idx {idx} does not match the key")
-                if idx in seen_idx:
-                    err(f"{where}: idx {idx} appears twice")
                 if limit is not None and not 0 <= idx < limit:
                     err(f"{where}: idx {idx} outside 0..{limit - 1}")
-                seen_idx.add(idx)
+                elif seen_before(idx):
+                    err(f"{where}: idx {idx} appears twice")
                 counts[manifest.classes[label]] += 1
                 jpeg = parts["jpg"]
                 if decode:
