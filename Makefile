@@ -73,7 +73,8 @@ bench-metadata: $(STAMP)
 
 # The generated shard sets (about 2.3 GB at 10k + 100k + 300k) stay in runs/bench-scale for the next run.
 bench-scale: $(STAMP)
-	$(VENV)/bin/soft-dist bench scale --sizes 10000,100000,300000 --folder runs/bench-scale --json runs/bench/scale.json
+	$(VENV)/bin/soft-dist bench scale --sizes 10000,100000,300000 --folder runs/bench-scale --json runs/bench/scale.json \
+		--markdown runs/bench/scale.md --plot docs/scale.png
 
 # cleanlab (AGPL) is the baseline's optional extra, installed here only for this benchmark.
 bench-audit: $(STAMP)

@@ -42,6 +42,7 @@ def test_bench_scale_reports_every_stage_at_every_size(tmp_path, capsys):
     out = tmp_path / "scale.json"
     assert main(["bench", "scale", "--sizes", "600,300", "--image-size", "16", "--steps", "1", "--warmup", "1",
                  "--eval-batches", "1", "--rounds", "1", "--folder", str(tmp_path / "sets"), "--json", str(out),
+                 "--markdown", str(tmp_path / "scale.md"), "--plot", str(tmp_path / "scale.png"),
                  "model.width=16", "train.batch_size=16", "train.eval_batch_size=32"]) == 0
     result = json.loads(out.read_text())
     assert set(result["sizes"]) == {"300", "600"} and result["config"]["image_size"] == 16
@@ -53,5 +54,8 @@ def test_bench_scale_reports_every_stage_at_every_size(tmp_path, capsys):
                                                 "train_rss_mb_largest_minus_smallest",
                                                 "driver_rss_mb_largest_minus_smallest"}
     assert "sizes.600.train_images_per_s" in capsys.readouterr().out
+    rows = (tmp_path / "scale.md").read_text().splitlines()
+    assert rows[0].startswith("| N | train images/s") and [r.split(" | ")[0] for r in rows[2:]] == ["| 300", "| 600"]
+    assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the sets stay in --folder for the next run, which reuses them
     assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["scale300_16px", "scale600_16px"]

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batches", type=int, default=4, help="validation batches timed (default 4)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the sizes, alternating order (default 2)")
     parser.add_argument("--config", default="digits_cpu", metavar="NAME|FILE", help="run config (default digits_cpu)")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the size table as Markdown to this file")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also draw images/s, memory and per-image seconds against N (log-log) into this PNG")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides (data.image_size is the generated size)")
 
@@ -181,7 +184,7 @@ def run(args: argparse.Namespace) -> dict:
                       f"RSS {got['train'].get('rss_mb', float('nan')):.0f} MB", flush=True)
     per_size = {str(n): _summary(rounds[n]) for n in sizes}
     small, large = per_size[str(sizes[0])], per_size[str(sizes[-1])]
-    return {
+    result = {
         "config": rounds[sizes[0]][0]["config"] | {"steps": args.steps, "warmup": args.warmup,
                                                    "windows": args.repeats, "rounds": args.rounds},
         "sizes": per_size,
@@ -191,6 +194,66 @@ def run(args: argparse.Namespace) -> dict:
             "driver_rss_mb_largest_minus_smallest": large["driver_rss_mb"] - small["driver_rss_mb"],
         },
     }
+    for path, write in ((args.markdown, lambda p: p.write_text(markdown_table(result))),
+                        (args.plot, lambda p: plot(result, p))):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    """One row per N: training images/s (windows' range), worker memory, verify, driver, loaders, eval, checkpoint."""
+    head = ["N", "train images/s (min-max of windows)", "worker RSS after the steps: total / anonymous / file-backed",
+            "verify: us/image, s", "driver: noise table, RSS", "loaders built", "eval images/s", "checkpoint"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n, e in result["sizes"].items():
+        lines.append(
+            f"| {int(n):,} | {e['train_images_per_s']:.1f} ({e['train_images_per_s_min']:.1f}-"
+            f"{e['train_images_per_s_max']:.1f}) | {e['train_rss_mb']:,.0f} / {e['train_anon_mb']:,.0f} / "
+            f"{e['train_file_mb']:,.0f} MB | {e['verify_us_per_image']:.0f} us, {e['verify_seconds']:.1f} s | "
+            f"{e['driver_seconds']:.2f} s, {e['driver_rss_mb']:,.0f} MB | {e['loaders_seconds']:.2f} s | "
+            f"{e['eval_images_per_s']:.0f} | {e['checkpoint_seconds']:.2f} s, {e['checkpoint_mb']:.0f} MB |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Three log-log panels against N: images/s (train, eval), worker and driver RSS (MB), and the seconds
+    per image of the stages that pass over every sample (verify, driver, loaders)."""
+    from soft_dist.headless_pyplot import pyplot
+
+    plt = pyplot()
+    sizes = [int(n) for n in result["sizes"]]
+    rows = list(result["sizes"].values())
+    panels = [
+        ("images/s", {"train": "train_images_per_s", "eval": "eval_images_per_s"}),
+        ("resident memory, MB", {"worker (after the steps)": "train_rss_mb", "worker, anonymous": "train_anon_mb",
+                                 "driver": "driver_rss_mb"}),
+        ("seconds per image", {"verify": "verify_us_per_image", "driver (noise table)": "driver_seconds",
+                               "loaders built": "loaders_seconds"}),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (label, series) in zip(axes, panels):
+        for name, key in series.items():
+            if key == "verify_us_per_image":
+                values = [r[key] * 1e-6 for r in rows]
+            elif label == "seconds per image":
+                values = [r[key] / n for r, n in zip(rows, sizes)]
+            else:
+                values = [r[key] for r in rows]
+            ax.plot(sizes, values, marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training images N")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="center right")
+    config = result["config"]
+    fig.suptitle(f"soft-dist bench scale: {config['model']} width {config['width']}, {config['image_size']} px, "
+                 f"batch {config['batch_size']}, {config['loader']} loader, one worker process per N", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _summary(rounds: list[dict]) -> dict:

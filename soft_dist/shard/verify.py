@@ -29,7 +29,7 @@ def verify_shards(root: str | Path, decode: bool = False, max_errors: int = 50) 
     num_classes = manifest.num_classes
     limit = manifest.raw.get("num_indices")
     # Which idx were seen: one byte per possible idx (1 MB at a million samples; a set of Python ints
-    # held about 60 MB), or a set when the manifest does not bound the idx.
+    # held 67 MB), or a set when the manifest does not bound the idx.
     seen_flags = np.zeros(limit, dtype=bool) if limit is not None else None
     seen_idx: set[int] = set()
 
