@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batches", type=int, default=4, help="validation batches timed (default 4)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the sizes, alternating order (default 2)")
     parser.add_argument("--config", default="digits_cpu", metavar="NAME|FILE", help="run config (default digits_cpu)")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write the size table as Markdown to this file")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="also write the size table as Markdown to this file")
     parser.add_argument("--plot", type=Path, default=None,
                         help="also draw images/s, memory and per-image seconds against N (log-log) into this PNG")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

@@ -40,9 +40,9 @@ class EpochProgress:
         return cls(**state)
 
 
-# on_step(global step, epoch index, step of the epoch from 1, batch): after every step (teacher-buffer sync, failure
-# injection, the sample trace); at_checkpoint(progress): every ``checkpoint_every`` steps of an epoch but
-# its last (the epoch's own checkpoint follows that one).
+# on_step(global step, epoch index, step of the epoch from 1, batch): after every step (teacher-buffer
+# sync, failure injection, the sample trace); at_checkpoint(progress): every ``checkpoint_every`` steps
+# of an epoch but its last (the epoch's own checkpoint follows that one).
 StepHook = Callable[[int, int, int, object], None]
 
 

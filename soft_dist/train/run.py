@@ -146,7 +146,7 @@ class Trainer:
             train = train_epoch(learner, loaders.train, index, on_step=on_step, progress=self.progress,
                                 resume=resume, checkpoint_every=cfg.train.checkpoint_every_steps,
                                 at_checkpoint=at_checkpoint)
-            train_seconds += train["seconds"]
+            train_seconds += train["seconds"] - (resume.seconds if resume else 0.0)  # this process's part
             speeds, images = zip(*all_gather_objects((train["images_per_s"], train["images"])))
             speeds = list(speeds)
             broadcast_from_rank0(learner.student)  # every rank evaluates and would checkpoint the same student
