@@ -100,12 +100,12 @@ def test_worker_killed_mid_epoch_resumes_at_the_next_step(uninterrupted, digit_s
     from soft_dist.train.ray_trainer import run_training
     from soft_dist.train.sample_trace import read_trace, trained_steps
 
-    stop, killed = threading.Event(), []
+    stop, killed, console = threading.Event(), [], []
     killer = threading.Thread(target=_kill_when_trained, args=(tmp_path / "sample_trace", 1, 2, 4, stop, killed))
     killer.start()
     try:
         results = run_training(config(digit_shards, "train.checkpoint_every_steps=3", "train.trace_samples=true",
-                                      "train.max_failures=1"), tmp_path, echo=None)
+                                      "train.max_failures=1"), tmp_path, echo=console.append)
     finally:
         stop.set()
         killer.join()
@@ -115,6 +115,9 @@ def test_worker_killed_mid_epoch_resumes_at_the_next_step(uninterrupted, digit_s
     assert len(attempts) == 2  # the first worker group, and the one Ray Train started after the kill
     resumed = {tuple(f["resumed_from"]) for f in files if f["attempt"] == attempts[1]}
     assert resumed in ({(1, 3)}, {(1, 6)}, {(1, 9)})  # a step checkpoint of epoch 2 (6 or 9 if the kill was late)
+    step = next(iter(resumed))[1]
+    assert f"  epoch 2 went on from its step checkpoint after step {step} of 10 (a worker group was restarted)" in console
+    assert len([line for line in console if line.startswith("epoch ")]) == EPOCHS  # one line per epoch, as always
 
     got = trained_steps(files)
     want = trained_steps(read_trace(uninterrupted[0] / "sample_trace"))

@@ -203,6 +203,10 @@ class EpochPrinter:
                                           workers=record.get("world_size"),
                                           val_labels=record.get("val_labels", "noisy"))
                 lines = [line, record["note"]] if record.get("note") else [line]
+                resumed = record["train"].get("resumed_at_step", 0)
+                if resumed:  # a worker group restarted mid-epoch and went on from a step checkpoint
+                    lines.append(f"  epoch {record['epoch']} went on from its step checkpoint after step {resumed} "
+                                 f"of {record['train']['steps']} (a worker group was restarted)")
                 for text in lines:
                     if self._bar is not None:
                         self._bar.write(text)
