@@ -85,9 +85,8 @@ def _memory_mb() -> dict:
     except OSError:
         return {}
     fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    mb = {key: int(fields[name].split()[0]) / 1024 for key, name in (
+    return {key: int(fields[name].split()[0]) / 1024 for key, name in (
         ("rss_mb", "VmRSS"), ("peak_rss_mb", "VmHWM"), ("anon_mb", "RssAnon"), ("file_mb", "RssFile"))}
-    return mb
 
 
 def measure_training(shards: str, config: str, overrides: list[str], steps: int, warmup: int, windows: int,
@@ -111,8 +110,8 @@ def measure_training(shards: str, config: str, overrides: list[str], steps: int,
     report = verify_shards(shards)
     if not report["ok"]:
         raise SystemExit(f"soft-dist bench scale: {shards} does not verify: {report['errors'][:3]}")
-    out["verify"] = {"seconds": time.perf_counter() - began, "us_per_image": 1e6 * (time.perf_counter() - began)
-                     / report["num_samples"], **_memory_mb()}
+    seconds = time.perf_counter() - began
+    out["verify"] = {"seconds": seconds, "us_per_image": 1e6 * seconds / report["num_samples"], **_memory_mb()}
     began = time.perf_counter()
     table, num_classes = make_noise_table(cfg)
     out["driver"] = {"seconds": time.perf_counter() - began, **_memory_mb()}
@@ -143,7 +142,7 @@ def measure_training(shards: str, config: str, overrides: list[str], steps: int,
             speeds.append(images / (time.perf_counter() - began))
         out["train"] = {"images_per_s": statistics.median(speeds), "windows": speeds, **_memory_mb()}
         evaluated, began = 0, time.perf_counter()
-        for name, module in learner.branches().items():
+        for module in learner.branches().values():  # a pass of the loader per branch, as the run's evaluate
             rows = [b for _, b in zip(range(eval_batches), loaders.val.epoch(0))]
             evaluated += sum(int(b.valid.sum()) for b in rows)
             predict(module, rows)
