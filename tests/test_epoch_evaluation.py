@@ -121,3 +121,32 @@ def test_reports_of_counts_match_the_per_sample_formulas_and_mark_empty_parts_na
     halves = noisy_part_counts(clean[:2], clean[:2], clean[:2] + 1) + noisy_part_counts(clean[2:], clean[2:], clean[2:])
     assert diagnostics_of_counts(halves) == pytest.approx(
         {"num_flipped": 2, "clean_part_accuracy": 1.0, "noisy_predicted_correct": 1.0, "noisy_predicted_noise": 0.0})
+
+
+class _CountingLoader:
+    """A loader that counts the passes asked of it and the batches it hands out."""
+
+    def __init__(self, loader):
+        self.loader, self.passes, self.batches = loader, 0, 0
+
+    def epoch(self, epoch, start=0):
+        self.passes += 1
+        for batch in self.loader.epoch(epoch, start):
+            self.batches += 1
+            yield batch
+
+
+def test_an_evaluation_passes_the_split_once_for_both_branches():
+    """The student and the teacher see each batch of one pass: at scale the split is decoded once per
+    evaluation, not once per branch; each branch's numbers are those of a pass of its own."""
+    images, labels, idx, table, val_labels = _split()
+    learner = _learner()
+    counting = _CountingLoader(_loader(images, labels, idx, torch.arange(SAMPLES)))
+    report = evaluate(learner, counting, CLASSES)
+    diagnostics = noise_diagnostics(learner, counting, table)
+    assert counting.passes == 2 and counting.batches == 2 * 7  # one pass each, 53 rows in batches of 8
+    for branch, module in learner.branches().items():
+        preds, _, pred_idx = predict(module, _loader(images, labels, idx, torch.arange(SAMPLES)).epoch(0))
+        assert report[branch] == classification_report(labels.numpy(), preds, CLASSES)
+        assert diagnostics[branch]["num_flipped"] == 14
+    assert learner.student.training  # eval mode only while predicting

@@ -100,7 +100,7 @@ def measure_training(shards: str, config: str, overrides: list[str], steps: int,
     from soft_dist.noise.setup import make_noise_table
     from soft_dist.shard.verify import verify_shards
     from soft_dist.train.checkpoints import write_state_folder
-    from soft_dist.train.epoch import predict
+    from soft_dist.train.epoch import predict_branches
     from soft_dist.train.step import SoftLearner
 
     cfg = load_config(config, [f"data.shards={shards}", *overrides])
@@ -141,11 +141,10 @@ def measure_training(shards: str, config: str, overrides: list[str], steps: int,
                 images += int(batch.valid.sum())
             speeds.append(images / (time.perf_counter() - began))
         out["train"] = {"images_per_s": statistics.median(speeds), "windows": speeds, **_memory_mb()}
-        evaluated, began = 0, time.perf_counter()
-        for module in learner.branches().values():  # a pass of the loader per branch, as the run's evaluate
-            rows = [b for _, b in zip(range(eval_batches), loaders.val.epoch(0))]
-            evaluated += sum(int(b.valid.sum()) for b in rows)
-            predict(module, rows)
+        began = time.perf_counter()
+        # one pass of the loader through both branches, as the run's evaluate
+        rows = [b for _, b in zip(range(eval_batches), loaders.val.epoch(0))]
+        evaluated = len(predict_branches(learner.branches(), rows)["student"][0])
         out["eval"] = {"images_per_s": evaluated / (time.perf_counter() - began), **_memory_mb()}
         with tempfile.TemporaryDirectory(prefix="soft-dist-bench-scale-") as folder:
             began = time.perf_counter()

@@ -91,31 +91,46 @@ def train_epoch(
 
 
 @torch.no_grad()
+def predict_branches(modules: dict[str, nn.Module], batches: Iterable, device: torch.device | str = "cpu",
+                     autocast: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Arg-max predictions of every module in eval mode over ONE pass of batches with ``image``/``label``/
+    ``idx``/``valid`` (each batch is decoded once and fed to every module: evaluating the student and the
+    teacher costs one pass of the loader, not one per branch).
+
+    Returns name -> numpy arrays (preds, labels, idx) [N] over the valid rows."""
+    device = torch.device(device)
+    was_training = {name: module.training for name, module in modules.items()}
+    for module in modules.values():
+        module.eval()
+    preds = {name: [] for name in modules}
+    labels, idxs = [], []
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast and device.type == "cuda" else contextlib.nullcontext()
+    try:
+        for batch in batches:
+            image = batch.image.to(device, non_blocking=True)
+            keep = batch.valid.to(device) if getattr(batch, "valid", None) is not None else None
+            lab, idx = batch.label.to(device), batch.idx.to(device)
+            if keep is not None:
+                lab, idx = lab[keep], idx[keep]
+            labels.append(lab.cpu())
+            idxs.append(idx.cpu())
+            for name, module in modules.items():
+                with ctx:
+                    pred = module(image).argmax(dim=-1)
+                preds[name].append((pred[keep] if keep is not None else pred).cpu())
+    finally:
+        for name, module in modules.items():
+            module.train(was_training[name])
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
+    label_array, idx_array = cat(labels), cat(idxs)
+    return {name: (cat(preds[name]), label_array, idx_array) for name in modules}
+
+
 def predict(module: nn.Module, batches: Iterable, device: torch.device | str = "cpu", autocast: bool = False):
     """Arg-max predictions of ``module`` in eval mode over batches with ``image``/``label``/``idx``/``valid``.
 
     Returns numpy arrays (preds, labels, idx) [N] over the valid rows."""
-    device = torch.device(device)
-    was_training = module.training
-    module.eval()
-    preds, labels, idxs = [], [], []
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast and device.type == "cuda" else contextlib.nullcontext()
-    try:
-        for batch in batches:
-            with ctx:
-                logits = module(batch.image.to(device, non_blocking=True))
-            keep = batch.valid.to(device) if getattr(batch, "valid", None) is not None else None
-            pred = logits.argmax(dim=-1)
-            lab, idx = batch.label.to(device), batch.idx.to(device)
-            if keep is not None:
-                pred, lab, idx = pred[keep], lab[keep], idx[keep]
-            preds.append(pred.cpu())
-            labels.append(lab.cpu())
-            idxs.append(idx.cpu())
-    finally:
-        module.train(was_training)
-    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
-    return cat(preds), cat(labels), cat(idxs)
+    return predict_branches({"model": module}, batches, device, autocast)["model"]
 
 
 def _targets(labels: np.ndarray, idx: np.ndarray, label_lookup: np.ndarray | None) -> np.ndarray:
@@ -130,10 +145,7 @@ def report_predictions(preds, labels, idx, num_classes: int, label_lookup: np.nd
 
 def predictions(learner: SoftLearner, loader) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """branch -> (preds, labels, idx) over ``loader``'s valid rows (this process's share)."""
-    return {
-        name: predict(module, loader.epoch(0), learner.device, autocast=learner.autocast)
-        for name, module in learner.branches().items()
-    }
+    return predict_branches(learner.branches(), loader.epoch(0), learner.device, autocast=learner.autocast)
 
 
 def evaluate(learner: SoftLearner, loader, num_classes: int, label_lookup: np.ndarray | None = None) -> dict:
