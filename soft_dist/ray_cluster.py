@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from soft_dist.config import ConfigError, TrainConfig
 
@@ -66,6 +67,35 @@ def init_ray(log_to_driver: bool | None = None) -> None:
         _system_config={"worker_niceness": WORKER_NICENESS},
         runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"},
     ))
+
+
+@contextlib.contextmanager
+def local_nodes(nodes: int, cpus_per_node: int) -> Iterator[object]:
+    """A Ray cluster of ``nodes`` raylets on this machine (``ray.cluster_utils.Cluster``: a head and
+    ``nodes - 1`` more, ``cpus_per_node`` CPUs each), with this process connected as its driver; shut
+    down, every raylet with it, on leaving. Each node has its own object store and its own workers, and
+    Ray schedules across them as across machines: with ``cpus_per_node`` CPUs per Train worker, W workers
+    run on W different nodes. Refused while this process is connected to another Ray instance."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        raise RuntimeError("local_nodes: this process is already connected to a Ray instance")
+    if nodes < 1 or cpus_per_node < 1:
+        raise ValueError(f"local_nodes: nodes ({nodes}) and cpus_per_node ({cpus_per_node}) must be >= 1")
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": cpus_per_node, "include_dashboard": False,
+        "_system_config": {"worker_niceness": WORKER_NICENESS}})  # as init_ray's local instance
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=cpus_per_node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR,
+                 runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"})
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 class RayStartError(RuntimeError):

@@ -244,7 +244,7 @@ class _Crash(Exception):
 
 
 _TIMING = {"seconds", "images_per_s", "images_per_s_per_worker", "wall_time_s", "throughput",
-           "share_of_train_time"}
+           "share_of_train_time", "checkpoints"}
 
 
 def _without_timing(node):

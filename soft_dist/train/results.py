@@ -55,10 +55,11 @@ def final_results(
 
 def run_results(cfg: Config, table: NoiseTable, store: RunStore, *, val: dict, test: dict | None,
                 diagnostics: dict | None, history: list[dict], world_size: int, teacher_sync: dict | None,
-                model: dict, teacher_digests: list, weights) -> dict:
+                model: dict, teacher_digests: list, weights, checkpoint_seconds: list[float] = ()) -> dict:
     """The record of a run whose last epoch has ``val``/``test`` reports: :func:`final_results` plus the
     throughput over the ``history`` of every epoch, model.pt's selection record ``model``, the evaluation
-    protocols and the teachers' digests (and where pretrained ``weights`` came from)."""
+    protocols and the teachers' digests (and where pretrained ``weights`` came from); ``checkpoint_seconds``:
+    how long rank 0's epoch checkpoints took to write and report, in this process."""
     all_speeds = [s for h in history for s in h["images_per_s_per_worker"]]
     results = final_results(
         cfg, val, test, table, diagnostics,
@@ -72,6 +73,8 @@ def run_results(cfg: Config, table: NoiseTable, store: RunStore, *, val: dict, t
     results["model"] = {"file": MODEL_FILE, **model}
     results["protocols"] = compute_protocols(epoch_records(store, history), cfg.train.select_metric)
     results["teacher_digests"] = teacher_digests
+    results["checkpoints"] = {"timed": len(checkpoint_seconds),
+                              "median_seconds": float(np.median(checkpoint_seconds)) if checkpoint_seconds else None}
     if weights is not None:
         results["pretrained"] = {"source": weights.source, "unexpected_keys": weights.unexpected}
     return results

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -133,6 +134,7 @@ class Trainer:
         on_step = self._on_step(sync, trace)
         val_lookup = self.table.lookup() if cfg.data.val_labels == "noisy" else None
         train_seconds = 0.0  # in this process (a restarted worker starts again from 0)
+        checkpoint_seconds: list[float] = []  # each epoch checkpoint's save in this process (report included)
         for index in range(epochs_done, cfg.train.epochs):
             # Epochs are numbered from 1 in every file and message (metrics.jsonl, results.json, model.pt,
             # checkpoints/epoch_NNNN, the console): ``epoch`` is the count of epochs done after this one.
@@ -164,7 +166,8 @@ class Trainer:
                             "share_k_gt_1": train.get("share_k_gt_1")})
             best = self.selection.consider(epoch, val, test, learner)
             last = epoch == cfg.train.epochs
-            results = self._results(learner, weights, sync, val, test, history, train_seconds, digests) if last else {}
+            results = self._results(learner, weights, sync, val, test, history, train_seconds, digests,
+                                    checkpoint_seconds) if last else {}
             self.log.record(epoch, {
                 "train": train, "val": val, "val_labels": cfg.data.val_labels, "test": test, "head": learner.head_on,
                 "lr": learner.optimizer.param_groups[0]["lr"], "world_size": world_size,
@@ -177,8 +180,10 @@ class Trainer:
                 **self._lock_in(history)})
             if last:
                 self.log.finish(results)
+            began = time.perf_counter()
             self.checkpoints.save(epoch, self._launcher_metrics(epoch, val, last), learner, sync, history,
                                   self.selection.state())
+            checkpoint_seconds.append(time.perf_counter() - began)
             self.selection.commit()  # model.pt only once the epoch it holds is in a committed checkpoint
         self.log.close()
         if trace is not None:
@@ -243,12 +248,14 @@ class Trainer:
         return read_results(self.store)
 
     def _results(self, learner: SoftLearner, weights, sync, val: dict, test: dict | None, history: list,
-                 train_seconds: float, digests: list) -> dict:
-        """The last epoch's results record; the noise diagnostics evaluate the training split (every rank)."""
+                 train_seconds: float, digests: list, checkpoint_seconds: list[float]) -> dict:
+        """The last epoch's results record; the noise diagnostics evaluate the training split (every rank).
+        ``checkpoint_seconds``: the saves of this process's epochs before the last (the last one's save
+        follows the record)."""
         diagnostics = None
         if self.loaders.train_eval is not None:
             diagnostics = noise_diagnostics(learner, self.loaders.train_eval, self.table)
         return run_results(self.cfg, self.table, self.store, val=val, test=test,
                            diagnostics=diagnostics, history=history, world_size=self.place.world_size,
                            teacher_sync=sync.results(train_seconds), model=self.selection.best,
-                           teacher_digests=digests, weights=weights)
+                           teacher_digests=digests, weights=weights, checkpoint_seconds=checkpoint_seconds)
