@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from soft_dist.bench.scale_data import scale_images, write_scale_shards
 from soft_dist.cli import main
@@ -59,3 +60,47 @@ def test_bench_scale_reports_every_stage_at_every_size(tmp_path, capsys):
     assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the sets stay in --folder for the next run, which reuses them
     assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["scale300_16px", "scale600_16px"]
+
+
+def test_bench_shard_scale_shards_a_generated_folder_with_each_backend(tmp_path):
+    """The real `soft-dist shard` on a folder of generated photos, with the process pool and with Ray tasks:
+    every photo in the manifest, seconds and the peak memory of the command's process tree."""
+    out = tmp_path / "shard-scale.json"
+    folder = tmp_path / "folders"
+    assert main(["bench", "shard-scale", "--sizes", "250", "--image-size", "24", "--size", "16",
+                 "--runs", "process:1,ray:1", "--rounds", "1", "--folder", str(folder), "--json", str(out),
+                 "--markdown", str(tmp_path / "shard-scale.md")]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert set(runs) == {"250/process:1", "250/ray:1"}
+    for run in runs.values():
+        assert run["seconds"] > 0 and run["images_per_s"] == pytest.approx(250 / run["seconds"])
+        assert run["total_peak_mb"] >= run["driver_peak_mb"] > 20  # a Python process with numpy and PIL
+    assert runs["250/ray:1"]["worker_peak_mb"] > 0  # Ray's workers are processes below the command's
+    photos = sorted((folder / "folder250_24px" / "train").rglob("*.jpg"))
+    assert len(photos) == 250 and {p.parent.name for p in photos} == {str(d) for d in range(10)}
+    rows = (tmp_path / "shard-scale.md").read_text().splitlines()
+    assert [r.split(" | ")[1] for r in rows[2:]] == ["process:1", "ray:1"]
+    # the folder stays for the next run, which reuses it
+    before = photos[0].stat().st_mtime_ns
+    assert main(["bench", "shard-scale", "--sizes", "250", "--image-size", "24", "--size", "16",
+                 "--runs", "process:1", "--rounds", "1", "--folder", str(folder)]) == 0
+    assert photos[0].stat().st_mtime_ns == before
+
+
+def test_bench_tools_scale_times_eval_audit_and_predict_over_whole_splits(tmp_path):
+    """A run trained on a generated set (set-up), then the real `eval`, `audit` and `predict` commands over
+    all of its training images and a folder of as many photos, each in a process of its own."""
+    out = tmp_path / "tools.json"
+    folder = tmp_path / "data"
+    assert main(["bench", "tools-scale", "--sizes", "300", "--image-size", "16", "--commands", "eval,audit,predict",
+                 "--rounds", "1", "--folder", str(folder), "--json", str(out), "--markdown", str(tmp_path / "tools.md"),
+                 "--train", "model.width=8", "train.epochs=1", "method.stage1_epochs=0", "data.num_threads=1"]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert set(runs) == {"300/eval", "300/audit", "300/predict"}
+    for run in runs.values():
+        assert run["seconds"] > 0 and run["total_peak_mb"] >= run["driver_peak_mb"] > 50
+    assert json.loads((folder / "run300_16px" / "results.json").read_text())["epochs"] == 1
+    rows = (tmp_path / "tools.md").read_text().splitlines()
+    assert [r.split(" | ")[1] for r in rows[2:]] == ["eval", "audit", "predict"]
+    with pytest.raises(SystemExit, match="unknown command 'serve'"):
+        main(["bench", "tools-scale", "--commands", "eval,serve", "--folder", str(folder)])

@@ -17,6 +17,7 @@ from PIL import Image
 from soft_dist.cli import main
 from soft_dist.serve.classifier import load_spec
 from soft_dist.serve.faces import AlignSettings, FacePreparer
+from soft_dist.serve.predict import in_input_order
 
 PHOTOS = 48  # real digit photos per test (the test split has 360)
 PROB_TOLERANCE = 2e-6  # the CSV keeps 6 decimals
@@ -123,6 +124,35 @@ def test_ray_data_gives_the_rows_of_one_process(reference_run, digit_photos, ray
     assert [drop(r) for r in a] == [drop(r) for r in b]
     assert np.abs(probs(a) - probs(b)).max() < 1e-5
     assert abs(sum(b[0]["probabilities"].values()) - 1) < 1e-4
+
+
+def test_rows_go_out_in_input_order_as_soon_as_every_earlier_row_has_come():
+    """Ray Data's batches may come in any order; each row is handed on once the rows before it are, so the
+    writer never waits for the whole result (nor holds it)."""
+    def batch(*positions):
+        positions = np.array(positions)
+        return {"order": positions, "path": np.array([f"p{i}" for i in positions], dtype=object),
+                "box": np.stack([np.full(4, float(i)) for i in positions])}
+
+    arrived = [batch(4, 5), batch(2, 0, 1), batch(6), batch(3, 7)]
+    consumed = 0
+
+    def feed():
+        nonlocal consumed
+        for b in arrived:
+            consumed += 1
+            yield b
+
+    handed_on = []  # (batches consumed when the run went out, its paths)
+    for run in in_input_order(feed()):
+        assert "order" not in run and run["box"].shape == (len(run["path"]), 4)
+        handed_on.append((consumed, [int(p[1:]) for p in run["path"]]))
+    # 0-2 go out with the second batch; 3 only comes in the last one, and 4-5 and 6 wait for it
+    assert handed_on == [(2, [0, 1, 2]), (4, [3]), (4, [4, 5]), (4, [6]), (4, [7])]
+    for run in in_input_order(iter([batch(1, 0), batch(2)])):  # every column moves with its row
+        assert run["box"][:, 0].tolist() == [float(p[1:]) for p in run["path"]]
+    with pytest.raises(RuntimeError, match="row 1 never did"):
+        list(in_input_order(iter([batch(0, 2)])))
 
 
 def test_onnxruntime_backend_matches_pytorch(reference_run, reference_export, digit_photos, tmp_path):

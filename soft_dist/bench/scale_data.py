@@ -108,3 +108,40 @@ def write_scale_shards(out: Path, num_train: int, size: int = 48, seed: int = 0,
     write_manifest(out, {"dataset": "digits", "classes": list(DIGIT_CLASSES), "splits": entries, "num_indices": first,
                          "generator": {"kind": "scale", "seed": seed, "size": size, "quality": quality}})
     return out
+
+
+FOLDER_MARKER = ".scale_folder.json"
+
+
+def write_scale_folder(root: Path, num_train: int, size: int = 48, seed: int = 0, quality: int = 90,
+                       progress=None) -> Path:
+    """An image folder at ``root`` for `soft-dist shard --layout imagefolder`: ``num_train`` JPEGs
+    ``ROOT/train/<digit>/<n>.jpg`` made as :func:`scale_images` makes them (a train split only: the sharder
+    carves the validation share, as it does for a user's folder). Written in chunks of 1,000 images, each
+    from its own seed; ``ROOT/.scale_folder.json`` is written last and names the settings, so a folder
+    that is there with the same settings is reused and a half-written one is written again."""
+    import json
+
+    from PIL import Image
+
+    from soft_dist.data.sampler import derive_seed
+    from soft_dist.shard.digits import DIGIT_CLASSES
+
+    root = Path(root)
+    settings = {"num_train": num_train, "size": size, "seed": seed, "quality": quality}
+    marker = root / FOLDER_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == settings:
+        return root
+    for name in DIGIT_CLASSES:
+        (root / "train" / name).mkdir(parents=True, exist_ok=True)
+    source = _digit_ink()
+    for number, start in enumerate(range(0, num_train, SHARD_SIZE)):
+        n = min(SHARD_SIZE, num_train - start)
+        pixels, labels = scale_images(n, size, derive_seed(seed, len(SPLITS), number), source)
+        for i in range(n):
+            Image.fromarray(pixels[i]).save(root / "train" / DIGIT_CLASSES[labels[i]] / f"{start + i:07d}.jpg",
+                                            quality=quality)
+        if progress is not None:
+            progress(n)
+    marker.write_text(json.dumps(settings))
+    return root

@@ -22,6 +22,8 @@ BENCHMARKS = {
     "predict": ("soft_dist.bench.predict", "soft-dist predict photos/s: one process vs Ray Data stages"),
     "metadata": ("soft_dist.bench.metadata", "the stages that touch every sample's metadata (labels, splits, noise, sampler, audit ranking) against N"),
     "scale": ("soft_dist.bench.scale", "training from shards at 10k / 100k / 300k generated images: images/s, memory, eval, checkpoint"),
+    "shard-scale": ("soft_dist.bench.shard_scale", "soft-dist shard of an image folder of 10k / 100k photos: time per image and peak memory, 1 / 2 processes and Ray"),
+    "tools-scale": ("soft_dist.bench.tools_scale", "eval, audit and predict over whole splits / folders of 10k / 100k images: time per image and peak memory"),
     "audit": ("soft_dist.bench.audit", "finding wrong labels: SOFT audit vs CE loss vs cleanlab K-fold (AUROC, compute)"),
 }
 

@@ -9,6 +9,8 @@ input order either way.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import warnings
@@ -95,7 +97,8 @@ def _stages(dataset, plan: PredictPlan, gpu: float, remote_args: dict):
 
 def predict_ray(plan: PredictPlan, paths: list[str], progress: Callable[[int], None]) -> Iterator[dict]:
     """Batches of result columns from Ray Data (the cluster RAY_ADDRESS names, or a new local one), in
-    input order: rows carry their position and are put back in order here."""
+    input order: rows carry their position and are put back in order as they stream in (Ray Data is asked
+    to keep the blocks' order too, so little waits), and the caller writes each batch as it comes."""
     import ray
     import ray.data
 
@@ -106,6 +109,7 @@ def predict_ray(plan: PredictPlan, paths: list[str], progress: Callable[[int], N
     # soft-dist's one progress bar replaces Ray Data's per-operator bars and start-up notices.
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    context.execution_options.preserve_order = True
     for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.ERROR)  # "progress bars disabled", "execution finished"
     # On a GPU node the actors of both stages share the GPU(s) instead of each waiting for a whole one.
@@ -121,12 +125,35 @@ def predict_ray(plan: PredictPlan, paths: list[str], progress: Callable[[int], N
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         blocks = max(1, min(len(items) // plan.align_batch, 4096))
         dataset = _stages(ray.data.from_items(items, override_num_blocks=blocks), plan, gpu, restarts)
-    parts = []
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        parts.append(batch)
-        progress(len(batch["order"]))
-    if not parts:
-        return
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.argsort(merged.pop("order"), kind="stable")
-    yield {k: v[order] for k, v in merged.items()}
+    def counted(batches: Iterator[dict]) -> Iterator[dict]:
+        for batch in batches:
+            progress(len(batch["order"]))
+            yield batch
+
+    yield from in_input_order(counted(dataset.iter_batches(batch_size=None, batch_format="numpy")))
+
+
+def in_input_order(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of columns whose ``order`` column holds each row's input position (0, 1, 2, ... each once,
+    batches in any order) -> the same rows in input order, without ``order``, each as soon as every row
+    before it has come: what is held back is only the rows that arrived ahead of a missing one, never the
+    whole result (a million photos' rows would otherwise wait in memory for the last batch)."""
+    waiting: list[tuple[int, int, dict]] = []  # heap of (first position, arrival, contiguous run of rows)
+    arrivals = itertools.count()
+    next_row = 0
+    for batch in batches:
+        positions = batch["order"]
+        sort = np.argsort(positions, kind="stable")
+        positions = positions[sort]
+        columns = {k: v[sort] for k, v in batch.items() if k != "order"}
+        # split into runs of consecutive positions, so that each run can go out as soon as its turn comes
+        cuts = np.flatnonzero(np.diff(positions) != 1) + 1
+        for lo, hi in zip([0, *cuts], [*cuts, len(positions)]):
+            if hi > lo:
+                heapq.heappush(waiting, (int(positions[lo]), next(arrivals), {k: v[lo:hi] for k, v in columns.items()}))
+        while waiting and waiting[0][0] == next_row:
+            _, _, run = heapq.heappop(waiting)
+            next_row += len(next(iter(run.values())))
+            yield run
+    if waiting:
+        raise RuntimeError(f"predict: rows from position {waiting[0][0]} came back but row {next_row} never did")
