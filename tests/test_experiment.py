@@ -97,7 +97,12 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
         sls_bars: {method: soft, images: 4}
     """))
     run_dir = tmp_path / "exp"
-    outcome = run_grid(grid, run_dir, [f"data.shards={digit_shards}", *TINY])
+    lines: list[str] = []
+    outcome = run_grid(grid, run_dir, [f"data.shards={digit_shards}", *TINY], log=lines.append)
+    # said once, before any cell trains, naming the cells; no FAILED line per cell after training others
+    assert lines[0].startswith("[experiment] 2 of 4 cells cannot start (ce-symmetric-0.3-s0-scale_min0.95, "
+                               "soft-symmetric-0.3-s0-scale_min0.95): ") and "data.augment.scale_min" in lines[0]
+    assert not any("FAILED" in line for line in lines)
     assert sorted(outcome.trained) == ["ce-symmetric-0.3-s0-scale_min0.8", "soft-symmetric-0.3-s0-scale_min0.8"]
     assert sorted(f["cell"] for f in outcome.failed) == ["ce-symmetric-0.3-s0-scale_min0.95",
                                                          "soft-symmetric-0.3-s0-scale_min0.95"]
@@ -154,6 +159,26 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
     assert only_ce.skipped == ["ce-symmetric-0.3-s0-scale_min0.8"] and only_ce.trained == []
     assert [f["cell"] for f in only_ce.failed] == ["ce-symmetric-0.3-s0-scale_min0.95"]
     assert len(pd.read_csv(run_dir / "cells.csv")) == 2
+
+
+def test_a_class_map_without_a_target_for_every_class_stops_those_cells_before_any_training(tmp_path, digit_shards):
+    """Asymmetric cells whose class map leaves a class without a target cannot make their noise table: found
+    for all of them at once, before a cell trains (the table is made once per distinct setting); the
+    symmetric cells are fine."""
+    from soft_dist.experiment.runner import cells_that_cannot_start
+
+    grid = load_grid(write_grid(tmp_path, """
+        base: BASE
+        methods: [ce, soft]
+        noise_kinds: [symmetric, asymmetric]
+        noise_rates: [0.3]
+        seeds: [0, 1]
+        overrides: ["noise.class_map={0: 6, 1: 7}"]
+    """))
+    common = [*grid.overrides, f"data.shards={digit_shards}", *TINY]
+    problems = cells_that_cannot_start(grid, grid.cells(), common, [], tmp_path / "exp")
+    assert sorted(problems) == sorted(c.name for c in grid.cells() if c.noise_kind == "asymmetric")
+    assert len(problems) == 4 and all("class_map has no target for class 2" in e for e in problems.values())
 
 
 @pytest.mark.ray

@@ -17,7 +17,8 @@ axes to sweep::
     sls_bars: {method: soft, images: 6}   # optional: the Fig. 1-style plot
 
 Structure and names are checked here (GridError names the field and the file); the values of each
-cell's config are checked when the cell is built, so one bad value fails that cell only.
+cell's config, and its noise table against the shards, are checked before any cell trains
+(soft_dist.experiment.runner), so one bad value fails that cell only, and says so once at the start.
 """
 
 from __future__ import annotations

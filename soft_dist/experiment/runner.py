@@ -133,6 +133,47 @@ def cell_config(grid: Grid, cell: Cell, common: list[str], asym_overrides: list[
     return load_config(grid.base, [*common, *extra, *cell.overrides()])
 
 
+def cells_that_cannot_start(grid: Grid, cells: list[Cell], common: list[str], asym_overrides: list[str] | None,
+                            run_dir: Path) -> dict[str, str]:
+    """cell name -> error of every unfinished cell whose config or noise table cannot be made, found before
+    any cell trains (a class map that names no target for a class fails every asymmetric cell; it should
+    say so once, not after each earlier cell's training). The noise table is made once per distinct
+    data + noise setting (reading the shards' labels)."""
+    from soft_dist.config import to_dict
+    from soft_dist.noise.setup import make_noise_table
+
+    problems: dict[str, str] = {}
+    checked: dict[str, str | None] = {}  # data + noise settings -> the error, or None
+    for cell in cells:
+        if is_finished(cell_dir(run_dir, cell)):
+            continue
+        try:
+            cfg = cell_config(grid, cell, common, asym_overrides)
+        except Exception as err:  # noqa: BLE001 - recorded as the cell's failure
+            problems[cell.name] = _error_text(err)
+            continue
+        key = json.dumps({"data": to_dict(cfg.data), "noise": to_dict(cfg.noise)}, sort_keys=True, default=str)
+        if key not in checked:
+            try:
+                make_noise_table(cfg)
+                checked[key] = None
+            except Exception as err:  # noqa: BLE001 - recorded as the cell's failure
+                checked[key] = _error_text(err)
+        if checked[key] is not None:
+            problems[cell.name] = checked[key]
+    return problems
+
+
+def _log_problems(problems: dict[str, str], total: int, log: Callable[[str], None]) -> None:
+    """One line per distinct error, naming its cells (the first three and a count)."""
+    by_error: dict[str, list[str]] = {}
+    for name, error in problems.items():
+        by_error.setdefault(error, []).append(name)
+    for error, names in by_error.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        log(f"[experiment] {len(names)} of {total} cells cannot start ({shown}): {error}")
+
+
 def run_grid(
     grid: Grid,
     run_dir: str | Path,
@@ -174,12 +215,20 @@ def run_grid(
             (run_dir / "confusion").mkdir(parents=True, exist_ok=True)
             (run_dir / "confusion" / "error.txt").write_text(traceback.format_exc())
 
+    problems = cells_that_cannot_start(grid, [c for c in cells if not (c.noise_kind == "asymmetric" and asym_error)],
+                                       common, asym_overrides, run_dir)
+    _log_problems(problems, len(cells), log)
     for number, cell in enumerate(cells, 1):
         folder = cell_dir(run_dir, cell)
         head = f"[experiment {number}/{len(cells)}] {cell.name}"
         if is_finished(folder):
             outcome.skipped.append(cell.name)
             log(f"{head}: finished earlier, skipped")
+            continue
+        if cell.name in problems:  # said above, once per error
+            outcome.failed.append({"cell": cell.name, "error": problems[cell.name]})
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "error.txt").write_text(f"found before any cell trained: {problems[cell.name]}\n")
             continue
         start = time.perf_counter()
         try:
