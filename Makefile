@@ -71,10 +71,15 @@ bench-predict: $(STAMP)
 bench-metadata: $(STAMP)
 	$(VENV)/bin/soft-dist bench metadata --sizes 10000,100000,1000000 --folder runs/bench-metadata --json runs/bench/metadata.json
 
-# The generated shard sets (about 2.3 GB at 10k + 100k + 300k) stay in runs/bench-scale for the next run.
+# The generated shard sets (about 2.3 GB at 10k + 100k + 300k), image folders (10k + 100k photos) and the
+# tools benchmark's trained runs stay in runs/bench-scale for the next run.
 bench-scale: $(STAMP)
 	$(VENV)/bin/soft-dist bench scale --sizes 10000,100000,300000 --folder runs/bench-scale --json runs/bench/scale.json \
 		--markdown runs/bench/scale.md --plot docs/scale.png
+	$(VENV)/bin/soft-dist bench shard-scale --sizes 10000,100000 --folder runs/bench-scale --json runs/bench/shard-scale.json \
+		--markdown runs/bench/shard-scale.md
+	$(VENV)/bin/soft-dist bench tools-scale --sizes 10000,100000 --folder runs/bench-scale --json runs/bench/tools-scale.json \
+		--markdown runs/bench/tools-scale.md
 
 # cleanlab (AGPL) is the baseline's optional extra, installed here only for this benchmark.
 bench-audit: $(STAMP)

@@ -38,7 +38,7 @@ class LayoutError(ValueError):
     """The root does not look like the named layout; the message says what was expected."""
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__ per record: ~100 bytes less each, a million records in the driver
 class Record:
     """One input image.
 
@@ -280,13 +280,14 @@ def read_imagefolder(root: Path, classes: list[str] | None = None, **_) -> Datas
     for split in split_dirs:
         for class_dir in sorted(d for d in (root / split).iterdir() if d.is_dir()):
             files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            name = class_dir.name  # one string shared by the class's records (Path.name makes a new one per call)
+            label = order.index(name) if name in order else None
             for path in files:
                 rel = path.relative_to(root).as_posix()
-                if class_dir.name not in order:
-                    problems.append(_problem(rel, f"unknown label {class_dir.name!r} (classes: {list(order)})"))
+                if label is None:
+                    problems.append(_problem(rel, f"unknown label {name!r} (classes: {list(order)})"))
                     continue
-                records.append(Record(source=rel, split=split, path=str(path), label=order.index(class_dir.name),
-                                      orig_label=class_dir.name))
+                records.append(Record(source=rel, split=split, path=str(path), label=label, orig_label=name))
     return Dataset("imagefolder", order, records, {c: c for c in order}, problems)
 
 
