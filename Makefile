@@ -69,7 +69,8 @@ bench-predict: $(STAMP)
 
 # 10k, 100k and 1M samples' shard sets, one at a time (about 4 GB on disk at 1M, removed once measured)
 bench-metadata: $(STAMP)
-	$(VENV)/bin/soft-dist bench metadata --sizes 10000,100000,1000000 --folder runs/bench-metadata --json runs/bench/metadata.json
+	$(VENV)/bin/soft-dist bench metadata --sizes 10000,100000,1000000 --folder runs/bench-metadata --json runs/bench/metadata.json \
+		--markdown runs/bench/metadata.md --plot docs/scale_metadata.png
 
 # The generated shard sets (about 2.3 GB at 10k + 100k + 300k), image folders (10k + 100k photos) and the
 # tools benchmark's trained runs stay in runs/bench-scale for the next run.

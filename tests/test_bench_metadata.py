@@ -21,7 +21,8 @@ def test_bench_metadata_times_every_stage_at_every_size(tmp_path, capsys):
     out = tmp_path / "metadata.json"
     table = tmp_path / "scale.md"
     assert main(["bench", "metadata", "--sizes", "400,200", "--repeats", "5", "--folder", str(tmp_path / "sets"),
-                 "--json", str(out), "--markdown", str(table)]) == 0
+                 "--json", str(out), "--markdown", str(table), "--plot", str(tmp_path / "metadata.png")]) == 0
+    assert (tmp_path / "metadata.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(out.read_text())
     assert result["sizes"] == [200, 400] and set(result["by_size"]) == {"200", "400"}
     for n in (200, 400):

@@ -41,6 +41,8 @@ AUDIT_CLASSES = 7
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000",
                         help="comma-separated training-set sizes N (default 10000,100000,1000000)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also draw each stage's seconds and peak memory against N (log-log) into this PNG")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the stage x size table as Markdown to this file (docs/scale.md holds one)")
     parser.add_argument("--folder", type=Path, default=None,
@@ -166,7 +168,38 @@ def run(args: argparse.Namespace) -> dict:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown_table(result))
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(result, args.plot)
     return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """Two log-log panels against N, one line per stage: seconds per call (a line of slope 1 is linear
+    cost) and the peak memory it allocates, with the 60 s goal drawn on the first."""
+    from soft_dist.headless_pyplot import pyplot
+
+    plt = pyplot()
+    sizes = result["sizes"]
+    names = list(result["by_size"][str(sizes[0])]["stages"])
+    fig, (seconds_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in names:
+        entries = [result["by_size"][str(n)]["stages"][name] for n in sizes]
+        seconds_ax.plot(sizes, [e["median_s"] for e in entries], marker="o", label=name)
+        memory_ax.plot(sizes, [e["peak_mb"] for e in entries], marker="o", label=name)
+    seconds_ax.axhline(60, color="grey", linestyle="--", linewidth=1)
+    seconds_ax.text(sizes[0], 60, "goal: 60 s at the largest N", va="bottom", fontsize=8, color="grey")
+    for ax, label in ((seconds_ax, "seconds per call (median)"), (memory_ax, "peak allocated, MB (tracemalloc)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("samples N")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    memory_ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle("soft-dist bench metadata: the stages that touch every sample's metadata", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def markdown_table(result: dict) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 SAMPLE_EVERY_S = 0.1
 
@@ -98,3 +99,18 @@ def markdown_table(runs: dict[str, dict], what: str, order: list[str]) -> str:
         lines.append(f"| {int(n):,} | {name} | {e['images_per_s']:,.0f} | {e['us_per_image']:.0f} | {rounds} | "
                      f"{e['driver_peak_mb']:,.0f} / {e['worker_peak_mb']:,.0f} / {e['total_peak_mb']:,.0f} MB |")
     return "\n".join(lines) + "\n"
+
+
+def require_proc(benchmark: str) -> None:
+    """SystemExit unless this machine has Linux /proc, where the memory figures are read."""
+    if not Path("/proc/self/status").is_file():
+        raise SystemExit(f"soft-dist bench {benchmark}: reads memory from Linux /proc, which this machine lacks")
+
+
+def alternating_rounds(sizes: list[int], names: list[str], rounds: int) -> Iterator[tuple[int, int, str]]:
+    """(round, N, name) for every N and name in each round, the order reversed every other round, so that
+    drift on a shared machine falls on all of them alike."""
+    for r in range(rounds):
+        for n in (sizes if r % 2 == 0 else sizes[::-1]):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                yield r, n, name

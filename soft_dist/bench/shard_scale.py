@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 from soft_dist.bench.metadata import parse_sizes
-from soft_dist.bench.process_tree import SAMPLE_EVERY_S, markdown_table, median_over_rounds, run_measured
+from soft_dist.bench.process_tree import (SAMPLE_EVERY_S, alternating_rounds, markdown_table, median_over_rounds,
+                                          require_proc, run_measured)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,21 +90,19 @@ def shard_once(root: Path, out: Path, backend: str, workers: int, size: int, num
 
 def run(args: argparse.Namespace) -> dict:
     sizes, runs = parse_sizes(args.sizes), parse_runs(args.runs)
-    if not Path("/proc/self/status").is_file():
-        raise SystemExit("soft-dist bench shard-scale: reads memory from Linux /proc, which this machine lacks")
+    require_proc("shard-scale")
     measured: dict[tuple[int, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="soft-dist-bench-shard-scale-") as tmp:
         folder = args.folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         roots = {n: image_folder(folder, n, args.image_size) for n in sizes}
-        for r in range(args.rounds):
-            for n in (sizes if r % 2 == 0 else sizes[::-1]):
-                for backend, workers in (runs if r % 2 == 0 else runs[::-1]):
-                    got = shard_once(roots[n], Path(tmp) / "out", backend, workers, args.size, n)
-                    measured.setdefault((n, f"{backend}:{workers}"), []).append(got)
-                    print(f"[bench shard-scale] round {r + 1}/{args.rounds} N={n:,} {backend}:{workers}: "
-                          f"{got['seconds']:.1f} s ({n / got['seconds']:.0f} img/s), driver {got['driver_peak_mb']:.0f} "
-                          f"MB, largest worker {got['worker_peak_mb']:.0f} MB", flush=True)
+        for r, n, name in alternating_rounds(sizes, [f"{b}:{w}" for b, w in runs], args.rounds):
+            backend, workers = name.split(":")
+            got = shard_once(roots[n], Path(tmp) / "out", backend, int(workers), args.size, n)
+            measured.setdefault((n, name), []).append(got)
+            print(f"[bench shard-scale] round {r + 1}/{args.rounds} N={n:,} {name}: {got['seconds']:.1f} s "
+                  f"({n / got['seconds']:.0f} img/s), driver {got['driver_peak_mb']:.0f} MB, largest worker "
+                  f"{got['worker_peak_mb']:.0f} MB", flush=True)
     result = {
         "config": {"image_size": args.image_size, "shard_size_px": args.size, "align": "none",
                    "rounds": args.rounds, "sample_every_s": SAMPLE_EVERY_S},

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 from soft_dist.bench.metadata import parse_sizes
-from soft_dist.bench.process_tree import SAMPLE_EVERY_S, markdown_table, median_over_rounds, run_measured
+from soft_dist.bench.process_tree import (SAMPLE_EVERY_S, alternating_rounds, markdown_table, median_over_rounds,
+                                          require_proc, run_measured)
 
 COMMANDS = ("eval", "audit", "predict", "predict-ray")
 DEFAULT_TRAIN = ("model.width=16", "train.epochs=1", "method.stage1_epochs=0", "train.batch_size=128")
@@ -105,8 +106,7 @@ def run(args: argparse.Namespace) -> dict:
     commands = [c.strip() for c in args.commands.split(",")]
     for name in commands:
         command_line(name, Path(), Path(), Path(), Path())  # an unknown name fails before any set-up
-    if not Path("/proc/self/status").is_file():
-        raise SystemExit("soft-dist bench tools-scale: reads memory from Linux /proc, which this machine lacks")
+    require_proc("tools-scale")
     measured: dict[tuple[int, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="soft-dist-bench-tools-scale-") as tmp:
         folder = args.folder or Path(tmp)
@@ -116,20 +116,18 @@ def run(args: argparse.Namespace) -> dict:
             shards = shard_set(folder, n, args.image_size)
             inputs[n] = (trained_run(folder, shards, n, args.image_size, args.config, args.train), shards,
                          image_folder(folder, n, args.image_size))
-        for r in range(args.rounds):
-            for n in (sizes if r % 2 == 0 else sizes[::-1]):
-                for name in (commands if r % 2 == 0 else commands[::-1]):
-                    with tempfile.TemporaryDirectory(dir=tmp) as out:
-                        got = run_measured(command_line(name, *inputs[n], Path(out)), f"soft-dist {name} (N={n})")
-                        done = images_done(name, Path(out))
-                    if done != n:
-                        raise RuntimeError(f"soft-dist {name} reported on {done} of {n} images")
-                    got.pop("output")
-                    got["us_per_image"] = 1e6 * got["seconds"] / n
-                    measured.setdefault((n, name), []).append(got)
-                    print(f"[bench tools-scale] round {r + 1}/{args.rounds} N={n:,} {name}: {got['seconds']:.1f} s "
-                          f"({n / got['seconds']:.0f} img/s), process {got['driver_peak_mb']:.0f} MB, largest "
-                          f"descendant {got['worker_peak_mb']:.0f} MB", flush=True)
+        for r, n, name in alternating_rounds(sizes, commands, args.rounds):
+            with tempfile.TemporaryDirectory(dir=tmp) as out:
+                got = run_measured(command_line(name, *inputs[n], Path(out)), f"soft-dist {name} (N={n})")
+                done = images_done(name, Path(out))
+            if done != n:
+                raise RuntimeError(f"soft-dist {name} reported on {done} of {n} images")
+            got.pop("output")
+            got["us_per_image"] = 1e6 * got["seconds"] / n
+            measured.setdefault((n, name), []).append(got)
+            print(f"[bench tools-scale] round {r + 1}/{args.rounds} N={n:,} {name}: {got['seconds']:.1f} s "
+                  f"({n / got['seconds']:.0f} img/s), process {got['driver_peak_mb']:.0f} MB, largest "
+                  f"descendant {got['worker_peak_mb']:.0f} MB", flush=True)
     result = {
         "config": {"image_size": args.image_size, "run_config": args.config, "run_overrides": args.train,
                    "rounds": args.rounds, "sample_every_s": SAMPLE_EVERY_S},
