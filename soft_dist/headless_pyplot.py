@@ -12,3 +12,13 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def log_log_axes(ax, xlabel: str, ylabel: str) -> None:
+    """Both axes of ``ax`` logarithmic (a line of slope 1 is cost linear in N), labelled, with a light grid
+    on the major and minor ticks: the panels of the scale benchmarks."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)

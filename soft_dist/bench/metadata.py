@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> dict:
 def plot(result: dict, path: Path) -> None:
     """Two log-log panels against N, one line per stage: seconds per call (a line of slope 1 is linear
     cost) and the peak memory it allocates, with the 60 s goal drawn on the first."""
-    from soft_dist.headless_pyplot import pyplot
+    from soft_dist.headless_pyplot import log_log_axes, pyplot
 
     plt = pyplot()
     sizes = result["sizes"]
@@ -189,12 +189,8 @@ def plot(result: dict, path: Path) -> None:
         memory_ax.plot(sizes, [e["peak_mb"] for e in entries], marker="o", label=name)
     seconds_ax.axhline(60, color="grey", linestyle="--", linewidth=1)
     seconds_ax.text(sizes[0], 60, "goal: 60 s at the largest N", va="bottom", fontsize=8, color="grey")
-    for ax, label in ((seconds_ax, "seconds per call (median)"), (memory_ax, "peak allocated, MB (tracemalloc)")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("samples N")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
+    log_log_axes(seconds_ax, "samples N", "seconds per call (median)")
+    log_log_axes(memory_ax, "samples N", "peak allocated, MB (tracemalloc)")
     memory_ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("soft-dist bench metadata: the stages that touch every sample's metadata", fontsize=10)
     fig.tight_layout()

@@ -219,7 +219,7 @@ def markdown_table(result: dict) -> str:
 def plot(result: dict, path: Path) -> None:
     """Three log-log panels against N: images/s (train, eval), worker and driver RSS (MB), and the seconds
     per image of the stages that pass over every sample (verify, driver, loaders)."""
-    from soft_dist.headless_pyplot import pyplot
+    from soft_dist.headless_pyplot import log_log_axes, pyplot
 
     plt = pyplot()
     sizes = [int(n) for n in result["sizes"]]
@@ -241,11 +241,7 @@ def plot(result: dict, path: Path) -> None:
             else:
                 values = [r[key] for r in rows]
             ax.plot(sizes, values, marker="o", label=name)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training images N")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
+        log_log_axes(ax, "training images N", label)
         ax.legend(fontsize=8, loc="center right")
     config = result["config"]
     fig.suptitle(f"soft-dist bench scale: {config['model']} width {config['width']}, {config['image_size']} px, "
