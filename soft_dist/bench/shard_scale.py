@@ -44,15 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown to this file")
 
 
-def parse_runs(text: str) -> list[tuple[str, int]]:
-    """"process:1,ray:2" -> [("process", 1), ("ray", 2)]; SystemExit naming a bad entry."""
+def parse_runs(text: str) -> list[str]:
+    """" process:1, ray:2" -> ["process:1", "ray:2"], each checked; SystemExit naming a bad entry."""
     runs = []
     for part in text.split(","):
         backend, _, workers = part.strip().partition(":")
         if backend not in ("process", "ray") or not workers.isdigit() or int(workers) < 1:
             raise SystemExit(f"soft-dist bench shard-scale: --runs entry {part.strip()!r} is not BACKEND:WORKERS "
                              f"(BACKEND process or ray, WORKERS >= 1)")
-        runs.append((backend, int(workers)))
+        runs.append(part.strip())
     return runs
 
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict:
         folder = args.folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         roots = {n: image_folder(folder, n, args.image_size) for n in sizes}
-        for r, n, name in alternating_rounds(sizes, [f"{b}:{w}" for b, w in runs], args.rounds):
+        for r, n, name in alternating_rounds(sizes, runs, args.rounds):
             backend, workers = name.split(":")
             got = shard_once(roots[n], Path(tmp) / "out", backend, int(workers), args.size, n)
             measured.setdefault((n, name), []).append(got)
@@ -110,6 +110,6 @@ def run(args: argparse.Namespace) -> dict:
     }
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown_table(result["runs"], "run", [f"{b}:{w}" for b, w in runs]))
+        args.markdown.write_text(markdown_table(result["runs"], "run", runs))
     return result
 

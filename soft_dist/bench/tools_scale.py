@@ -82,11 +82,9 @@ def command_line(name: str, run_dir: Path, shards: Path, photos: Path, out: Path
                           "--out", str(out / "eval.json"), "--no-progress")
     if name == "audit":
         return _soft_dist("audit", str(run_dir), "--out", str(out / "audit"))
-    if name in ("predict", "predict-ray"):
-        runner = "ray" if name == "predict-ray" else "local"
-        return _soft_dist("predict", str(run_dir), str(photos / "train"), "--out", str(out / "predictions.csv"),
-                          "--align", "none", "--runner", runner, "--no-progress")
-    raise SystemExit(f"soft-dist bench tools-scale: unknown command {name!r} (known: {', '.join(COMMANDS)})")
+    runner = "ray" if name == "predict-ray" else "local"  # name is "predict" or "predict-ray" (run checks)
+    return _soft_dist("predict", str(run_dir), str(photos / "train"), "--out", str(out / "predictions.csv"),
+                      "--align", "none", "--runner", runner, "--no-progress")
 
 
 def images_done(name: str, out: Path) -> int:
@@ -104,8 +102,9 @@ def run(args: argparse.Namespace) -> dict:
 
     sizes = parse_sizes(args.sizes)
     commands = [c.strip() for c in args.commands.split(",")]
-    for name in commands:
-        command_line(name, Path(), Path(), Path(), Path())  # an unknown name fails before any set-up
+    unknown = [name for name in commands if name not in COMMANDS]
+    if unknown:  # before any set-up
+        raise SystemExit(f"soft-dist bench tools-scale: unknown command {unknown[0]!r} (known: {', '.join(COMMANDS)})")
     require_proc("tools-scale")
     measured: dict[tuple[int, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="soft-dist-bench-tools-scale-") as tmp:
