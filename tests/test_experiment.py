@@ -165,7 +165,7 @@ def test_a_class_map_without_a_target_for_every_class_stops_those_cells_before_a
     """Asymmetric cells whose class map leaves a class without a target cannot make their noise table: found
     for all of them at once, before a cell trains (the table is made once per distinct setting); the
     symmetric cells are fine."""
-    from soft_dist.experiment.runner import cells_that_cannot_start
+    from soft_dist.experiment.runner import prepare_cells
 
     grid = load_grid(write_grid(tmp_path, """
         base: BASE
@@ -176,9 +176,10 @@ def test_a_class_map_without_a_target_for_every_class_stops_those_cells_before_a
         overrides: ["noise.class_map={0: 6, 1: 7}"]
     """))
     common = [*grid.overrides, f"data.shards={digit_shards}", *TINY]
-    problems = cells_that_cannot_start(grid, grid.cells(), common, [], tmp_path / "exp")
+    configs, problems = prepare_cells(grid, grid.cells(), common, [], tmp_path / "exp")
     assert sorted(problems) == sorted(c.name for c in grid.cells() if c.noise_kind == "asymmetric")
     assert len(problems) == 4 and all("class_map has no target for class 2" in e for e in problems.values())
+    assert sorted(configs) == sorted(c.name for c in grid.cells() if c.noise_kind == "symmetric")  # trained as made
 
 
 @pytest.mark.ray

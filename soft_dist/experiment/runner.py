@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from soft_dist.config import load_config
+from soft_dist.config import Config, load_config, to_dict
 from soft_dist.experiment.grid import AXIS_KEYS, Cell, Grid, GridError, check_overrides
 # cell_dir, is_finished and RESULTS were defined here; importers of runner keep finding them.
 from soft_dist.experiment.layout import (  # noqa: F401
@@ -133,15 +133,15 @@ def cell_config(grid: Grid, cell: Cell, common: list[str], asym_overrides: list[
     return load_config(grid.base, [*common, *extra, *cell.overrides()])
 
 
-def cells_that_cannot_start(grid: Grid, cells: list[Cell], common: list[str], asym_overrides: list[str] | None,
-                            run_dir: Path) -> dict[str, str]:
-    """cell name -> error of every unfinished cell whose config or noise table cannot be made, found before
-    any cell trains (a class map that names no target for a class fails every asymmetric cell; it should
-    say so once, not after each earlier cell's training). The noise table is made once per distinct
-    data + noise setting (reading the shards' labels)."""
-    from soft_dist.config import to_dict
+def prepare_cells(grid: Grid, cells: list[Cell], common: list[str], asym_overrides: list[str] | None,
+                  run_dir: Path) -> tuple[dict[str, Config], dict[str, str]]:
+    """The configs of the unfinished ``cells``, made before any cell trains, and the errors of those whose
+    config or noise table cannot be made: ({cell name: config}, {cell name: error}). A class map that names
+    no target for a class fails every asymmetric cell; it should say so once, not after each earlier cell's
+    training. The noise table is made once per distinct data + noise setting (reading the shards' labels)."""
     from soft_dist.noise.setup import make_noise_table
 
+    configs: dict[str, Config] = {}
     problems: dict[str, str] = {}
     checked: dict[str, str | None] = {}  # data + noise settings -> the error, or None
     for cell in cells:
@@ -161,7 +161,9 @@ def cells_that_cannot_start(grid: Grid, cells: list[Cell], common: list[str], as
                 checked[key] = _error_text(err)
         if checked[key] is not None:
             problems[cell.name] = checked[key]
-    return problems
+        else:
+            configs[cell.name] = cfg
+    return configs, problems
 
 
 def _log_problems(problems: dict[str, str], total: int, log: Callable[[str], None]) -> None:
@@ -215,8 +217,8 @@ def run_grid(
             (run_dir / "confusion").mkdir(parents=True, exist_ok=True)
             (run_dir / "confusion" / "error.txt").write_text(traceback.format_exc())
 
-    problems = cells_that_cannot_start(grid, [c for c in cells if not (c.noise_kind == "asymmetric" and asym_error)],
-                                       common, asym_overrides, run_dir)
+    configs, problems = prepare_cells(grid, [c for c in cells if not (c.noise_kind == "asymmetric" and asym_error)],
+                                      common, asym_overrides, run_dir)
     _log_problems(problems, len(cells), log)
     for number, cell in enumerate(cells, 1):
         folder = cell_dir(run_dir, cell)
@@ -234,7 +236,7 @@ def run_grid(
         try:
             if cell.noise_kind == "asymmetric" and asym_error:
                 raise RuntimeError(asym_error)
-            cfg = cell_config(grid, cell, common, asym_overrides)
+            cfg = configs[cell.name]
             if folder.exists():
                 # An interrupted earlier attempt (no results.json): start the cell again from scratch.
                 shutil.rmtree(folder)
