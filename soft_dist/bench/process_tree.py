@@ -114,3 +114,22 @@ def alternating_rounds(sizes: list[int], names: list[str], rounds: int) -> Itera
         for n in (sizes if r % 2 == 0 else sizes[::-1]):
             for name in (names if r % 2 == 0 else names[::-1]):
                 yield r, n, name
+
+
+def print_round(benchmark: str, r: int, rounds: int, n: int, name: str, got: dict) -> None:
+    """The console line of one measured command of round ``r`` (0-based)."""
+    print(f"[bench {benchmark}] round {r + 1}/{rounds} N={n:,} {name}: {got['seconds']:.1f} s "
+          f"({n / got['seconds']:.0f} img/s), process {got['driver_peak_mb']:.0f} MB, largest descendant "
+          f"{got['worker_peak_mb']:.0f} MB", flush=True)
+
+
+def rounds_result(measured: dict[tuple[int, str], list[dict]], config: dict, markdown: Path | None, what: str,
+                  order: list[str]) -> dict:
+    """The benchmark's result from {(N, name): the figures of every round}: {config, runs: {"N/name":
+    median_over_rounds}}, and its Markdown table (:func:`markdown_table`) written to ``markdown`` if given."""
+    result = {"config": {**config, "sample_every_s": SAMPLE_EVERY_S},
+              "runs": {f"{n}/{name}": median_over_rounds(rounds) for (n, name), rounds in measured.items()}}
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(markdown_table(result["runs"], what, order))
+    return result

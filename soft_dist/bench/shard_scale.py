@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 from soft_dist.bench.metadata import parse_sizes
-from soft_dist.bench.process_tree import (SAMPLE_EVERY_S, alternating_rounds, markdown_table, median_over_rounds,
-                                          require_proc, run_measured)
+from soft_dist.bench.process_tree import alternating_rounds, print_round, require_proc, rounds_result, run_measured
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,16 +99,7 @@ def run(args: argparse.Namespace) -> dict:
             backend, workers = name.split(":")
             got = shard_once(roots[n], Path(tmp) / "out", backend, int(workers), args.size, n)
             measured.setdefault((n, name), []).append(got)
-            print(f"[bench shard-scale] round {r + 1}/{args.rounds} N={n:,} {name}: {got['seconds']:.1f} s "
-                  f"({n / got['seconds']:.0f} img/s), driver {got['driver_peak_mb']:.0f} MB, largest worker "
-                  f"{got['worker_peak_mb']:.0f} MB", flush=True)
-    result = {
-        "config": {"image_size": args.image_size, "shard_size_px": args.size, "align": "none",
-                   "rounds": args.rounds, "sample_every_s": SAMPLE_EVERY_S},
-        "runs": {f"{n}/{name}": median_over_rounds(rounds) for (n, name), rounds in measured.items()},
-    }
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown_table(result["runs"], "run", runs))
-    return result
+            print_round("shard-scale", r, args.rounds, n, name, got)
+    config = {"image_size": args.image_size, "shard_size_px": args.size, "align": "none", "rounds": args.rounds}
+    return rounds_result(measured, config, args.markdown, "run", runs)
 

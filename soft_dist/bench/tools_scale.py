@@ -32,8 +32,7 @@ import time
 from pathlib import Path
 
 from soft_dist.bench.metadata import parse_sizes
-from soft_dist.bench.process_tree import (SAMPLE_EVERY_S, alternating_rounds, markdown_table, median_over_rounds,
-                                          require_proc, run_measured)
+from soft_dist.bench.process_tree import alternating_rounds, print_round, require_proc, rounds_result, run_measured
 
 COMMANDS = ("eval", "audit", "predict", "predict-ray")
 DEFAULT_TRAIN = ("model.width=16", "train.epochs=1", "method.stage1_epochs=0", "train.batch_size=128")
@@ -124,16 +123,8 @@ def run(args: argparse.Namespace) -> dict:
             got.pop("output")
             got["us_per_image"] = 1e6 * got["seconds"] / n
             measured.setdefault((n, name), []).append(got)
-            print(f"[bench tools-scale] round {r + 1}/{args.rounds} N={n:,} {name}: {got['seconds']:.1f} s "
-                  f"({n / got['seconds']:.0f} img/s), process {got['driver_peak_mb']:.0f} MB, largest "
-                  f"descendant {got['worker_peak_mb']:.0f} MB", flush=True)
-    result = {
-        "config": {"image_size": args.image_size, "run_config": args.config, "run_overrides": args.train,
-                   "rounds": args.rounds, "sample_every_s": SAMPLE_EVERY_S},
-        "runs": {f"{n}/{name}": median_over_rounds(rounds) for (n, name), rounds in measured.items()},
-    }
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown_table(result["runs"], "command", commands))
-    return result
+            print_round("tools-scale", r, args.rounds, n, name, got)
+    config = {"image_size": args.image_size, "run_config": args.config, "run_overrides": args.train,
+              "rounds": args.rounds}
+    return rounds_result(measured, config, args.markdown, "command", commands)
 
