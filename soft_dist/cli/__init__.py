@@ -17,6 +17,7 @@ COMMAND_MODULES = {
     "experiment": "soft_dist.cli.experiment",
     "eval": "soft_dist.cli.evaluate",
     "predict": "soft_dist.cli.predict",
+    "serve": "soft_dist.cli.serve",
     "export": "soft_dist.cli.export",
     "audit": "soft_dist.cli.audit",
     "noise": "soft_dist.cli.noise",

@@ -41,7 +41,7 @@ class ModelSpec:
     alignment: dict
 
 
-def _onnx_paths(location: str) -> tuple[Path, Path]:
+def onnx_files(location: str) -> tuple[Path, Path]:
     path = Path(location)
     onnx_path = path / ONNX_FILE if path.is_dir() else path
     card_path = onnx_path.parent / CARD_JSON
@@ -66,7 +66,7 @@ def load_spec(location: str, backend: str) -> ModelSpec:
         meta = model.meta
         return ModelSpec("torch", model.where, tuple(meta["classes"]), int(meta["image_size"]),
                          float(meta["eval_crop_fraction"]), dict(meta.get("alignment") or {}))
-    onnx_path, card_path = _onnx_paths(location)
+    onnx_path, card_path = onnx_files(location)
     try:
         card = json.loads(card_path.read_text())
         return ModelSpec("onnxruntime", str(onnx_path), tuple(card["classes"]), int(card["input"]["image_size"]),

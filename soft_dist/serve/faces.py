@@ -3,7 +3,9 @@ the training images (the settings come from the model's metadata).
 
 A batch is a dict of numpy columns (Ray Data's "numpy" batch format, also used in one process):
 
-    in:  path [B] str (other columns, e.g. Ray Data's row order, pass through)
+    in:  path [B] str, and optionally data [B] bytes: the photo files' contents, read instead of the
+         files themselves (`soft-dist serve` gets photos in requests; ``path`` then only names them).
+         Other columns (e.g. Ray Data's row order) pass through.
     out: path [B] str, status [B] str, error [B] str, face_found [B] int8 (1 yes, 0 no, -1 not looked for),
          box [B, 4] float64 (x0, y0, x1, y1 in the photo's pixels; NaN without a face),
          face_prob [B] float64 (the detector's probability; NaN without a face),
@@ -15,6 +17,7 @@ classified from the same pixels as in `soft-dist eval` (and the bytes are small 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -110,11 +113,14 @@ class FacePreparer:
         from soft_dist.shard.encode import jpeg_bytes, read_rgb_capped
 
         s = self.settings
-        out = {**{k: v for k, v in batch.items() if k != "path"}, **_empty_columns(batch["path"])}
+        contents = batch.get("data")
+        out = {**{k: v for k, v in batch.items() if k not in ("path", "data")}, **_empty_columns(batch["path"])}
         photos: dict[int, object] = {}
         scales: dict[int, float] = {}  # photo's long side / decoded long side
         for i, path in enumerate(out["path"]):
-            if not os.path.isfile(path):
+            if contents is not None:
+                path = io.BytesIO(contents[i])
+            elif not os.path.isfile(path):
                 out["status"][i] = MISSING
                 out["error"][i] = ("not a file" if os.path.exists(path) else
                                    "no file matches this pattern" if any(c in path for c in "*?[") else "no such file")
