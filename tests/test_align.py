@@ -81,3 +81,24 @@ def test_tiny_lfw_faces_are_found_after_upscaling(detector):
 def test_no_face_gives_none(detector):
     flat = Image.new("RGB", (120, 100), (128, 128, 128))
     assert detector.detect([flat]) == [None]
+
+
+def test_a_photos_face_does_not_depend_on_its_batch_mates(detector):
+    """Same-size LFW photos, in one batch and one at a time: the same boxes and landmarks to the 1/100 px
+    (with facenet-pytorch's batch-wide suppression, the third photo's box moved by 1.7 px in this batch), and
+    photos of different sizes are never padded into one batch (the pyramid follows the padded size)."""
+    import tempfile
+    from pathlib import Path
+
+    from soft_dist.bench.shard import make_face_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_face_folder(Path(tmp) / "faces", 6, 160)
+        faces = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.jpg"))]
+    mixed = [*faces, *_photos().values()]  # two larger photos of other sizes in the same call
+    together = FaceDetector(batch_size=8).detect(mixed)
+    for photo, det in zip(mixed, together):
+        [alone] = detector.detect([photo])
+        np.testing.assert_array_equal(det.box, alone.box)
+        np.testing.assert_array_equal(det.landmarks, alone.landmarks)
+        assert det.score == alone.score

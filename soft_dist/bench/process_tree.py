@@ -39,14 +39,19 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def tree_rss_mb(root: int) -> dict[int, float]:
-    """pid -> resident MB of ``root`` and every process below it, now."""
-    tree, out, todo = _children(), {}, [root]
+def tree_pids(root: int) -> list[int]:
+    """``root`` and every process below it, now."""
+    tree, out, todo = _children(), [], [root]
     while todo:
         pid = todo.pop()
-        out[pid] = _rss_mb(pid)
+        out.append(pid)
         todo.extend(tree.get(pid, []))
     return out
+
+
+def tree_rss_mb(root: int) -> dict[int, float]:
+    """pid -> resident MB of ``root`` and every process below it, now."""
+    return {pid: _rss_mb(pid) for pid in tree_pids(root)}
 
 
 def run_measured(command: list[str], what: str) -> dict:

@@ -77,8 +77,8 @@ class Detection:
 
 class FaceDetector:
     """Batched MTCNN. Images are rescaled so the longer side is at most ``max_side`` (speed) and the
-    shorter side at least ``min_side`` (MTCNN misses faces under ~20 px), then batched by similar size and
-    zero-padded at the bottom/right, which leaves coordinates unchanged. Results are mapped back to each
+    shorter side at least ``min_side`` (MTCNN misses faces under ~20 px), then batched with the photos of
+    the same scaled size (never padded: a photo's detection does not depend on its batch). Results are mapped back to each
     input image and rounded to 1/100 px, so tiny float differences between thread counts do not change
     the warped pixels."""
 
@@ -90,6 +90,10 @@ class FaceDetector:
     def mtcnn(self):
         if self._mtcnn is None:
             from facenet_pytorch import MTCNN
+
+            from soft_dist.shard import mtcnn_nms
+
+            mtcnn_nms.install()  # a photo's detection must not depend on its batch-mates
 
             self._mtcnn = MTCNN(keep_all=True, select_largest=True, device=self.device)
         return self._mtcnn
@@ -108,15 +112,18 @@ class FaceDetector:
             size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
             scaled.append(np.asarray(img.resize(size, Image.BILINEAR) if size != img.size else img))
             scales.append((size[0] / img.width, size[1] / img.height))
-        order = sorted(range(len(images)), key=lambda i: (scaled[i].shape[0], scaled[i].shape[1], i))
+        # Only photos of the same (scaled) size share a forward pass: MTCNN picks its image pyramid from the
+        # batch's size, so padding a photo to a larger batch-mate changed its detection (by 2-3 px on a real
+        # face), and a photo's answer must not depend on which photos came with it (predict's batches,
+        # Serve's request batches).
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i in range(len(images)):
+            by_size.setdefault(scaled[i].shape[:2], []).append(i)
+        batches = [same[start : start + self.batch_size] for _, same in sorted(by_size.items())
+                   for start in range(0, len(same), self.batch_size)]
         out: list[Detection | None] = [None] * len(images)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            h = max(scaled[i].shape[0] for i in batch)
-            w = max(scaled[i].shape[1] for i in batch)
-            stack = np.zeros((len(batch), h, w, 3), dtype=np.uint8)
-            for j, i in enumerate(batch):
-                stack[j, : scaled[i].shape[0], : scaled[i].shape[1]] = scaled[i]
+        for batch in batches:
+            stack = np.stack([scaled[i] for i in batch])
             boxes, probs, points = self.mtcnn.detect(stack, landmarks=True)
             for j, i in enumerate(batch):
                 if boxes[j] is None:

@@ -42,9 +42,9 @@ def serve_until_stopped(options: ServeOptions, host: str, port: int, stop: threa
     for name in SERVE_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
+    app = build_app(options)  # a bad model fails here, before Ray starts
     if not on_cluster:
         check_port_free(host, port)
-    app = build_app(options)  # a bad model fails here, before Ray starts
     stop = stop or threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.perf_counter()
