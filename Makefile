@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-quick test-field-walk docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-audit bench-metadata bench-scale clean-venv
+.PHONY: setup demo test test-quick test-field-walk docs bench-step bench-train bench-shard bench-pipeline bench-predict bench-serve bench-audit bench-metadata bench-scale clean-venv
 
 setup: $(STAMP)
 
@@ -66,6 +66,9 @@ bench-pipeline: $(STAMP)
 
 bench-predict: $(STAMP)
 	$(VENV)/bin/soft-dist bench predict --json runs/bench/predict.json
+
+bench-serve: $(STAMP)
+	$(VENV)/bin/soft-dist bench serve --json runs/bench/serve.json
 
 # 10k, 100k and 1M samples' shard sets, one at a time (about 4 GB on disk at 1M, removed once measured)
 bench-metadata: $(STAMP)

@@ -297,6 +297,22 @@ def test_the_page_classifies_a_photo_in_headless_chromium(server, photos, predic
         browser.quit()
 
 
+def test_the_load_generator_under_malformed_requests(server, photos, predicted):
+    """`bench serve`'s load generator: concurrent clients, a quarter of the requests malformed; every good
+    request gets predict's answer, every malformed one its 422, and the latencies are those of good ones."""
+    from soft_dist.bench.serve import _Expected, load_level
+
+    names = sorted(n for n in predicted if n != "coins.jpg")
+    got = load_level(server.port, [(photos / n).read_bytes() for n in names],
+                     _Expected([predicted[n] for n in names]), concurrency=4, requests=24, seconds=120,
+                     malformed=0.25)
+    assert got["wrong"] == [] and (got["good"], got["malformed"]) == (18, 6)
+    assert 0 < got["p50_ms"] <= got["p95_ms"] <= got["p99_ms"] and got["requests_per_s"] > 0
+    # the check itself catches a wrong answer
+    wrong = _Expected([{**predicted[n], "predicted": "not-a-class"} for n in names])
+    assert len(load_level(server.port, [(photos / names[0]).read_bytes()], wrong, 1, 2, 60, 0)["wrong"]) == 2
+
+
 def test_ctrl_c_stops_every_process_it_started(server):
     """Last: the terminal's Ctrl-C (SIGINT to the whole process group) ends the command cleanly."""
     started = tree_pids(server.proc.pid)

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "shard": ("soft_dist.bench.shard", "sharding throughput: images/s with and without MTCNN, 1 and 2 processes"),
     "scaling": ("soft_dist.bench.scaling", "Ray Train images/s and scaling efficiency with 1..N workers"),
     "predict": ("soft_dist.bench.predict", "soft-dist predict photos/s: one process vs Ray Data stages"),
+    "serve": ("soft_dist.bench.serve", "soft-dist serve under load on loopback: requests/s and p50/p95/p99 at concurrency 1/4/16 vs a bare loop"),
     "metadata": ("soft_dist.bench.metadata", "the stages that touch every sample's metadata (labels, splits, noise, sampler, audit ranking) against N"),
     "scale": ("soft_dist.bench.scale", "training from shards at 10k / 100k / 300k generated images: images/s, memory, eval, checkpoint"),
     "shard-scale": ("soft_dist.bench.shard_scale", "soft-dist shard of an image folder of 10k / 100k photos: time per image and peak memory, 1 / 2 processes and Ray"),

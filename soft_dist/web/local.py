@@ -19,6 +19,12 @@ from soft_dist.web.options import ServeOptions
 SERVE_LOGGERS = ("ray.serve",)
 
 
+def quiet_serve_logs() -> None:
+    """Serve's driver-side INFO lines off the console (warnings and errors still show)."""
+    for name in SERVE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def check_port_free(host: str, port: int) -> None:
     """ConfigError naming --port when HOST:PORT cannot be listened on (Serve's proxy would otherwise fail
     inside an actor and the application never become ready)."""
@@ -39,8 +45,7 @@ def serve_until_stopped(options: ServeOptions, host: str, port: int, stop: threa
     from soft_dist.ray_cluster import init_ray
     from soft_dist.web.app import APP_NAME, build_app
 
-    for name in SERVE_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_serve_logs()
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
     app = build_app(options)  # a bad model fails here, before Ray starts
     if not on_cluster:
