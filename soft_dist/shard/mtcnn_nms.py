@@ -8,7 +8,9 @@ the batch-mates, so a box near the overlap threshold could survive in one batch 
 real face's box moved by 1.7 px between a batch of 6 LFW photos and the same photo alone. `soft-dist
 serve` batches whatever requests arrive together, and its answer must equal `soft-dist predict`'s for the
 same file; the shard, predict and serve paths therefore all run this per-photo suppression, which gives
-each photo exactly the boxes it gets alone (checked on 32 LFW photos, in batches of 6 and of 32).
+each photo exactly the boxes it gets alone (checked on 32 LFW photos, in batches of 6 and of 32). Cost:
+detection of 32 same-size LFW photos in one call went from 156 to 149 photos/s (medians of 5, interleaved,
+2-core AMD EPYC).
 """
 
 from __future__ import annotations
