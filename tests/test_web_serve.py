@@ -4,7 +4,8 @@ files; every kind of bad request gets its status and a JSON error and costs no r
 headless Chromium (Debian's package, driven by Selenium through Debian's chromedriver); Ctrl-C stops every
 process the command started.
 
-One server for the module (its start takes 15-40 s on 2 cores); the last test stops it."""
+One server for the module (its start takes 15-40 s on 2 cores); the last test stops it. The options and
+the deployments as built, without a cluster: tests/test_web_options.py."""
 
 from __future__ import annotations
 
@@ -325,36 +326,3 @@ def test_ctrl_c_stops_every_process_it_started(server):
     assert not alive, f"still running after Ctrl-C: {alive}"
     lines = server.output().splitlines()
     assert len(lines) == 2 and "ready at" in lines[0] and lines[1] == "serve: stopping", lines
-
-
-def test_bad_options_exit_2_before_anything_starts(model, tmp_path, capsys):
-    assert main(["serve", str(tmp_path / "nothing.pt")]) == 2
-    assert "nothing.pt" in capsys.readouterr().err
-    assert main(["serve", str(model), "--replicas", "two"]) == 2
-    assert "--replicas" in capsys.readouterr().err
-    assert main(["serve", str(model), "--max-batch-size", "0"]) == 2
-    assert "--max-batch-size" in capsys.readouterr().err
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        assert main(["serve", str(model), "--port", str(busy.getsockname()[1])]) == 2
-    assert "--port" in capsys.readouterr().err
-
-
-def test_the_cluster_serve_config_is_valid():
-    """launch/serve_config.yaml passes Serve's own schema, and its args are soft-dist serve's options."""
-    import yaml
-    from ray.serve.schema import ServeDeploySchema
-
-    from soft_dist.web.options import ServeOptions
-
-    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "launch" / "serve_config.yaml").read_text())
-    ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else \
-        ServeDeploySchema.parse_obj(config)
-    [app] = config["applications"]
-    assert app["import_path"] == "soft_dist.web.app:app_builder"
-    ServeOptions.from_dict(app["args"])
-    from soft_dist.config import ConfigError
-
-    with pytest.raises(ConfigError, match="replica_count"):
-        ServeOptions.from_dict({**app["args"], "replica_count": 2})
