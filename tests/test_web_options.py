@@ -37,6 +37,9 @@ def test_replicas_and_autoscaling_reach_the_deployments(model):
         # a replica must hold a whole batch of requests, or batches never fill
         assert config.max_ongoing_requests == 16 and fixed[name].ray_actor_options["num_cpus"] == 0.5
     assert fixed["gateway"].ray_actor_options["num_cpus"] == 0
+    gpu = _deployments(build_app(ServeOptions(model=str(model), device="cuda")))
+    assert gpu["align"].ray_actor_options["num_gpus"] == gpu["classify"].ray_actor_options["num_gpus"] == 0.5
+    assert "num_gpus" not in fixed["align"].ray_actor_options
     auto = _deployments(build_app(ServeOptions(model=str(model), replicas="auto", max_replicas=3)))
     for name in ("align", "classify"):
         scaling = auto[name]._deployment_config.autoscaling_config

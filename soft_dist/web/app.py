@@ -37,6 +37,7 @@ from soft_dist.web.uploads import Limits, RequestError, Upload, read_uploads
 
 APP_NAME = "soft-dist"
 ALIGN_DEPLOYMENT, CLASSIFY_DEPLOYMENT, GATEWAY_DEPLOYMENT = "align", "classify", "gateway"
+GPU_PER_REPLICA = 0.5  # with --device cuda
 logger = logging.getLogger("ray.serve")
 
 
@@ -191,7 +192,11 @@ def build_app(options: ServeOptions):
     batch = options.max_batch_size
     # Each replica takes up to two batches of requests at once (one running, one filling); Serve's default
     # of 5 would cap every batch at 5 photos.
-    actor = {"ray_actor_options": {"num_cpus": options.replica_cpus}, "max_ongoing_requests": 2 * batch}
+    resources = {"num_cpus": options.replica_cpus}
+    if options.device.startswith("cuda"):
+        # an alignment and a classification replica share one GPU (MTCNN and a ResNet-18 need little memory)
+        resources["num_gpus"] = GPU_PER_REPLICA
+    actor = {"ray_actor_options": resources, "max_ongoing_requests": 2 * batch}
     align = serve.deployment(Aligner, name=ALIGN_DEPLOYMENT, **actor, **_scaling(options, batch))
     classify = serve.deployment(Classifier, name=CLASSIFY_DEPLOYMENT, **actor, **_scaling(options, batch))
     gateway = serve.deployment(Gateway, name=GATEWAY_DEPLOYMENT, ray_actor_options={"num_cpus": 0},

@@ -23,7 +23,8 @@ class ServeOptions:
     replicas: per deployment (alignment, classification), or "auto" for autoscaling between 1 and
     ``max_replicas``. max_batch_size / batch_wait_ms: the batches each replica forms from waiting requests.
     align / on_no_face / max_pixels: as `soft-dist predict`'s options of the same names.
-    replica_cpus: CPUs each alignment or classification replica reserves (and its torch threads)."""
+    replica_cpus: CPUs each alignment or classification replica reserves (and its torch threads); with a
+    cuda ``device`` each also reserves half a GPU, so that one alignment and one classification replica share one."""
 
     model: str
     backend: str = "torch"
