@@ -213,6 +213,13 @@ def test_every_bad_request_gets_its_status_and_a_json_error_and_costs_no_replica
         ("truncated JPEG", lambda: server.post_photo(face[: len(face) // 3]), 422, "truncated"),
         ("too many pixels", lambda: server.post_photo(_png(2500, 2000), "image/png"), 422, "5,000,000 pixels"),
         ("two photos to /predict", lambda: server.post_files([("a.jpg", face, "image/jpeg")] * 2), 413, "/predict/batch"),
+        ("33 photos to /predict/batch", lambda: server.post_files([("a.jpg", b"x", "image/jpeg")] * 33,
+                                                                  "/predict/batch"), 413, "more than 32 photos"),
+        ("a form cut short", lambda: server.request(
+            "POST", "/predict", b"--b\r\nContent-Disposition: form-data; name=x; filename=a.jpg\r\n\r\nabc",
+            {"Content-Type": "multipart/form-data; boundary=b"}), 422, "no file"),
+        ("a form without its boundary", lambda: server.request(
+            "POST", "/predict", face, {"Content-Type": "multipart/form-data"}), 400, "could not be read"),
         ("form without a file", lambda: server.request(
             "POST", "/predict", b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\n1\r\n--b--\r\n",
             {"Content-Type": "multipart/form-data; boundary=b"}), 422, "no file"),

@@ -12,6 +12,9 @@ import io
 import warnings
 from dataclasses import dataclass
 
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+
 # Content types taken as a photo in a raw body or a multipart part; application/octet-stream (what curl
 # --data-binary and many clients send) is looked at like any other body: its header says what it is.
 PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff",
@@ -114,16 +117,25 @@ async def read_uploads(request, limits: Limits, many: bool) -> list[Upload]:
         check_type(content_type, "the request body")
         return [inspect_photo("upload", await request.body(), limits)]
     most = limits.max_batch_photos if many else 1
-    async with request.form(max_files=most + 1, max_fields=most + 16) as form:
-        files = [(key, value) for key, value in form.multi_items() if hasattr(value, "read")]
-        if not files:
-            raise RequestError(422, "the form has no file field: send the photo as a file (e.g. curl -F photo=@face.jpg)")
-        if len(files) > most:
-            raise RequestError(413, f"{len(files)} photos in one request; the limit is {most}"
-                                    + ("" if many else " (send several to /predict/batch)"))
-        uploads = []
-        for key, file in files:
-            name = file.filename or key
-            check_type(media_type(file.content_type), f"the file {name!r}")
-            uploads.append(inspect_photo(name, await file.read(), limits))
+    try:
+        async with request.form(max_files=most, max_fields=most + 16) as form:  # closes what it spooled
+            return await _form_uploads(form, limits)
+    except (HTTPException, MultiPartException) as err:  # starlette refused the form itself
+        reason = getattr(err, "detail", None) or getattr(err, "message", None) or str(err)
+        if "Too many files" in reason:
+            raise RequestError(413, f"more than {most} photo{'s' if most > 1 else ''} in one request"
+                                    + ("" if many else " (send several to /predict/batch)")) from None
+        raise RequestError(400, f"the multipart form could not be read: {reason}") from None
+
+
+async def _form_uploads(form, limits: Limits) -> list[Upload]:
+    """The file fields of a parsed form as Uploads (422 when it has none, 415 for a part that is no photo)."""
+    files = [(key, value) for key, value in form.multi_items() if hasattr(value, "read")]
+    if not files:
+        raise RequestError(422, "the form has no file field: send the photo as a file (e.g. curl -F photo=@face.jpg)")
+    uploads = []
+    for key, file in files:
+        name = file.filename or key
+        check_type(media_type(file.content_type), f"the file {name!r}")
+        uploads.append(inspect_photo(name, await file.read(), limits))
     return uploads
