@@ -79,6 +79,22 @@ def _kill_when_trained(trace_dir: Path, rank: int, epoch: int, step: int, stop: 
         time.sleep(0.01)
 
 
+def test_the_trace_reads_while_workers_write_it(tmp_path):
+    """A reader polling during a run (the killer above) meets files being started and lines being written:
+    an empty file is left out and a line without its newline is not read yet, instead of an IndexError or a
+    JSON error (which once killed the killer thread, so no worker died and the kill test failed)."""
+    from soft_dist.train.sample_trace import read_trace
+
+    header = {"rank": 0, "pid": 7, "attempt": "a", "resumed_from": [0, 0]}
+    step = {"epoch": 1, "step": 1, "idx": [3, 4]}
+    (tmp_path / "rank0-pid7-100.jsonl").write_text(json.dumps(header) + "\n" + json.dumps(step) + "\n"
+                                                   + json.dumps(step)[:9])
+    (tmp_path / "rank1-pid8-200.jsonl").write_text("")  # its worker has just opened it
+    (tmp_path / "rank1-pid9-300.jsonl").write_text(json.dumps(header)[:12])  # the header half written
+    [only] = read_trace(tmp_path)
+    assert only["pid"] == 7 and only["steps"] == [step] and only["started_ns"] == 100
+
+
 @pytest.mark.slow
 def test_worker_killed_mid_epoch_resumes_at_the_next_step(uninterrupted, digit_shards, ray_cluster, tmp_path):
     """kill -9 of rank 0 (the one that writes checkpoints) at step 4 of epoch 2, checkpoints every 3 steps:

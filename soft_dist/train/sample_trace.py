@@ -53,8 +53,12 @@ def read_trace(folder: str | Path) -> list[dict]:
     "idx"}, ...]}] in the order the files were started."""
     files = []
     for path in Path(folder).glob("rank*-pid*-*.jsonl"):
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        files.append({**lines[0], "started_ns": int(path.stem.rsplit("-", 1)[1]), "steps": lines[1:]})
+        # Read while a run writes: only whole lines count (a line is whole once its newline is written), and a
+        # file whose first line is not there yet (its worker is creating it) is left out until it is.
+        whole = path.read_text(encoding="utf-8").split("\n")[:-1]
+        lines = [json.loads(line) for line in whole if line.strip()]
+        if lines:
+            files.append({**lines[0], "started_ns": int(path.stem.rsplit("-", 1)[1]), "steps": lines[1:]})
     return sorted(files, key=lambda f: f["started_ns"])
 
 
