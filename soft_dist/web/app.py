@@ -19,6 +19,7 @@ several photos; a list of answers, one per photo, each with its own status).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -30,10 +31,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from soft_dist.serve.classifier import FaceClassifier, load_spec
-from soft_dist.serve.faces import CLASSIFIED, AlignSettings, FacePreparer
+from soft_dist.serve.faces import CLASSIFIED, UNREADABLE, AlignSettings, FacePreparer
 from soft_dist.serve.prediction_files import rows
 from soft_dist.web.options import AUTO, ServeOptions
-from soft_dist.web.uploads import Limits, RequestError, Upload, read_uploads
+from soft_dist.web.uploads import TOO_MANY_PIXELS, Limits, RequestError, Upload, read_uploads
 
 APP_NAME = "soft-dist"
 ALIGN_DEPLOYMENT, CLASSIFY_DEPLOYMENT, GATEWAY_DEPLOYMENT = "align", "classify", "gateway"
@@ -98,12 +99,21 @@ def _page() -> str:
     return resources.files("soft_dist.web").joinpath("page.html").read_text()
 
 
+def _wants_crop(request: Request) -> bool:
+    return request.query_params.get("crop") in ("1", "true")
+
+
 class Gateway:
     """The HTTP ingress: routes, request limits, and the two calls per photo (align, then classify)."""
 
     def __init__(self, aligner, classifier, card: dict, limits: Limits):
-        self.aligner, self.classifier, self.card, self.limits = aligner, classifier, card, limits
-        self.page = _page()
+        self.aligner, self.classifier, self.limits = aligner, classifier, limits
+        page = _page()
+        self.routes = {("GET", "/"): lambda r: HTMLResponse(page),
+                       ("GET", "/healthz"): lambda r: JSONResponse({"status": "ok", "model": card["source"]}),
+                       ("GET", "/metadata"): lambda r: JSONResponse(card),
+                       ("POST", "/predict"): self.predict_one,
+                       ("POST", "/predict/batch"): self.predict_many}
 
     async def answer(self, upload: Upload, crop: bool) -> dict:
         """One photo's answer: predict's row, with ``file`` for ``path`` (and the crop when asked)."""
@@ -118,26 +128,20 @@ class Gateway:
 
     async def predict_one(self, request: Request) -> Response:
         [upload] = await read_uploads(request, self.limits, many=False)
-        answer = await self.answer(upload, crop=request.query_params.get("crop") in ("1", "true"))
+        answer = await self.answer(upload, crop=_wants_crop(request))
         # a photo that could not be read is the client's error; no face is an answer (200, face_found false)
-        status = 422 if answer["status"] in ("unreadable", "too_many_pixels") else 200
+        status = 422 if answer["status"] in (UNREADABLE, TOO_MANY_PIXELS) else 200
         return JSONResponse(answer, status_code=status)
 
     async def predict_many(self, request: Request) -> Response:
-        import asyncio
-
         uploads = await read_uploads(request, self.limits, many=True)
-        crop = request.query_params.get("crop") in ("1", "true")
+        crop = _wants_crop(request)
         answers = await asyncio.gather(*(self.answer(u, crop) for u in uploads))
         return JSONResponse({"results": list(answers)})
 
     async def __call__(self, request: Request) -> Response:
         path, method = request.url.path.rstrip("/") or "/", request.method
-        routes = {("GET", "/"): lambda r: HTMLResponse(self.page),
-                  ("GET", "/healthz"): lambda r: JSONResponse({"status": "ok", "model": self.card["source"]}),
-                  ("GET", "/metadata"): lambda r: JSONResponse(self.card),
-                  ("POST", "/predict"): self.predict_one,
-                  ("POST", "/predict/batch"): self.predict_many}
+        routes = self.routes
         handler = routes.get((method, path))
         try:
             if handler is None:

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
+from soft_dist.serve.faces import UNREADABLE
+
 # Content types taken as a photo in a raw body or a multipart part; application/octet-stream (what curl
 # --data-binary and many clients send) is looked at like any other body: its header says what it is.
 PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff",
                          "application/octet-stream"})
 MULTIPART = "multipart/form-data"
 
-# Result statuses of photos refused here (the others are serve.faces' statuses).
-NOT_AN_IMAGE = "unreadable"
+# The status of a photo refused here for its size (one that is no image is serve.faces' UNREADABLE).
 TOO_MANY_PIXELS = "too_many_pixels"
 
 
@@ -87,7 +88,7 @@ def inspect_photo(name: str, data: bytes, limits: Limits) -> Upload:
     from PIL import Image
 
     if not data:
-        return Upload(name, data, NOT_AN_IMAGE, "the file is empty")
+        return Upload(name, data, UNREADABLE, "the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -97,7 +98,7 @@ def inspect_photo(name: str, data: bytes, limits: Limits) -> Upload:
         return Upload(name, data, TOO_MANY_PIXELS, str(err))
     except Exception as err:  # any decoder complaint means the bytes are not a photo we can read
         kind = "not an image file" if isinstance(err, Image.UnidentifiedImageError) else type(err).__name__
-        return Upload(name, data, NOT_AN_IMAGE, f"{kind}: JPEG, PNG, WebP, BMP, GIF or TIFF expected")
+        return Upload(name, data, UNREADABLE, f"{kind}: JPEG, PNG, WebP, BMP, GIF or TIFF expected")
     if width * height > limits.max_image_pixels:
         return Upload(name, data, TOO_MANY_PIXELS,
                       f"the photo is {width} x {height} = {width * height:,} pixels, more than the limit of "
