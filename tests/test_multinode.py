@@ -152,14 +152,19 @@ def test_elastic_run_shrinks_to_the_surviving_node_and_grows_back(two_node_clust
     # only once an epoch trained by both workers is CHECKPOINTED: its metrics line is written before its
     # checkpoint, and a kill in between rightly makes the run train that epoch again, alone, and the log
     # would no longer show the two workers (seen once under a load of 11).
-    _wait_for(lambda: _two_worker_epoch_checkpointed(tmp_path) or not thread.is_alive(), 300,
+    _wait_for(lambda: _checkpointed_from(tmp_path, _first_two_worker_epoch) or not thread.is_alive(), 300,
               "a checkpointed epoch trained by 2 workers")
     assert thread.is_alive(), "training ended before the node could be killed"
     time.sleep(1.0)
     cluster.remove_node(node, allow_graceful=False)
-    # Only once the run has gone on with one worker does the node come back.
-    _wait_for(lambda: _shrank_after_two(_epochs(tmp_path)) or not thread.is_alive(), 300,
-              "an epoch trained by the surviving worker alone")
+    # Only once the run has gone on with one worker, and CHECKPOINTED an epoch trained alone, does the node
+    # come back: the growth restarts the worker group at once, from the newest complete checkpoint, so a
+    # node returning between an epoch's metrics line and its checkpoint makes the run train that epoch
+    # again with two workers, and the log would never show the one worker (seen once in the full suite:
+    # all 8 epochs at world size 2).
+    _wait_for(lambda: _checkpointed_from(tmp_path, _first_lone_epoch) or not thread.is_alive(), 300,
+              "a checkpointed epoch trained by the surviving worker alone")
+    assert thread.is_alive(), "training ended before the node could come back"
     cluster.add_node(num_cpus=1)
     thread.join(timeout=600)
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
@@ -170,8 +175,9 @@ def test_elastic_run_shrinks_to_the_surviving_node_and_grows_back(two_node_clust
     assert 2 in sizes[shrunk:] and sizes[-1] == 2, sizes
 
 
-def _two_worker_epoch_checkpointed(run_dir: Path) -> bool:
-    """True when a complete checkpoint exists of an epoch at or after one trained by 2 workers.
+def _checkpointed_from(run_dir: Path, first_epoch) -> bool:
+    """True when a complete checkpoint exists of an epoch at or after ``first_epoch(metrics lines)`` (None:
+    no such epoch yet).
 
     Complete as the engine counts it (meta.json's size of state.pt), without hashing 180 MB every poll."""
     from soft_dist.storage import RunStore
@@ -184,8 +190,18 @@ def _two_worker_epoch_checkpointed(run_dir: Path) -> bool:
         except (OSError, ValueError, KeyError):  # being written or pruned right now
             return False
 
-    two = [x["epoch"] for x in _epochs(run_dir) if x["world_size"] == 2]
-    return bool(two) and any(e >= min(two) and complete(e) for e in checkpoint_epochs(RunStore(run_dir)))
+    first = first_epoch(_epochs(run_dir))
+    return first is not None and any(e >= first and complete(e) for e in checkpoint_epochs(RunStore(run_dir)))
+
+
+def _first_two_worker_epoch(lines: list[dict]) -> int | None:
+    return next((x["epoch"] for x in lines if x["world_size"] == 2), None)
+
+
+def _first_lone_epoch(lines: list[dict]) -> int | None:
+    """The first epoch trained by one worker after one trained by two."""
+    two = _first_two_worker_epoch(lines)
+    return next((x["epoch"] for x in lines if two is not None and x["epoch"] > two and x["world_size"] == 1), None)
 
 
 def _shrank_after_two(lines: list[dict]) -> bool:
