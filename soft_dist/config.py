@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, get_args, get_origin, get_type_hints
@@ -570,6 +571,29 @@ def resolve_for_classes(cfg: Config, num_classes: int) -> Config:
     resolved = copy.deepcopy(cfg)
     resolved.method.tau = resolved.method.tau_for(num_classes)
     return resolved
+
+
+# Settings that name a local file or folder (or a URL, or for model.pretrained the word "imagenet").
+LOCAL_PATH_KEYS = ("data.shards", "data.cache_dir", "model.pretrained", "noise.file", "noise.confusion_file")
+
+
+def with_absolute_paths(cfg: Config, cwd: str | Path | None = None) -> Config:
+    """A copy of ``cfg`` whose relative local paths (LOCAL_PATH_KEYS) are absolute, read against ``cwd``
+    (default: the directory the command runs in, where the user meant them); ``~`` is expanded.
+
+    Launchers call it before a config reaches another process: Ray Train starts each worker in a folder
+    of its own (RAY_CHDIR_TO_TRIAL_DIR), where ``data.shards=data_shards/rafdb`` names nothing. URLs
+    (s3://...) and "imagenet" are kept."""
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    out = copy.deepcopy(cfg)
+    for key in LOCAL_PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(out, section), name)
+        if value is None or "://" in value or (key == "model.pretrained" and value == "imagenet"):
+            continue
+        # normpath, not resolve(): "a/../b" is tidied without following links the user chose
+        setattr(getattr(out, section), name, os.path.normpath(base / Path(value).expanduser()))
+    return out
 
 
 def _leaf_fields(obj: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:

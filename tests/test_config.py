@@ -390,3 +390,20 @@ def test_a_wrong_shards_folder_lists_the_shard_folders_beside_it(digit_shards, t
     err = capsys.readouterr().err
     assert f"{typo}/manifest.json: not found" in err and str(digit_shards) in err.split("Shard folders there: ")[1]
     assert not (tmp_path / "run").exists()
+
+
+def test_relative_paths_become_absolute_against_the_commands_folder(tmp_path, monkeypatch):
+    from soft_dist.config import with_absolute_paths
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_config(None, ["data.shards=data_shards/rafdb", "data.cache_dir=~/cache", "noise.kind=file",
+                             "noise.file=lists/noisy.txt", "model.pretrained=imagenet"])
+    out = with_absolute_paths(cfg, cwd=tmp_path)
+    assert out.data.shards == str(tmp_path / "data_shards" / "rafdb")
+    assert out.data.cache_dir == str(tmp_path / "home" / "cache")
+    assert out.noise.file == str(tmp_path / "lists" / "noisy.txt") and out.model.pretrained == "imagenet"
+    assert cfg.data.shards == "data_shards/rafdb"  # a copy
+    remote = load_config(None, ["data.shards=s3://bucket/shards", f"model.pretrained={tmp_path}/w.pt"])
+    again = with_absolute_paths(remote, cwd=tmp_path / "elsewhere")
+    assert again.data.shards == "s3://bucket/shards" and again.model.pretrained == f"{tmp_path}/w.pt"
+    assert again.noise.file is None and again.data.cache_dir is None

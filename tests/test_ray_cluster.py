@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.ray
 
@@ -58,9 +59,13 @@ def test_local_cluster_run_has_no_state_api_warnings():
 def test_train_console_is_one_line_per_epoch(digit_shards, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SOFT_DIST_WORKER_LOGS")}
     config = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
+    # data.shards relative to the command's folder, as a person types it: Ray Train starts its workers
+    # in a folder of their own, where this path would name nothing (it failed there until the driver
+    # made it absolute).
+    shards = os.path.relpath(digit_shards, tmp_path)
     run = subprocess.run(
-        [sys.executable, "-m", "soft_dist", "train", "--config", str(config), "--run-dir", str(tmp_path / "run"),
-         f"data.shards={digit_shards}", "data.image_size=16", "model.width=16", "train.epochs=2", "train.workers=2",
+        [sys.executable, "-m", "soft_dist", "train", "--config", str(config), "--run-dir", "run",
+         f"data.shards={shards}", "data.image_size=16", "model.width=16", "train.epochs=2", "train.workers=2",
          "method.stage1_epochs=1", "method.rampup_epochs=1"],
         env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path,
     )
@@ -75,6 +80,8 @@ def test_train_console_is_one_line_per_epoch(digit_shards, tmp_path):
     for noise in ("\x1b", "Traceback", "TrainingReport", "RayTrainWorker", "TrainController", "WARNING", "INFO"):
         assert noise not in output, f"{noise!r} in:\n{output}"
     assert "model.pt: epoch" in run.stdout
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert Path(saved["data"]["shards"]) == digit_shards  # what ran, usable from any folder (a resume)
 
 
 def test_a_local_ray_start_that_fails_is_one_line_with_its_own_logs(digit_shards, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from soft_dist.config import Config, resolve_for_classes
+from soft_dist.config import Config, resolve_for_classes, with_absolute_paths
 from soft_dist.data.loader import Loaders
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
@@ -29,7 +29,7 @@ def fit_local(
     returns the results record, also written to RUN/results.json."""
     import torch
 
-    cfg = resolve_for_classes(cfg, num_classes)
+    cfg = with_absolute_paths(resolve_for_classes(cfg, num_classes))  # config.yaml usable from any folder
     store = RunStore(run_dir)
     if not store.exists("config.yaml"):
         write_run_inputs(store, cfg, table)

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from soft_dist.config import (Config, ConfigError, check_resume_changes, config_from_yaml, from_dict,
-                              resolve_for_classes, to_dict)
+                              resolve_for_classes, to_dict, with_absolute_paths)
 from soft_dist.method.sls import tau_above_uniform_note
 from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
@@ -240,6 +240,7 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
     ``echo`` gets one line per epoch (None: silent)."""
     from soft_dist.ray_cluster import check_cluster_fits, init_ray
 
+    cfg = with_absolute_paths(cfg)  # the workers run in folders of their own; config.yaml says where
     store = RunStore(run_dir)
     if resume:
         if not store.exists("config.yaml") or not store.exists("noise_table.csv"):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soft_dist.config import Config, ConfigError, resolve_for_classes, save_config, to_dict
+from soft_dist.config import ConfigError, resolve_for_classes, save_config, to_dict, with_absolute_paths
 from soft_dist.noise.table import NoiseTable
 from soft_dist.tune.layout import (ASHA_STATE_FILE, BASE_FILE, LAST_REPORT_FILE, STARTS_FILE, SWEEP_FILE, TABLE_FILE,
                                    TRIALS_DIR, TUNE_RUN_NAME)
@@ -170,18 +170,6 @@ def trial_dirname(trial) -> str:
 # ============================================================================ the sweep driver
 
 
-def _absolute_paths(cfg: Config) -> Config:
-    """Trials run with another working directory: make file paths of the config absolute."""
-    from soft_dist.config import from_dict
-
-    data = to_dict(cfg)
-    for section, key in (("data", "shards"), ("noise", "file"), ("noise", "confusion_file"), ("model", "pretrained")):
-        value = data[section][key]
-        if value and value != "imagenet" and Path(value).exists():
-            data[section][key] = str(Path(value).resolve())
-    return from_dict(data)
-
-
 def _scheduler(sweep: Sweep, run_dir: Path):
     if sweep.scheduler.type == "none":
         return None
@@ -227,7 +215,7 @@ def prepare_sweep(sweep: Sweep, run_dir: Path) -> tuple[Sweep, NoiseTable, int]:
 
     if (run_dir / TUNE_RUN_NAME).exists() or (run_dir / SWEEP_FILE).exists():
         raise ConfigError("--run-dir", f"{run_dir} already holds a sweep; use `soft-dist tune --resume {run_dir}`")
-    sweep.base = _absolute_paths(sweep.base)
+    sweep.base = with_absolute_paths(sweep.base)  # trials run in folders of their own
     table, num_classes = make_noise_table(sweep.base)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(sweep.base, run_dir / BASE_FILE)
