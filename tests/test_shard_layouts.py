@@ -182,6 +182,22 @@ def test_harder_digits_are_the_same_samples_with_a_lost_patch_and_noise():
     assert 5 < np.abs(diff).mean() < 40  # changed, but still digits
 
 
+def test_a_digits_subset_keeps_the_named_digits_in_their_order_and_splits():
+    """--classes 6,0,1,2,3,4,5 on a digits layout: 7 classes (the paper's count), labels renumbered in the
+    given order, every kept image in the split and with the pixels it has in the 10-class set."""
+    full = read_layout("digits_hard", None, seed=0)
+    sub = read_layout("digits_hard", None, seed=0, classes=["6", "0", "1", "2", "3", "4", "5"])
+    assert sub.classes == ("6", "0", "1", "2", "3", "4", "5")
+    same = [r for r in full.records if r.orig_label in sub.classes]
+    assert [(r.source, r.split) for r in sub.records] == [(r.source, r.split) for r in same]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(sub.records, same))
+    assert [sub.classes[r.label] for r in sub.records] == [r.orig_label for r in same]
+    assert sub.notes == {"classes_left_out": ["7", "8", "9"], "images_left_out": len(full.records) - len(same)}
+    for bad in (["0", "11"], ["1", "1"], ["a"]):
+        with pytest.raises(LayoutError, match="--classes must name distinct digits"):
+            read_layout("digits", None, classes=bad)
+
+
 def test_a_lost_patch_is_black_before_the_noise():
     from soft_dist.shard.digits import harden_digits
 

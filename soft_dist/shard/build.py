@@ -71,8 +71,8 @@ class ShardConfig:
     val_fraction: float = _option(0.1, "share of train carved into val when the layout has no val split",
                                   "splits and shards", lo=0.0, hi=1.0, hi_open=True)
     seed: int = _option(0, "seed of the stratified val split", "splits and shards")
-    classes: list | None = _option(None, "class order, comma-separated on the command line (imagefolder, csv)",
-                                   "layout options")
+    classes: list | None = _option(None, "class order, comma-separated on the command line (imagefolder, csv); "
+                                         "digits layouts: the digits kept, e.g. 0,1,2,3,4,5,6", "layout options")
     image_dir: str = _option("auto", "rafdb: which image folder (auto: original with mtcnn, aligned with none)",
                              "layout options", choices=("auto", "original", "aligned"))
     affectnet_classes: int = _option(8, "affectnet: 7 or 8 classes", "layout options", choices=(7, 8))

@@ -333,26 +333,38 @@ def read_csv_layout(root: Path, csv_file: str | None = None, classes: list[str] 
 # --------------------------------------------------------------------------------------------- digits
 
 
-def read_digits(root=None, digits_fractions=(0.7, 0.1, 0.2), seed: int = 0, hard: bool = False, **_) -> Dataset:
+def read_digits(root=None, digits_fractions=(0.7, 0.1, 0.2), seed: int = 0, hard: bool = False,
+                classes: list[str] | None = None, **_) -> Dataset:
     """scikit-learn's bundled digits (1,797 8x8 images), split train/val/test 70/10/20, stratified and
     seeded. Pixels (0..16) are stretched to 0..255; resizing to ``--size`` happens in the encoder.
-    ``hard``: partly occluded, noisy copies (soft_dist.shard.digits.harden_digits)."""
+    ``hard``: partly occluded, noisy copies (soft_dist.shard.digits.harden_digits).
+    ``classes``: the digits kept, in this order (e.g. 7 of them, the paper's class count); each kept image
+    stays in the split it has in the 10-class set, so a subset's test images are the full set's."""
     from sklearn.datasets import load_digits
 
     from soft_dist.shard.digits import DIGIT_CLASSES, harden_digits, split_indices
 
+    kept = tuple(classes) if classes else DIGIT_CLASSES
+    unknown = [c for c in kept if c not in DIGIT_CLASSES]
+    if unknown or len(set(kept)) != len(kept):
+        raise LayoutError(f"digits layout: --classes must name distinct digits among 0-9; got {list(kept)}")
     digits = load_digits()
     grey = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     if hard:
         grey = harden_digits(grey, seed=seed)
     labels = digits.target.astype(np.int64)
-    parts = split_indices(labels, dict(zip(SPLITS, digits_fractions)), seed=seed)
+    parts = split_indices(labels, dict(zip(SPLITS, digits_fractions)), seed=seed)  # on all 10: see above
+    label_of = {int(c): i for i, c in enumerate(kept)}
     records = []
     for split, positions in parts.items():
         for i in positions:
-            records.append(Record(source=f"digits#{i:04d}", split=split, pixels=grey[i], label=int(labels[i]),
-                                  orig_label=str(labels[i]), orig_index=int(labels[i])))
-    return Dataset("digits", DIGIT_CLASSES, records, {c: c for c in DIGIT_CLASSES}, default_align="none")
+            if int(labels[i]) in label_of:
+                records.append(Record(source=f"digits#{i:04d}", split=split, pixels=grey[i],
+                                      label=label_of[int(labels[i])], orig_label=str(labels[i]),
+                                      orig_index=int(labels[i])))
+    left_out = [c for c in DIGIT_CLASSES if c not in kept]
+    notes = {"classes_left_out": left_out, "images_left_out": int(len(labels) - len(records))} if left_out else {}
+    return Dataset("digits", kept, records, {c: c for c in kept}, default_align="none", notes=notes)
 
 
 READERS = {
