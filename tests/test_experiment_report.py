@@ -203,6 +203,11 @@ def test_cells_csv_has_every_protocol(experiment):
         protocol = results["model"]["protocol"]  # model.pt's: last for a method with a teacher, else val_selected
         assert protocol == ("val_selected" if row["method"] == "ce" else "last")
         assert row[f"{protocol}_accuracy"] == pytest.approx(results["model"]["test"]["accuracy"], abs=1e-12)
+        # model_pt: model.pt's own numbers and the protocol it followed, whichever that is per method
+        assert row["model_pt_protocol"] == protocol
+        assert row["model_pt_accuracy"] == pytest.approx(row[f"{protocol}_accuracy"], abs=1e-12)
+        assert row["model_pt_mean_class_accuracy"] == pytest.approx(results["model"]["test"]["mean_class_accuracy"])
+        assert (row["model_pt_epoch"], row["model_pt_branch"]) == (results["model"]["epoch"], results["model"]["branch"])
         assert (row[f"{protocol}_epoch"], row[f"{protocol}_branch"]) == (results["model"]["epoch"],
                                                                           results["model"]["branch"])
         assert row["val_selected_val_samples"] == 179
@@ -226,7 +231,7 @@ def test_summary_and_paired_tables(experiment):
     assert list(summary["method"]) == ["ce", "mt"] and list(summary["n"]) == [2, 2] == list(summary["seeds"])
     for _, row in summary.iterrows():
         mine = cells[cells["method"] == row["method"]]
-        for p in ("val_selected", "last", "mean_last_5", "best_on_test"):
+        for p in ("model_pt", "val_selected", "last", "mean_last_5", "best_on_test"):
             values = mine[f"{p}_accuracy"].to_numpy()
             std = values.std(ddof=1)
             assert row[f"{p}_accuracy_mean"] == pytest.approx(values.mean(), abs=1e-4)  # csv keeps 4 decimals
@@ -237,7 +242,7 @@ def test_summary_and_paired_tables(experiment):
         assert row["accuracy_mean"] == pytest.approx(mine["accuracy"].mean(), abs=1e-4)
 
     pairs = pd.read_csv(experiment["dir"] / "paired.csv")
-    assert sorted(pairs["protocol"]) == sorted(["val_selected", "last", "mean_last_5", "best_on_test"])
+    assert sorted(pairs["protocol"]) == sorted(["model_pt", "val_selected", "last", "mean_last_5", "best_on_test"])
     assert set(pairs["method"]) == {"mt"} and set(pairs["baseline"]) == {"ce"} and set(pairs["n_pairs"]) == {2}
     for _, row in pairs.iterrows():
         by_seed = cells.set_index(["method", "seed"])[f"{row['protocol']}_accuracy"]
@@ -246,8 +251,8 @@ def test_summary_and_paired_tables(experiment):
         assert row["wins"] + row["ties"] + row["losses"] == 2
         assert row["wins"] == sum(d > 1e-9 for d in diffs)
     on_disk = json.loads((experiment["dir"] / "summary.json").read_text())
-    assert on_disk["unit_keys"] == ["seed"] and len(on_disk["paired"]) == 4 and set(on_disk["protocols"]) == {
-        "val_selected", "last", "mean_last_5", "best_on_test"}
+    assert on_disk["unit_keys"] == ["seed"] and len(on_disk["paired"]) == 5 and set(on_disk["protocols"]) == {
+        "model_pt", "val_selected", "last", "mean_last_5", "best_on_test"}
 
 
 @pytest.mark.slow
@@ -259,7 +264,7 @@ def test_report_numbers_match_cells_csv(experiment):
     assert "4 finished of 4 cells; 0 failed" in report and "CPUs" in report
     for method in ("ce", "mt"):
         mine = cells[cells["method"] == method]
-        for p in ("val_selected", "last", "mean_last_5", "best_on_test"):
+        for p in ("model_pt", "val_selected", "last", "mean_last_5", "best_on_test"):
             section = report.split(f"## {p}")[1].split("\n## ")[0]
             line = next(x for x in section.splitlines() if x.startswith(f"| {method} |"))
             assert line.startswith(f"| {method} | symmetric 30% | 2 | {_pm(mine[f'{p}_accuracy'])} | ")
@@ -269,7 +274,8 @@ def test_report_numbers_match_cells_csv(experiment):
         assert f"| {100 * row['val_selected_accuracy']:.2f} | epoch {row['val_selected_epoch']}, " \
                f"{row['val_selected_branch']}, " in line
     mt_pairs = [x for x in report.splitlines() if x.startswith("| mt | ce | symmetric 30% |")]
-    assert len(mt_pairs) == 4 and all("| 2 |" in x for x in mt_pairs)
+    assert len(mt_pairs) == 5 and all("| 2 |" in x for x in mt_pairs)
+    assert "Protocol per method: ce: val_selected; mt: last." in report.split("## model_pt")[1].split("\n## ")[0]
     # the selection section: last - val_selected per run, and each protocol's regret against best_on_test
     selection = report.split("## Selection: the last epoch")[1].split("\n## ")[0]
     for method in ("ce", "mt"):

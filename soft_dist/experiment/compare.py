@@ -26,8 +26,7 @@ from soft_dist.experiment.report import (
     paired_section,
     protocol_section,
 )
-from soft_dist.experiment.summary import collect, paired, summarise
-from soft_dist.train.protocols import PROTOCOLS
+from soft_dist.experiment.summary import REPORTED_PROTOCOLS, collect, paired, summarise
 
 FOLDER_COLUMN = "folder"
 
@@ -76,7 +75,7 @@ def compare_folders(run_dirs: list[str | Path]) -> str:
                                           for v in order if folder_of.get(v) == str(d)) or "—"]
                       for d in run_dirs]),
              "", f"Runs are paired on equal noise kind, rate and {', '.join(units) or 'nothing'}; percent.", ""]
-    for protocol in PROTOCOLS:
+    for protocol in REPORTED_PROTOCOLS:
         lines += protocol_section(protocol, summary, table, [])
     lines += paired_section(pairs[keep] if len(pairs) else pairs, [], units)
     return "\n".join(lines).rstrip() + "\n"

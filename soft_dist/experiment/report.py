@@ -30,7 +30,9 @@ from soft_dist.experiment.layout import (
     read_json,
 )
 from soft_dist.experiment.summary import (
+    MODEL_PT,
     PROTOCOL_DEFINITIONS,
+    REPORTED_PROTOCOLS,
     TIE_TOLERANCE,
     collect,
     interval,
@@ -41,9 +43,9 @@ from soft_dist.experiment.summary import (
     t_interval,
     write_summary,
 )
-from soft_dist.train.protocols import PROTOCOLS
 
 HEADINGS = {
+    "model_pt": "model_pt (what model.pt holds: each run's own train.model_epoch)",
     "val_selected": "val_selected (epoch and branch chosen on validation)",
     "last": "last (last epoch, branch chosen on validation)",
     "mean_last_5": "mean_last_5 (mean of the last 5 epochs)",
@@ -149,6 +151,10 @@ def _header(run_dir: Path, grid: Grid, cells_total: int, table: pd.DataFrame, wh
 
 def protocol_section(protocol: str, summary: pd.DataFrame, table: pd.DataFrame, extra: list[str]) -> list[str]:
     lines = [f"## {HEADINGS[protocol]}", "", PROTOCOL_DEFINITIONS[protocol] + ".", ""]
+    if protocol == MODEL_PT and not table.empty:
+        used = table.groupby("method", sort=False)[f"{MODEL_PT}_protocol"].agg(
+            lambda x: ", ".join(sorted({str(v) for v in x.dropna()})) or "—")
+        lines += ["Protocol per method: " + "; ".join(f"{m}: {p}" for m, p in used.items()) + ".", ""]
     if protocol == "mean_last_5" and not table.empty:
         counts = sorted({int(v) for v in table["mean_last_5_num_epochs"].dropna()})
         lines += [f"Epochs averaged per run: {', '.join(map(str, counts)) or '—'}.", ""]
@@ -295,7 +301,7 @@ def render(run_dir: Path, grid: Grid, cells_total: int, table: pd.DataFrame, sum
     """The report's Markdown. ``where``: the folder the report is written to (links are relative)."""
     extra = list(grid.extra)
     lines = _header(run_dir, grid, cells_total, table, where, refreshed)
-    for protocol in PROTOCOLS:
+    for protocol in REPORTED_PROTOCOLS:
         lines += protocol_section(protocol, summary, table, extra)
     lines += paired_section(pairs, extra, grid.unit_keys)
     lines += _selection_section(table, grid)

@@ -4,7 +4,9 @@ evaluation protocol), paired.csv (method against method on the same runs) and fa
 
 Protocols (soft_dist.train.protocols): ``val_selected`` (epoch and branch chosen on validation: model.pt
 without a teacher), ``last`` (model.pt with one), ``mean_last_5`` and ``best_on_test`` (chosen on TEST:
-optimistic, only for comparison with published tables). Every cell's protocols come from its results.json, or, for cells
+optimistic, only for comparison with published tables); the tables add ``model_pt``: what each run's
+model.pt holds (results.json's ``model``: the protocol its ``train.model_epoch`` named), i.e. what a user
+of the method gets, whichever protocol that is per method. Every cell's protocols come from its results.json, or, for cells
 trained before results.json had them, from its metrics.jsonl with the same function.
 
 The older columns are kept as they were for existing readers: cells.csv ``accuracy`` /
@@ -39,7 +41,12 @@ METRICS = ("accuracy", "mean_class_accuracy")
 UNIT_COLUMNS = ("seed", "fold", "split_seed")  # which of them a grid has: Grid.unit_keys
 CONFIDENCE = 0.95
 TIE_TOLERANCE = 1e-9  # accuracies are counts / N: equal counts give equal floats, up to rounding
+MODEL_PT = "model_pt"
+# The protocols the tables report: model.pt's own first (one column set per protocol in cells.csv).
+REPORTED_PROTOCOLS = (MODEL_PT, *PROTOCOLS)
 PROTOCOL_DEFINITIONS = {
+    MODEL_PT: "what each run's model.pt holds, the protocol its train.model_epoch named (default auto: `last` "
+              "with an EMA teacher, `val_selected` without one): what a user of the method gets",
     "val_selected": "epoch and branch with the best validation score over the run (model.pt of a method "
                     "without a teacher, and of any with train.model_epoch=best)",
     "last": "last epoch, branch chosen on validation at that epoch (model.pt of a method with an EMA teacher "
@@ -89,9 +96,20 @@ def cell_record(cell: Cell, results: dict, folder: Path | None = None) -> dict:
         "select_metric": results.get("select_metric", "accuracy"),
         "test_samples": results["test"]["chosen"]["num_samples"] if results.get("test") else None,
         "protocols_from": source,
+        **model_pt_columns(results),
         **protocol_columns(protocols),
         **sls_k_columns(read_cell_metrics(folder) if folder is not None else []),
     }
+
+
+def model_pt_columns(results: dict) -> dict:
+    """``model_pt_*`` columns: model.pt's test numbers, the protocol it followed, its epoch and branch (all
+    None for runs written before results.json described model.pt, or without a test split)."""
+    model = results.get("model") or {}
+    test = model.get("test") or {}
+    return {f"{MODEL_PT}_accuracy": test.get("accuracy"), f"{MODEL_PT}_mean_class_accuracy": test.get("mean_class_accuracy"),
+            f"{MODEL_PT}_protocol": model.get("protocol"), f"{MODEL_PT}_epoch": model.get("epoch"),
+            f"{MODEL_PT}_branch": model.get("branch")}
 
 
 def sls_k_columns(records: list[dict]) -> dict:
@@ -133,7 +151,7 @@ def t_interval(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> d
 
 
 def protocol_stat_columns() -> list[str]:
-    return [f"{p}_{m}_{s}" for p in PROTOCOLS for m in METRICS for s in ("mean", "std", "ci_low", "ci_high")]
+    return [f"{p}_{m}_{s}" for p in REPORTED_PROTOCOLS for m in METRICS for s in ("mean", "std", "ci_low", "ci_high")]
 
 
 def _legacy_columns() -> list[str]:
@@ -164,7 +182,7 @@ def summarise(table: pd.DataFrame, extra_keys: list[str], methods: list[str] | N
             row[f"{metric}_mean"] = part[metric].mean()
             row[f"{metric}_std"] = part[metric].std(ddof=1) if len(part) > 1 else math.nan
         row["seeds"] = row["n"] = len(part)
-        for protocol, metric in itertools.product(PROTOCOLS, METRICS):
+        for protocol, metric in itertools.product(REPORTED_PROTOCOLS, METRICS):
             column = f"{protocol}_{metric}"
             stats = t_interval(part[column].tolist() if column in part else [], bounds=(0.0, 1.0))
             for stat in ("mean", "std", "ci_low", "ci_high"):
@@ -194,7 +212,9 @@ def paired(table: pd.DataFrame, extra_keys: list[str], unit_keys: list[str],
             both = by_method[method].merge(by_method[baseline], on=unit_keys, suffixes=("", "_base"))
             if both.empty:
                 continue
-            for protocol in PROTOCOLS:
+            for protocol in REPORTED_PROTOCOLS:
+                if f"{protocol}_accuracy" not in both:  # a table without it (e.g. model_pt of older runs)
+                    continue
                 a = pd.to_numeric(both[f"{protocol}_accuracy"], errors="coerce")
                 b = pd.to_numeric(both[f"{protocol}_accuracy_base"], errors="coerce")
                 diff = (a - b)[a.notna() & b.notna()].to_numpy(dtype=float)
