@@ -123,7 +123,7 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
         assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_MAGIC, name
 
     # Every evaluation protocol, from the runs' own results.json (trained through Ray Train).
-    for protocol in ("val_selected", "last", "mean_last_5", "best_on_test"):
+    for protocol in ("model_pt", "val_selected", "last", "mean_last_5", "best_on_test"):
         assert cells[f"{protocol}_accuracy"].between(0, 1).all(), protocol
         assert f"{protocol}_accuracy_ci_low" in summary.columns
     assert (cells["protocols_from"] == "results.json").all() and (cells["mean_last_5_num_epochs"] == 1).all()
@@ -134,9 +134,11 @@ def test_tiny_grid_tables_plots_rerun_and_failure(tmp_path, digit_shards, ray_cl
         # model.pt follows its protocol: the last epoch for soft (a teacher), the best on validation for ce
         assert results["model"]["protocol"] == ("last" if cell_name.startswith("soft") else "val_selected")
         assert results["protocols"][results["model"]["protocol"]]["epoch"] == results["model"]["epoch"]
+        row = cells[cells["cell"] == cell_name].iloc[0]
+        assert (row["model_pt_protocol"], row["model_pt_epoch"]) == (results["model"]["protocol"], results["model"]["epoch"])
     pairs = pd.read_csv(run_dir / "paired.csv")
     assert set(zip(pairs["method"], pairs["baseline"])) == {("soft", "ce")} and (pairs["n_pairs"] == 1).all()
-    assert len(pairs) == 4 and set(pairs["data.augment.scale_min"]) == {0.8}
+    assert len(pairs) == 5 and set(pairs["data.augment.scale_min"]) == {0.8}  # model_pt and the 4 fixed protocols
     report = (run_dir / "report.md").read_text()
     assert "## val_selected" in report and "2 finished of 4 cells; 2 failed" in report
     assert (run_dir / "grid.yaml").read_text() == grid.path.read_text()
