@@ -45,7 +45,7 @@ from soft_dist.experiment.summary import (
 )
 
 HEADINGS = {
-    "model_pt": "model_pt (what model.pt holds: each run's own train.model_epoch)",
+    MODEL_PT: "model_pt (what model.pt holds: each run's own train.model_epoch)",
     "val_selected": "val_selected (epoch and branch chosen on validation)",
     "last": "last (last epoch, branch chosen on validation)",
     "mean_last_5": "mean_last_5 (mean of the last 5 epochs)",

@@ -358,10 +358,10 @@ def read_digits(root=None, digits_fractions=(0.7, 0.1, 0.2), seed: int = 0, hard
     records = []
     for split, positions in parts.items():
         for i in positions:
-            if int(labels[i]) in label_of:
-                records.append(Record(source=f"digits#{i:04d}", split=split, pixels=grey[i],
-                                      label=label_of[int(labels[i])], orig_label=str(labels[i]),
-                                      orig_index=int(labels[i])))
+            digit = int(labels[i])
+            if digit in label_of:
+                records.append(Record(source=f"digits#{i:04d}", split=split, pixels=grey[i], label=label_of[digit],
+                                      orig_label=str(digit), orig_index=digit))
     left_out = [c for c in DIGIT_CLASSES if c not in kept]
     notes = {"classes_left_out": left_out, "images_left_out": int(len(labels) - len(records))} if left_out else {}
     return Dataset("digits", kept, records, {c: c for c in kept}, default_align="none", notes=notes)
