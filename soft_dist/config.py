@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, get_args, get_origin, get_type_hints
 
 import yaml
 
-from soft_dist.method.presets import METHOD_PRESETS, MethodPreset
+from soft_dist.method.presets import LOW_MASS_RULES, METHOD_PRESETS, MethodPreset
 from soft_dist.url_secrets import credentials_problem
 
 class ConfigError(ValueError):
@@ -161,6 +161,10 @@ class MethodConfig:
                                   lo=0.0, hi=2.0, lo_open=True, hi_open=True)
     epsilon: float = setting(0.3, "smoothing mass given to the low-confidence classes (SLS, LSR, LSR*); "
                                   "sls0 pins it at 0", lo=0.0, hi=1.0, hi_open=True)
+    sls_low_mass: str = setting("total", "how SLS shares epsilon among the classes below tau: total (the paper: "
+                                         "epsilon in all, epsilon / (C - k) each) or per_class (epsilon / (C - 1) "
+                                         "each, so no rejected class outranks a kept one)",
+                                choices=LOW_MASS_RULES)
     lambda_: float = setting(10.0, "weight of the consistency loss after the ramp-up", lo=0.0, key="lambda")
     rampup_epochs: float = setting(5.0, "epochs of the sigmoid ramp-up of the consistency weight", lo=0.0)
     ema_decay: float = setting(0.999, "EMA decay w of the teacher", lo=0.0, hi=1.0)

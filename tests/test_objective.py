@@ -50,7 +50,7 @@ def test_teacher_agreement_with_the_given_labels_is_logged():
 def test_without_a_given_tau_the_class_count_sets_it():
     # 5 classes: tau = 0.875 / 5 = 0.175, the value a run resolves and saves
     _, parts, (student, source, _, cfg) = _loss("soft")
-    target = soft_label_smoothing(source, 0.875 / 5, cfg.method.epsilon)
+    target = soft_label_smoothing(source, 0.875 / 5, cfg.method.epsilon, low_mass="total")
     kl = (torch.xlogy(target, target) - target * torch.log_softmax(student, -1)).sum(-1).mean()
     assert cfg.method.tau is None and torch.allclose(parts["loss_cons"], kl.detach(), atol=1e-6)
 
@@ -62,10 +62,25 @@ def test_the_ramp_scales_the_consistency_weight():
 
 def test_sls_target_and_its_late_start():
     _, parts, (student, source, _, cfg) = _loss("soft", tau=0.3, sls_start_epoch=2)
-    target = soft_label_smoothing(source, 0.3, cfg.method.epsilon)
+    target = soft_label_smoothing(source, 0.3, cfg.method.epsilon, low_mass="total")
     kl = (torch.xlogy(target, target) - target * torch.log_softmax(student, -1)).sum(-1).mean()
     assert torch.allclose(parts["loss_cons"], kl.detach(), atol=1e-6)
     assert "share_k_gt_1" in parts
+
+
+def test_sls_logs_mean_k_and_the_share_of_inverted_targets():
+    # an unsure teacher on 5 classes (tau 0.175): rows 0-1 keep 4 classes, so under "total" the one rejected
+    # class gets eps = 0.3, above every kept one; row 2 is sure (k = 1), never inverted
+    source = torch.log(torch.tensor([[0.24, 0.24, 0.24, 0.24, 0.04], [0.22, 0.22, 0.22, 0.3, 0.04],
+                                     [0.9, 0.025, 0.025, 0.025, 0.025]]))
+    student = torch.zeros(3, 5, requires_grad=True)
+    for low_mass, inverted in (("total", 2 / 3), ("per_class", 0.0)):
+        cfg = load_config(None, ["method.name=soft", f"method.sls_low_mass={low_mass}"])
+        _, parts = soft_objective(cfg.preset, cfg.method, student_logits=student, alpha=None,
+                                  labels=torch.tensor([0, 1, 2]), source_logits=source, valid=None, epoch=3,
+                                  progress_epochs=10.0)
+        assert float(parts["mean_k"]) == pytest.approx(3.0)
+        assert float(parts["share_inverted"]) == pytest.approx(inverted)
     # before method.sls_start_epoch the same preset is a plain mean teacher
     _, early, _ = _loss("soft", epoch=1, tau=0.3, sls_start_epoch=2)
     _, mt, _ = _loss("mt", epoch=1)
@@ -83,10 +98,12 @@ def test_padding_rows_do_not_count():
 def test_sls_on_the_student_smooths_the_student_side_only():
     preset = METHOD_PRESETS["sls_student"]
     student, source, _ = _batch()
-    target, log_probs, k, sample_epsilon = consistency_target(preset, source, student, tau=0.3, epsilon=0.3)
+    target, log_probs, smoothing, sample_epsilon = consistency_target(preset, source, student, tau=0.3,
+                                                                      epsilon=0.3, low_mass="total")
     assert torch.allclose(target, torch.softmax(source, -1))
-    assert torch.allclose(log_probs.exp(), soft_label_smoothing(student.detach(), 0.3, 0.3), atol=1e-6)
-    assert k is not None and sample_epsilon is None
+    student_sls = soft_label_smoothing(student.detach(), 0.3, 0.3, low_mass="total")
+    assert torch.allclose(log_probs.exp(), student_sls, atol=1e-6)
+    assert smoothing is not None and sample_epsilon is None
 
 
 def test_a_teacher_preset_needs_source_logits_and_presets_are_checked():
@@ -105,12 +122,13 @@ def test_per_sample_epsilon_follows_the_teachers_entropy():
     preset = METHOD_PRESETS["soft_eps"]
     source = torch.tensor([[12.0, 0.0, 0.0, 0.0, 0.0], [0.1, 0.0, 0.0, 0.0, 0.05], [2.0, 1.5, 0.0, 0.0, 0.0]])
     student = torch.zeros(3, 5, requires_grad=True)
-    target, _, k, sample_epsilon = consistency_target(preset, source, student, tau=0.175, epsilon=0.3)
+    target, _, _, sample_epsilon = consistency_target(preset, source, student, tau=0.175, epsilon=0.3,
+                                                      low_mass="total")
     assert sample_epsilon.shape == (3, 1)
     assert float(sample_epsilon[0]) < 0.01 and float(sample_epsilon[1]) > 0.29
     assert 0.01 < float(sample_epsilon[2]) < 0.29
     for row in range(3):  # each row is SLS with its own epsilon
-        expected = soft_label_smoothing(source[row:row + 1], 0.175, float(sample_epsilon[row]))
+        expected = soft_label_smoothing(source[row:row + 1], 0.175, float(sample_epsilon[row]), low_mass="total")
         assert torch.allclose(target[row:row + 1], expected, atol=1e-6)
     assert torch.allclose(target.sum(-1), torch.ones(3))
     _, parts, (_, source, _, _) = _loss("soft_eps")

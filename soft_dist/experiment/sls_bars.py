@@ -65,7 +65,7 @@ def plot_sls_targets(run_dir: Path, count: int, path: Path) -> Path:
     with torch.no_grad():
         logits = teacher(images)  # [n, C]
     q = torch.softmax(logits.float(), dim=-1)
-    target = soft_label_smoothing(logits, tau, cfg.method.epsilon)  # [n, C]
+    target = soft_label_smoothing(logits, tau, cfg.method.epsilon, low_mass=cfg.method.sls_low_mass)  # [n, C]
     position = {int(i): p for p, i in enumerate(table.idx.tolist())}
 
     plt = pyplot()

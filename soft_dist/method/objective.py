@@ -20,6 +20,7 @@ from soft_dist.method.sls import (
     label_smoothing,
     label_smoothing_top1,
     soft_label_smoothing_with_k,
+    SmoothedTarget,
 )
 
 
@@ -30,15 +31,17 @@ def consistency_target(
     *,
     tau: float,
     epsilon: float,
+    low_mass: str,
     sls_active: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, SmoothedTarget | None, torch.Tensor | None]:
     """The consistency target and the student's log-probabilities it is compared with.
 
     source_logits: [B, C] float32 without gradient (teacher, or detached student for a teacherless preset);
     student_logits: [B, C] float32 with gradient;
+    low_mass: how SLS shares epsilon among the classes below tau (soft_dist.method.presets.LOW_MASS_RULES);
     sls_active: False during the plain mean-teacher epochs before ``method.sls_start_epoch``.
-    Returns target [B, C] (rows sum to 1, no gradient), student log-probs [B, C] (with gradient), k [B]
-    (high-confidence classes per sample) when SLS made the target, else None, and the per-sample epsilon
+    Returns target [B, C] (rows sum to 1, no gradient), student log-probs [B, C] (with gradient), the SLS
+    that made the target (k [B] and inverted [B]) when SLS made it, else None, and the per-sample epsilon
     [B, 1] when the preset sets one (epsilon_per_sample), else None.
     """
     kind = preset.target
@@ -46,7 +49,7 @@ def consistency_target(
         kind = "softmax"
     smooth_source = preset.sls_on in ("teacher", "both") or not preset.teacher
     smooth_student = kind == "sls" and preset.sls_on in ("student", "both") and preset.teacher
-    k = None
+    smoothing = None
     sample_epsilon = None
     if kind == "sls" and preset.epsilon_per_sample:
         # the source's uncertainty sets each sample's smoothing, also where the student's side is smoothed
@@ -55,16 +58,17 @@ def consistency_target(
     if kind == "lsr_star":
         target = label_smoothing_top1(source_logits, epsilon)
     elif kind == "sls" and smooth_source:
-        target, k = soft_label_smoothing_with_k(source_logits, tau, epsilon)
+        smoothing = soft_label_smoothing_with_k(source_logits, tau, epsilon, low_mass=low_mass)
+        target = smoothing.target
     else:  # softmax, or SLS on the student only: the source's plain softmax is the target
         target = torch.softmax(source_logits, dim=-1)
     if smooth_student:
-        smoothed, k_student = soft_label_smoothing_with_k(student_logits, tau, epsilon)
-        student_log_probs = torch.log(smoothed.clamp(min=1e-12))
-        k = k if k is not None else k_student
+        student_smoothing = soft_label_smoothing_with_k(student_logits, tau, epsilon, low_mass=low_mass)
+        student_log_probs = torch.log(student_smoothing.target.clamp(min=1e-12))
+        smoothing = smoothing if smoothing is not None else student_smoothing
     else:
         student_log_probs = torch.log_softmax(student_logits, dim=-1)
-    return target, student_log_probs, k, sample_epsilon
+    return target, student_log_probs, smoothing, sample_epsilon
 
 
 def soft_objective(
@@ -87,8 +91,10 @@ def soft_objective(
     labels: [B] int64 training labels (noisy); source_logits: [B, C] without gradient, or None when the
         preset has no consistency term; valid: [B] bool (False marks padding rows) or None;
     epoch: the 0-based epoch; progress_epochs: epochs done including the fraction of this one (the ramp).
-    Returns (loss scalar with gradient, {loss_ce, loss_cons, lambda, share_k_gt_1, teacher_agrees: detached
-    scalars}); teacher_agrees is the share of rows whose given label is the consistency source's arg-max.
+    Returns (loss scalar with gradient, {loss_ce, loss_cons, lambda, share_k_gt_1, mean_k, share_inverted,
+    teacher_agrees: detached scalars}); teacher_agrees is the share of rows whose given label is the
+    consistency source's arg-max; share_inverted the share whose SLS target ranks a class below tau above
+    one above it.
     """
     num_classes = student_logits.shape[-1]
     ce_target = label_smoothing(labels, num_classes, method.epsilon) if preset.ce_target == "lsr" else labels
@@ -98,9 +104,9 @@ def soft_objective(
         return loss_ce, parts
     if source_logits is None:
         raise ValueError(f"a preset with target {preset.target!r} needs source_logits")
-    target, student_log_probs, k, sample_epsilon = consistency_target(
+    target, student_log_probs, smoothing, sample_epsilon = consistency_target(
         preset, source_logits, student_logits, tau=method.tau_for(num_classes), epsilon=method.epsilon,
-        sls_active=epoch >= method.sls_start_epoch,
+        low_mass=method.sls_low_mass, sls_active=epoch >= method.sls_start_epoch,
     )
     loss_cons = masked_mean(consistency_kl(target, student_log_probs), valid)
     weight = method.lambda_ * sigmoid_rampup(progress_epochs, method.rampup_epochs)
@@ -109,8 +115,11 @@ def soft_objective(
     # Lock-in shows here: a teacher that stops agreeing with the given labels while its SLS targets turn
     # hard (share_k_gt_1 falls) is training the student on its own mistakes.
     parts["teacher_agrees"] = masked_mean((source_logits.argmax(dim=-1) == labels).float(), valid).detach()
-    if k is not None:
-        parts["share_k_gt_1"] = masked_mean((k > 1).float(), valid).detach()
+    if smoothing is not None:
+        parts["share_k_gt_1"] = masked_mean((smoothing.k > 1).float(), valid).detach()
+        parts["mean_k"] = masked_mean(smoothing.k.float(), valid).detach()
+        # an unsure source under low_mass "total" ranks rejected classes above kept ones (presets.LOW_MASS_RULES)
+        parts["share_inverted"] = masked_mean(smoothing.inverted.float(), valid).detach()
     if sample_epsilon is not None:
         parts["epsilon_mean"] = masked_mean(sample_epsilon.squeeze(-1), valid).detach()
     return loss_ce + weight * loss_cons, parts

@@ -14,6 +14,17 @@ SLS_BRANCHES = ("teacher", "student", "both")
 CE_TARGETS = ("onehot", "lsr")
 
 
+# How SLS gives its smoothing mass to the classes below tau (method.sls_low_mass):
+#   total     the paper's Eq. 4: the low classes share eps, eps / (C - k) each, whatever their number;
+#   per_class each low class gets eps / (C - 1), LSR's share per class, so the low part totals
+#             eps (C - k) / (C - 1): the same as "total" at k = 1, less as k grows.
+# Why per_class exists: with "total" and an unsure teacher (many classes above tau, few below) the few low
+# classes get more of the target than the classes the teacher keeps, e.g. C = 10, k = 9: the one class the
+# teacher rejects gets 0.3, each kept class about 0.08. Under per_class a low class gets
+# eps / (C - 1) < (1 - eps) tau whenever eps / (1 - eps) < tau (C - 1), true for the defaults at any C >= 2.
+LOW_MASS_RULES = ("total", "per_class")
+
+
 @dataclass(frozen=True)
 class MethodPreset:
     """How one method supervises the student.

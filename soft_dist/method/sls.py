@@ -11,19 +11,26 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from soft_dist.method.presets import LOW_MASS_RULES
+
 
 class SmoothedTarget(NamedTuple):
     target: torch.Tensor  # [B, C] float32, rows sum to 1
     k: torch.Tensor  # [B] int64, number of high-confidence classes per sample (after the k = 0 rule)
+    # [B] bool: the target gives a class below tau more than some class above tau (presets.LOW_MASS_RULES)
+    inverted: torch.Tensor
 
 
-def soft_label_smoothing_with_k(logits: torch.Tensor, tau: float, epsilon: float | torch.Tensor) -> SmoothedTarget:
-    """SLS of ``logits`` [B, C]; also returns k per sample (for the share of samples with k > 1).
-    ``epsilon`` is one number, or one per sample [B, 1] (see :func:`entropy_scaled_epsilon`).
+def soft_label_smoothing_with_k(logits: torch.Tensor, tau: float, epsilon: float | torch.Tensor, *,
+                                low_mass: str) -> SmoothedTarget:
+    """SLS of ``logits`` [B, C]; also returns k per sample (for the share of samples with k > 1) and
+    which rows came out inverted. ``epsilon`` is one number, or one per sample [B, 1] (see
+    :func:`entropy_scaled_epsilon`); ``low_mass`` is one of LOW_MASS_RULES.
 
-    q = softmax(logits); high = {i : q_i > tau}; k = |high|
-    y_i = (1 - eps) * q_i / sum_{j in high} q_j   for i in high
-    y_i = eps / (C - k)                           otherwise
+    q = softmax(logits); high = {i : q_i > tau}; k = |high|; m = eps ("total") or eps (C - k) / (C - 1)
+    ("per_class")
+    y_i = (1 - m) * q_i / sum_{j in high} q_j   for i in high
+    y_i = m / (C - k)                           otherwise
 
     Edge rules (the reference implementation returns NaN in both):
       k = 0 (tau >= max q): the arg-max class counts as high, so k = 1 and SLS behaves like LSR*;
@@ -32,6 +39,8 @@ def soft_label_smoothing_with_k(logits: torch.Tensor, tau: float, epsilon: float
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [B, C], got shape {tuple(logits.shape)}")
+    if low_mass not in LOW_MASS_RULES:
+        raise ValueError(f"low_mass must be one of {LOW_MASS_RULES}, got {low_mass!r}")
     q = torch.softmax(logits.float(), dim=-1)
     num_classes = q.shape[-1]
     high = q > tau
@@ -39,13 +48,19 @@ def soft_label_smoothing_with_k(logits: torch.Tensor, tau: float, epsilon: float
     top1 = F.one_hot(q.argmax(dim=-1), num_classes).bool()
     high = high | (top1 & ~high.any(dim=-1, keepdim=True))
     k = high.sum(dim=-1, keepdim=True)
+    low_count = (num_classes - k).clamp(min=1).to(q.dtype)
+    if low_mass == "per_class":
+        epsilon = epsilon * low_count / max(num_classes - 1, 1)
     # The high mass is at least max q >= 1/C > 0, so the division is safe.
     high_mass = (q * high).sum(dim=-1, keepdim=True)
     high_part = (1.0 - epsilon) * q / high_mass
-    low_part = epsilon / (num_classes - k).clamp(min=1).to(q.dtype)
+    low_part = epsilon / low_count
     target = torch.where(high, high_part, low_part)
     target = torch.where(k == num_classes, q, target)  # k = C rule
-    return SmoothedTarget(target, k.squeeze(-1))
+    lowest_high = torch.where(high, target, torch.full_like(target, float("inf"))).amin(dim=-1)
+    highest_low = torch.where(high, torch.full_like(target, -1.0), target).amax(dim=-1)
+    inverted = highest_low > lowest_high
+    return SmoothedTarget(target, k.squeeze(-1), inverted)
 
 
 def entropy_scaled_epsilon(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -58,9 +73,10 @@ def entropy_scaled_epsilon(logits: torch.Tensor, epsilon: float) -> torch.Tensor
     return epsilon * (entropy / math.log(q.shape[-1])).clamp(0.0, 1.0)
 
 
-def soft_label_smoothing(logits: torch.Tensor, tau: float, epsilon: float | torch.Tensor) -> torch.Tensor:
+def soft_label_smoothing(logits: torch.Tensor, tau: float, epsilon: float | torch.Tensor, *,
+                         low_mass: str) -> torch.Tensor:
     """SLS target [B, C] from logits [B, C] (Eq. 3-4 with the edge rules above)."""
-    return soft_label_smoothing_with_k(logits, tau, epsilon).target
+    return soft_label_smoothing_with_k(logits, tau, epsilon, low_mass=low_mass).target
 
 
 def label_smoothing(labels: torch.Tensor, num_classes: int, epsilon: float) -> torch.Tensor:
