@@ -40,7 +40,7 @@ from torch import nn
 from soft_dist.config import Config, config_yaml, resolve_for_classes
 from soft_dist.data.loader import Loaders
 from soft_dist.method.model import build_student
-from soft_dist.method.lock_in import lock_in_note
+from soft_dist.method.lock_in import lock_in_note, unsure_teacher_note
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoints import CheckpointWriter, Checkpoints, ReportFn, put_into_run, seed_everything
@@ -160,7 +160,7 @@ class Trainer:
             digests = sync.digests()
             # val/test ride in the history because it survives a resume inside the checkpoint, while
             # metrics.jsonl is cut back on resume: the protocols of results.json read the history.
-            # The k > 1 share rides there too, so the lock-in guard sees every epoch after a resume.
+            # The k > 1 share rides there too, so the SLS guards see every epoch after a resume.
             history.append({"epoch": epoch, "images_per_s_per_worker": speeds, "seconds": train["seconds"],
                             "world_size": world_size, "val": val, "test": test,
                             "share_k_gt_1": train.get("share_k_gt_1")})
@@ -177,7 +177,7 @@ class Trainer:
                 "images_per_s_per_worker": speeds,
                 "teacher_sync": sync.summary(), "selected_epoch": best["epoch"],
                 **({"teacher_pool": pool} if pool is not None else {}),
-                **self._lock_in(history)})
+                **self._sls_guards(history)})
             if last:
                 self.log.finish(results)
             began = time.perf_counter()
@@ -191,13 +191,17 @@ class Trainer:
         return results
 
     # ------------------------------------------------------------------ its pieces
-    def _lock_in(self, history: list[dict]) -> dict:
-        """{"note": the lock-in warning} at the epoch where the k > 1 share collapses, else {}."""
+    def _sls_guards(self, history: list[dict]) -> dict:
+        """{"note": the warnings of this epoch} when an SLS guard fires (soft_dist.method.lock_in), else {}:
+        lock-in at the epoch where the k > 1 share collapses; an unsure teacher after the last epoch when the
+        share stayed high."""
         method = self.cfg.method
         shares = [h.get("share_k_gt_1") for h in history]
         watch_from = max(math.ceil(method.rampup_epochs), method.sls_start_epoch)
-        note = lock_in_note(shares, method.tau, self.num_classes, watch_from)
-        return {"note": note} if note else {}
+        notes = [lock_in_note(shares, method.tau, self.num_classes, watch_from),
+                 unsure_teacher_note(shares, self.cfg.train.epochs, watch_from)]
+        notes = [n for n in notes if n]
+        return {"note": "\n".join(notes)} if notes else {}
 
     def _build_learner(self) -> tuple[SoftLearner, object]:
         cfg, device = self.cfg, self.place.device
