@@ -56,14 +56,20 @@ SURE_AT_30 = [0.80, 0.71, 0.66, 0.59, 0.56, 0.55, 0.52, 0.53, 0.50, 0.49, 0.46, 
 
 
 def test_a_teacher_unsure_at_the_end_of_the_run_is_reported_once_after_the_last_epoch():
-    notes = [unsure_teacher_note(UNSURE_AT_50[:n + 1], 20, watch_from=2) for n in range(20)]
+    notes = [unsure_teacher_note(UNSURE_AT_50[:n + 1], 20, 0.0875, 10, watch_from=2) for n in range(20)]
     assert [n is not None for n in notes] == [False] * 19 + [True]
     assert "0.79 of the SLS targets" in notes[-1] and "method.name=mt" in notes[-1]
-    assert all(unsure_teacher_note(SURE_AT_30[:n + 1], 20, watch_from=2) is None for n in range(20))
+    assert all(unsure_teacher_note(SURE_AT_30[:n + 1], 20, 0.125, 7, watch_from=2) is None for n in range(20))
 
 
 def test_a_short_run_or_one_without_sls_at_the_end_gets_no_unsure_note():
-    assert unsure_teacher_note(UNSURE_AT_50[:6], 6, watch_from=2) is None  # too short to judge the teacher
-    assert unsure_teacher_note(UNSURE_AT_50[:12], 12, watch_from=2) is not None
-    assert unsure_teacher_note(UNSURE_AT_50[:-1] + [None], 20, watch_from=2) is None
-    assert unsure_teacher_note([None] * 20, 20) is None  # a method without SLS
+    assert unsure_teacher_note(UNSURE_AT_50[:6], 6, 0.0875, 10, watch_from=2) is None  # too short to judge
+    assert unsure_teacher_note(UNSURE_AT_50[:12], 12, 0.0875, 10, watch_from=2) is not None
+    assert unsure_teacher_note(UNSURE_AT_50[:-1] + [None], 20, 0.0875, 10, watch_from=2) is None
+    assert unsure_teacher_note([None] * 20, 20, 0.0875, 10) is None  # a method without SLS
+
+
+def test_below_the_default_tau_the_share_says_nothing_about_the_teacher():
+    # tau at half of uniform kept 0.90 of the targets above one class at 30% noise, with a sure teacher
+    assert unsure_teacher_note(UNSURE_AT_50, 20, 0.05, 10, watch_from=2) is None
+    assert unsure_teacher_note(UNSURE_AT_50, 20, 0.2, 10, watch_from=2) is not None  # a higher tau still warns

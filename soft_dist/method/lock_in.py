@@ -20,8 +20,10 @@ share of the last epoch was 0.79-0.90. Where SOFT was level with MT or above it 
 classes; 50% on the easy digits, 40 epochs) it had fallen to 0.36-0.63 (docs/experiments.md, "Half the
 labels wrong"). So the guard warns after the last epoch when the mean share of the last UNSURE_EPOCHS
 epochs is at least UNSURE_SHARE, in a run that watched the share for at least UNSURE_MIN_EPOCHS epochs
-after the ramp-up (a short run ends before any teacher is sure: the 50% runs watched 18). Measured on
-digits only; the note says so.
+after the ramp-up (a short run ends before any teacher is sure: the 50% runs watched 18). The share
+depends on tau as much as on the teacher (a lower tau keeps more classes above it: 0.90 at the end of a
+30%-noise run with tau at half of uniform, where the teacher was sure), and these thresholds were measured
+at the default tau = 0.875 / C; below that the guard stays silent. Measured on digits only; the note says so.
 
 Both are pure functions of per-epoch values, so a resumed run (which replays its earlier epochs' records)
 warns at the same epoch as an uninterrupted one, and only once.
@@ -39,8 +41,9 @@ MIN_PEAK = 0.2
 UNSURE_SHARE = 0.75
 # ... on average over the last this many epochs ...
 UNSURE_EPOCHS = 3
-# ... of a run with at least this many epochs after the ramp-up.
+# ... of a run with at least this many epochs after the ramp-up, and tau at least this share of uniform.
 UNSURE_MIN_EPOCHS = 10
+UNSURE_MIN_TAU_RELATIVE = 0.875
 
 
 def _collapsed(shares: list[float | None], watch_from: int) -> tuple[int, int] | None:
@@ -74,13 +77,17 @@ def lock_in_note(shares: list[float | None], tau: float, num_classes: int, watch
 
 
 
-def unsure_teacher_note(shares: list[float | None], epochs: int, watch_from: int = 0) -> str | None:
+def unsure_teacher_note(shares: list[float | None], epochs: int, tau: float, num_classes: int,
+                        watch_from: int = 0) -> str | None:
     """The warning to print after the last epoch of ``shares`` (share of samples with k > 1 per epoch, None
     where SLS was off), or None: only after epoch ``epochs`` (the run's last), in a run with at least
-    UNSURE_MIN_EPOCHS epochs from ``watch_from`` (the ramp-up's end) on, and only when the mean of the last
-    UNSURE_EPOCHS shares is at least UNSURE_SHARE."""
+    UNSURE_MIN_EPOCHS epochs from ``watch_from`` (the ramp-up's end) on and ``tau`` at least
+    UNSURE_MIN_TAU_RELATIVE / ``num_classes``, and only when the mean of the last UNSURE_EPOCHS shares is at
+    least UNSURE_SHARE."""
     window = shares[-UNSURE_EPOCHS:]
     if len(shares) != epochs or epochs - watch_from < UNSURE_MIN_EPOCHS or any(s is None for s in window):
+        return None
+    if tau * num_classes < UNSURE_MIN_TAU_RELATIVE - 1e-9:
         return None
     mean = sum(window) / len(window)
     if mean < UNSURE_SHARE:

@@ -199,7 +199,7 @@ class Trainer:
         shares = [h.get("share_k_gt_1") for h in history]
         watch_from = max(math.ceil(method.rampup_epochs), method.sls_start_epoch)
         notes = [lock_in_note(shares, method.tau, self.num_classes, watch_from),
-                 unsure_teacher_note(shares, self.cfg.train.epochs, watch_from)]
+                 unsure_teacher_note(shares, self.cfg.train.epochs, method.tau, self.num_classes, watch_from)]
         notes = [n for n in notes if n]
         return {"note": "\n".join(notes)} if notes else {}
 
