@@ -66,6 +66,10 @@ def test_sls_target_and_its_late_start():
     kl = (torch.xlogy(target, target) - target * torch.log_softmax(student, -1)).sum(-1).mean()
     assert torch.allclose(parts["loss_cons"], kl.detach(), atol=1e-6)
     assert "share_k_gt_1" in parts
+    # before method.sls_start_epoch the same preset is a plain mean teacher
+    _, early, _ = _loss("soft", epoch=1, tau=0.3, sls_start_epoch=2)
+    _, mt, _ = _loss("mt", epoch=1)
+    assert torch.allclose(early["loss_cons"], mt["loss_cons"]) and "share_k_gt_1" not in early
 
 
 def test_sls_logs_mean_k_and_the_share_of_inverted_targets():
@@ -81,10 +85,6 @@ def test_sls_logs_mean_k_and_the_share_of_inverted_targets():
                                   progress_epochs=10.0)
         assert float(parts["mean_k"]) == pytest.approx(3.0)
         assert float(parts["share_inverted"]) == pytest.approx(inverted)
-    # before method.sls_start_epoch the same preset is a plain mean teacher
-    _, early, _ = _loss("soft", epoch=1, tau=0.3, sls_start_epoch=2)
-    _, mt, _ = _loss("mt", epoch=1)
-    assert torch.allclose(early["loss_cons"], mt["loss_cons"]) and "share_k_gt_1" not in early
 
 
 def test_padding_rows_do_not_count():

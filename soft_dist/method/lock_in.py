@@ -76,7 +76,6 @@ def lock_in_note(shares: list[float | None], tau: float, num_classes: int, watch
             f"fewer epochs; `teacher_agrees` in metrics.jsonl tracks the teacher against the given labels.")
 
 
-
 def unsure_teacher_note(shares: list[float | None], epochs: int, tau: float, num_classes: int,
                         watch_from: int = 0) -> str | None:
     """The warning to print after the last epoch of ``shares`` (share of samples with k > 1 per epoch, None

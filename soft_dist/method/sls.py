@@ -57,9 +57,7 @@ def soft_label_smoothing_with_k(logits: torch.Tensor, tau: float, epsilon: float
     low_part = epsilon / low_count
     target = torch.where(high, high_part, low_part)
     target = torch.where(k == num_classes, q, target)  # k = C rule
-    lowest_high = torch.where(high, target, torch.full_like(target, float("inf"))).amin(dim=-1)
-    highest_low = torch.where(high, torch.full_like(target, -1.0), target).amax(dim=-1)
-    inverted = highest_low > lowest_high
+    inverted = target.masked_fill(high, -1.0).amax(dim=-1) > target.masked_fill(~high, float("inf")).amin(dim=-1)
     return SmoothedTarget(target, k.squeeze(-1), inverted)
 
 
