@@ -95,15 +95,20 @@ class Server:
         return self.request("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     def replica_pids(self) -> dict[str, int]:
-        """Serve replica name -> pid, of this server's processes."""
+        """Serve deployment name -> its replica's pid, of this server's processes.
+
+        Ray retitles a replica "ray::ServeReplica:<app>:<deployment>" when idle and
+        "...:<deployment>.<method>" while it runs a call (a late health check or request), so the
+        method is cut off; deployment names hold no dot.
+        """
         out = {}
         for pid in tree_pids(self.proc.pid):
             try:
-                name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
             except OSError:
                 continue
-            if name.startswith("ray::ServeReplica:"):
-                out[name.split(":")[-1]] = pid
+            if title.startswith("ray::ServeReplica:"):
+                out[title.split(":")[-1].split(".")[0]] = pid
         return out
 
     def kill(self) -> None:
