@@ -1,6 +1,6 @@
 """The lock-in guard (soft_dist.method.lock_in): when it warns, that it warns once, and what it says."""
 
-from soft_dist.method.lock_in import lock_in_note, unsure_teacher_note
+from soft_dist.method.lock_in import lock_in_note
 
 
 def test_warns_once_at_the_epoch_the_share_halves():
@@ -47,29 +47,15 @@ def test_the_note_follows_its_epoch_line_in_the_run_log_and_on_the_ray_driver(tm
     assert printed == said
 
 
-# the k > 1 shares of two measured runs (harder digits, 20 epochs, 2-epoch ramp-up; docs/experiments.md):
-# SOFT at 50% symmetric noise, which lost to MT, and at 30% on 7 classes, level with MT
+# the k > 1 shares of two measured runs (harder digits, 20 epochs, 2-epoch ramp-up; docs/experiments.md) that
+# stayed high to the end: SOFT at 50% symmetric noise, which lost to MT, and at 30% asymmetric noise, which
+# beat it; no lock-in in either
 UNSURE_AT_50 = [0.97, 0.95, 0.92, 0.90, 0.89, 0.87, 0.86, 0.85, 0.85, 0.84, 0.84, 0.83, 0.83, 0.82, 0.81, 0.81,
                 0.79, 0.80, 0.78, 0.79]
-SURE_AT_30 = [0.80, 0.71, 0.66, 0.59, 0.56, 0.55, 0.52, 0.53, 0.50, 0.49, 0.46, 0.49, 0.45, 0.46, 0.43, 0.43,
-              0.40, 0.41, 0.39, 0.38]
+LOOK_ALIKES_AT_30 = [0.91, 0.93, 0.95, 0.94, 0.93, 0.94, 0.93, 0.93, 0.92, 0.92, 0.91, 0.91, 0.91, 0.90, 0.91,
+                     0.90, 0.90, 0.89, 0.89, 0.88]
 
 
-def test_a_teacher_unsure_at_the_end_of_the_run_is_reported_once_after_the_last_epoch():
-    notes = [unsure_teacher_note(UNSURE_AT_50[:n + 1], 20, 0.0875, 10, watch_from=2) for n in range(20)]
-    assert [n is not None for n in notes] == [False] * 19 + [True]
-    assert "0.79 of the SLS targets" in notes[-1] and "method.name=mt" in notes[-1]
-    assert all(unsure_teacher_note(SURE_AT_30[:n + 1], 20, 0.125, 7, watch_from=2) is None for n in range(20))
-
-
-def test_a_short_run_or_one_without_sls_at_the_end_gets_no_unsure_note():
-    assert unsure_teacher_note(UNSURE_AT_50[:6], 6, 0.0875, 10, watch_from=2) is None  # too short to judge
-    assert unsure_teacher_note(UNSURE_AT_50[:12], 12, 0.0875, 10, watch_from=2) is not None
-    assert unsure_teacher_note(UNSURE_AT_50[:-1] + [None], 20, 0.0875, 10, watch_from=2) is None
-    assert unsure_teacher_note([None] * 20, 20, 0.0875, 10) is None  # a method without SLS
-
-
-def test_below_the_default_tau_the_share_says_nothing_about_the_teacher():
-    # tau at half of uniform kept 0.90 of the targets above one class at 30% noise, with a sure teacher
-    assert unsure_teacher_note(UNSURE_AT_50, 20, 0.05, 10, watch_from=2) is None
-    assert unsure_teacher_note(UNSURE_AT_50, 20, 0.2, 10, watch_from=2) is not None  # a higher tau still warns
+def test_a_share_that_stays_high_is_not_lock_in():
+    for shares in (UNSURE_AT_50, LOOK_ALIKES_AT_30):
+        assert all(lock_in_note(shares[:n + 1], 0.0875, 10, watch_from=2) is None for n in range(len(shares)))

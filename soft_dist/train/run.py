@@ -40,7 +40,7 @@ from torch import nn
 from soft_dist.config import Config, config_yaml, resolve_for_classes
 from soft_dist.data.loader import Loaders
 from soft_dist.method.model import build_student
-from soft_dist.method.lock_in import lock_in_note, unsure_teacher_note
+from soft_dist.method.lock_in import lock_in_note
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoints import CheckpointWriter, Checkpoints, ReportFn, put_into_run, seed_everything
@@ -192,16 +192,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ its pieces
     def _sls_guards(self, history: list[dict]) -> dict:
-        """{"note": the warnings of this epoch} when an SLS guard fires (soft_dist.method.lock_in), else {}:
-        lock-in at the epoch where the k > 1 share collapses; an unsure teacher after the last epoch when the
-        share stayed high."""
+        """{"note": the lock-in warning} at the epoch where the k > 1 share collapses
+        (soft_dist.method.lock_in), else {}."""
         method = self.cfg.method
         shares = [h.get("share_k_gt_1") for h in history]
         watch_from = max(math.ceil(method.rampup_epochs), method.sls_start_epoch)
-        notes = [lock_in_note(shares, method.tau, self.num_classes, watch_from),
-                 unsure_teacher_note(shares, self.cfg.train.epochs, method.tau, self.num_classes, watch_from)]
-        notes = [n for n in notes if n]
-        return {"note": "\n".join(notes)} if notes else {}
+        note = lock_in_note(shares, method.tau, self.num_classes, watch_from)
+        return {"note": note} if note else {}
 
     def _build_learner(self) -> tuple[SoftLearner, object]:
         cfg, device = self.cfg, self.place.device
