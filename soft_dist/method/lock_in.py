@@ -56,4 +56,3 @@ def lock_in_note(shares: list[float | None], tau: float, num_classes: int, watch
             f"SOFT may be learning its own mistakes. If the labels are noisy, try a lower method.tau_relative "
             f"(tau now {tau:.4g} = {tau * num_classes:.3g} / {num_classes} classes), a higher method.epsilon, or "
             f"fewer epochs; `teacher_agrees` in metrics.jsonl tracks the teacher against the given labels.")
-
