@@ -125,7 +125,7 @@ def test_shipped_configs_load():
 def _deletable_keys(data: dict, kind: str) -> list[tuple]:
     """The keys of a bundled file that could be left out: every leaf of a run config (``include`` aside);
     for grids and sweeps every top-level key, each key of a mapping below it and each entry of a list of
-    overrides (``base`` aside)."""
+    overrides (``base`` and ``extends`` aside)."""
     if kind == "configs":
         def leaves(node, prefix):
             for key, value in node.items():
@@ -136,7 +136,7 @@ def _deletable_keys(data: dict, kind: str) -> list[tuple]:
         return [k for k in leaves(data, ()) if k != ("include",)]
     keys = []
     for key, value in data.items():
-        if key == "base":
+        if key in ("base", "extends"):
             continue
         keys.append((key,))
         if isinstance(value, dict) and key not in ("space",):
@@ -188,7 +188,7 @@ def test_bundled_files_hold_no_value_they_would_get_anyway(tmp_path, kind):
     repeats = []
     for path in files:
         data = yaml.safe_load(path.read_text()) or {}
-        for ref in ("include", "base"):  # the copies live in tmp_path: make their references absolute
+        for ref in ("include", "base", "extends"):  # the copies live in tmp_path: make their references absolute
             if isinstance(data.get(ref), str):
                 data[ref] = str(path.parent / data[ref])
         copy = tmp_path / path.name

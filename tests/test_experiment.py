@@ -75,6 +75,71 @@ def test_grid_cells_and_names(tmp_path):
         load_grid(CONFIGS / "experiments" / f"{name}.yaml")  # the shipped grid files are valid
 
 
+PARENT = """
+    base: BASE
+    overrides: [train.epochs=3, train.workers=1]
+    methods: [ce, mt, soft]
+    noise_kinds: [symmetric]
+    noise_rates: [0.3]
+    seeds: [0, 1]
+    folds: 3
+    extra: {method.epsilon: [0.1, 0.3]}
+    sls_bars: false
+"""
+
+
+def test_a_grid_extends_another(tmp_path):
+    # An ablation names only what it changes: overrides append (a later one of the same key wins), the
+    # extra axes merge (null drops one), every other key replaces the parent's.
+    (tmp_path / "sub").mkdir()
+    write_grid(tmp_path, PARENT, "parent.yaml")
+    child = load_grid(write_grid(tmp_path / "sub", """
+        extends: ../parent.yaml
+        overrides: [train.epochs=5]
+        methods: [soft]
+        seeds: [0]
+        extra: {method.epsilon: null, method.tau_relative: [0.5]}
+    """, "child.yaml"))
+    assert child.base == CONFIGS / "digits_cpu.yaml"  # resolved against the file that names it
+    assert child.overrides == ["train.epochs=3", "train.workers=1", "train.epochs=5"]
+    assert child.extra == {"method.tau_relative": [0.5]} and child.folds == 3 and child.sls_bars is None
+    assert [c.name for c in child.cells()] == [f"soft-symmetric-0.3-s0-fold{f}-tau_relative0.5" for f in range(3)]
+    from soft_dist.config import load_config
+    assert load_config(child.base, child.overrides).train.epochs == 5
+
+    grandchild = load_grid(write_grid(tmp_path, "extends: sub/child.yaml\nextra: {method.epsilon: [0.2]}\n",
+                                      "grandchild.yaml"))
+    assert grandchild.extra == {"method.tau_relative": [0.5], "method.epsilon": [0.2]}
+    assert grandchild.methods == ["soft"] and len(grandchild.overrides) == 3
+
+
+@pytest.mark.parametrize("body, message", [
+    ("extends: missing.yaml\n", "grid field 'extends'.*file not found"),
+    ("extends: [parent.yaml]\n", "grid field 'extends'.*expected the path of a grid file"),
+    ("extends: grid.yaml\n", r"grid field 'extends'.*cycle: grid.yaml -> grid.yaml"),
+    ("extends: parent.yaml\nmethods: [ce, nope]\n", r"grid field 'methods' \(in .*grid.yaml, extending parent.yaml\)"),
+    ("extends: parent.yaml\nmethod: [ce]\n", "grid field 'method'.*unknown key"),
+])
+def test_bad_extends_names_the_field_and_the_files(tmp_path, body, message):
+    write_grid(tmp_path, PARENT, "parent.yaml")
+    with pytest.raises(GridError, match=message):
+        load_grid(write_grid(tmp_path, body))
+
+
+def test_the_copy_of_an_extending_grid_stands_alone(tmp_path):
+    from soft_dist.experiment.runner import copy_grid
+
+    write_grid(tmp_path, PARENT, "parent.yaml")
+    child = load_grid(write_grid(tmp_path, "extends: parent.yaml\nmethods: [soft]\n", "child.yaml"))
+    (tmp_path / "run").mkdir()
+    copy = copy_grid(child, tmp_path / "run")
+    (tmp_path / "parent.yaml").unlink()  # a report made elsewhere has only DIR/grid.yaml
+    again = load_grid(copy, check_base=False)
+    assert [c.name for c in again.cells()] == [c.name for c in child.cells()]
+    assert again.overrides == child.overrides and again.base == child.base and again.extra == child.extra
+    assert "extending" in copy.read_text().splitlines()[1]  # says where it came from
+
+
 # ----------------------------------------------------------------------------- real runs (Ray)
 
 

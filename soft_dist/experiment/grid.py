@@ -3,6 +3,7 @@
 A grid file (YAML, see configs/experiments/ and docs/experiments.md) names a base run config and the
 axes to sweep::
 
+    extends: digits_hard.yaml         # optional: another grid file this one varies (relative to it)
     base: ../digits_cpu.yaml          # run config, path relative to the grid file
     overrides: [train.epochs=4]       # optional, applied to every cell
     methods: [ce, mt, soft]           # METHOD_PRESETS names
@@ -15,6 +16,11 @@ axes to sweep::
       method.epsilon: [0.1, 0.3]
     asymmetric_from: confusion        # optional: derive noise.class_map from a plain CE model
     sls_bars: {method: soft, images: 6}   # optional: the Fig. 1-style plot
+
+A grid that ``extends`` another starts from that grid's keys (recursively): ``overrides`` are appended
+to the parent's, mappings (``extra``, ``sls_bars``) are merged key by key (a key set to null drops the
+inherited one), and any other key replaces the parent's. So an ablation names only what it changes,
+and a schedule lives in one file.
 
 Structure and names are checked here (GridError names the field and the file); the values of each
 cell's config, and its noise table against the shards, are checked before any cell trains
@@ -39,8 +45,8 @@ NOISE_KINDS = ("symmetric", "asymmetric")
 # split is always visible in the cell names and cells.csv (set them with folds / split_seeds).
 AXIS_KEYS = ("method.name", "noise.kind", "noise.rate", "train.seed", "noise.seed", "data.folds", "data.fold",
              "data.split_seed")
-TOP_KEYS = ("base", "overrides", "methods", "noise_kinds", "noise_rates", "seeds", "folds", "split_seeds", "extra",
-            "asymmetric_from", "sls_bars", "description")
+TOP_KEYS = ("extends", "base", "overrides", "methods", "noise_kinds", "noise_rates", "seeds", "folds", "split_seeds",
+            "extra", "asymmetric_from", "sls_bars", "description")
 MAX_FOLDS = 1000  # = the range of data.folds in soft_dist.config
 
 
@@ -204,23 +210,13 @@ def load_grid(path: str | Path, check_base: bool = True) -> Grid:
     ``check_base=False`` skips what needs the base config on disk (the file, and whether it carves
     splits for ``split_seeds``): for reading the copy DIR/grid.yaml of a finished experiment elsewhere."""
     path = locate_config(path, "experiments").resolve()  # a bare name: the bundled one of that name
-    source = str(path)
-    if not path.is_file():
-        raise GridError("(file)", f"file not found (bundled grids: {', '.join(bundled_names('experiments'))})", source)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise GridError("(file)", f"not valid YAML: {err}", source) from err
-    if not isinstance(data, dict):
-        raise GridError("(file)", "the top level must be a mapping", source)
-    for key in data:
-        if key not in TOP_KEYS:
-            raise GridError(str(key), f"unknown key; known keys: {list(TOP_KEYS)}", source)
+    data, chain = _flattened(path, ())
+    source = str(path) if len(chain) == 1 else f"{path}, extending {' -> '.join(p.name for p in chain[1:])}"
 
     if not isinstance(data.get("base"), str):
         raise GridError("base", "missing: the run config this grid starts from (path relative to the grid file)",
                         source)
-    base = (path.parent / data["base"]).resolve()
+    base = Path(data["base"])  # resolved against the file that names it (_flattened)
     if check_base and not base.is_file():
         raise GridError("base", f"file not found: {base}", source)
 
@@ -277,6 +273,64 @@ def load_grid(path: str | Path, check_base: bool = True) -> Grid:
                 folds=folds, split_seeds=split_seeds, overrides=list(overrides),
                 extra={str(k): list(v) for k, v in extra.items()},
                 asymmetric_from=asymmetric_from, sls_bars=sls_bars, description=str(data.get("description") or ""))
+
+
+def _read_mapping(path: Path) -> dict:
+    """A grid file's top-level mapping, its keys checked by name."""
+    source = str(path)
+    if not path.is_file():
+        raise GridError("(file)", f"file not found (bundled grids: {', '.join(bundled_names('experiments'))})", source)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise GridError("(file)", f"not valid YAML: {err}", source) from err
+    if not isinstance(data, dict):
+        raise GridError("(file)", "the top level must be a mapping", source)
+    for key in data:
+        if key not in TOP_KEYS:
+            raise GridError(str(key), f"unknown key; known keys: {list(TOP_KEYS)}", source)
+    return data
+
+
+def _flattened(path: Path, seen: tuple[Path, ...]) -> tuple[dict, tuple[Path, ...]]:
+    """The grid file's keys merged over those of the grids it extends, and that chain of files (this one
+    first). ``base`` comes back as an absolute path, resolved against the file that names it."""
+    source = str(path)
+    if path in seen:
+        raise GridError("extends", f"cycle: {' -> '.join(p.name for p in (*seen, path))}", str(seen[-1]))
+    data = _read_mapping(path)
+    if "base" in data and isinstance(data["base"], str):
+        data["base"] = str((path.parent / data["base"]).resolve())
+    parent_name = data.pop("extends", None)
+    if parent_name is None:
+        return data, (path,)
+    if not isinstance(parent_name, str):
+        raise GridError("extends", f"expected the path of a grid file (relative to this one), got {parent_name!r}",
+                        source)
+    parent = (path.parent / parent_name).resolve()
+    if not parent.is_file():
+        raise GridError("extends", f"file not found: {parent}", source)
+    merged, chain = _flattened(parent, (*seen, path))
+    for key, value in data.items():
+        inherited = merged.get(key)
+        if key == "overrides" and isinstance(value, list) and isinstance(inherited, list):
+            merged[key] = inherited + value  # later overrides of the same key win (soft_dist.config)
+        elif isinstance(value, dict) and isinstance(inherited, dict):
+            # As in a JSON merge patch (RFC 7396): a key set to null drops the inherited axis.
+            merged[key] = {k: v for k, v in {**inherited, **value}.items() if v is not None}
+        else:
+            merged[key] = value
+    return merged, (path, *chain)
+
+
+def flattened_grid_text(grid: Grid) -> str | None:
+    """The YAML of a grid that extends others, with every inherited key written out (for DIR/grid.yaml,
+    which must stand alone); None for a grid that extends nothing (its file is its copy)."""
+    data, chain = _flattened(grid.path, ())
+    if len(chain) == 1:
+        return None
+    header = "".join(f"# {'from' if i == 0 else 'extending'} {p}\n" for i, p in enumerate(chain))
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _check_split_seeds_carve(base: Path, overrides: list[str], source: str) -> None:

@@ -1,7 +1,7 @@
 """Where things are in an experiment folder DIR, shared by the runner, the tables, the plots and the
 report (a module of its own so that none of them has to import another for a path).
 
-    DIR/grid.yaml             a copy of the grid file the latest invocation ran (a report needs no other)
+    DIR/grid.yaml             the grid the latest invocation ran, inherited keys written out (all a report needs)
     DIR/cells/<cell name>/    one run directory per cell: results.json when finished, metrics.jsonl
     DIR/outcome.json          the latest invocation: trained/skipped/failed, grid, command, machine
     DIR/summary.json          tables' metadata; DIR/report.md the report

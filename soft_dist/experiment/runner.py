@@ -3,7 +3,7 @@ summary and the plots.
 
 Layout of the experiment folder DIR (paths: soft_dist.experiment.layout)::
 
-    grid.yaml                 a copy of the grid file (so a report can be made without the original)
+    grid.yaml                 a copy of the grid file, extended grids written out (a report needs no other file)
     cells/<cell name>/        one run directory each (config.yaml, noise_table.csv, ray/, results.json)
     confusion/                asymmetric_from: confusion only: run/ (plain CE on clean labels),
                               confusion.csv (validation confusion matrix [C, C]), class_map.json
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from soft_dist.config import Config, load_config, to_dict
-from soft_dist.experiment.grid import AXIS_KEYS, Cell, Grid, GridError, check_overrides
+from soft_dist.experiment.grid import AXIS_KEYS, Cell, Grid, GridError, check_overrides, flattened_grid_text
 # cell_dir, is_finished and RESULTS were defined here; importers of runner keep finding them.
 from soft_dist.experiment.layout import (  # noqa: F401
     GRID_COPY,
@@ -59,10 +59,16 @@ def _error_text(err: BaseException) -> str:
 
 
 def copy_grid(grid: Grid, run_dir: Path) -> Path:
-    """DIR/grid.yaml: the grid file as it is now (the latest invocation's cells are what the tables show)."""
+    """DIR/grid.yaml: the grid file as it is now (the latest invocation's cells are what the tables show),
+    with the keys it inherits written out when it extends another grid, so that the copy stands alone."""
     target = run_dir / GRID_COPY
-    if grid.path.resolve() != target.resolve():
+    if grid.path.resolve() == target.resolve():
+        return target
+    flattened = flattened_grid_text(grid)
+    if flattened is None:
         shutil.copyfile(grid.path, target)
+    else:
+        target.write_text(flattened)
     return target
 
 
