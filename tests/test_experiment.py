@@ -130,14 +130,16 @@ def test_the_copy_of_an_extending_grid_stands_alone(tmp_path):
     from soft_dist.experiment.runner import copy_grid
 
     write_grid(tmp_path, PARENT, "parent.yaml")
-    child = load_grid(write_grid(tmp_path, "extends: parent.yaml\nmethods: [soft]\n", "child.yaml"))
+    child = load_grid(write_grid(tmp_path, "# run me with X\nextends: parent.yaml\nmethods: [soft]\n", "child.yaml"))
     (tmp_path / "run").mkdir()
     copy = copy_grid(child, tmp_path / "run")
     (tmp_path / "parent.yaml").unlink()  # a report made elsewhere has only DIR/grid.yaml
     again = load_grid(copy, check_base=False)
     assert [c.name for c in again.cells()] == [c.name for c in child.cells()]
     assert again.overrides == child.overrides and again.base == child.base and again.extra == child.extra
-    assert "extending" in copy.read_text().splitlines()[1]  # says where it came from
+    header = copy.read_text().splitlines()[:3]  # its own comments, then where it came from
+    assert header == ["# run me with X", f"# written out from {tmp_path / 'child.yaml'}",
+                      f"# extending {tmp_path / 'parent.yaml'}"]
 
 
 # ----------------------------------------------------------------------------- real runs (Ray)

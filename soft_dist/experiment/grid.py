@@ -329,8 +329,18 @@ def flattened_grid_text(grid: Grid) -> str | None:
     data, chain = _flattened(grid.path, ())
     if len(chain) == 1:
         return None
-    header = "".join(f"# {'from' if i == 0 else 'extending'} {p}\n" for i, p in enumerate(chain))
-    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    own_comments = "".join(_leading_comments(grid.path.read_text()))  # the commands in its header
+    written_from = "".join(f"# {'written out from' if i == 0 else 'extending'} {p}\n" for i, p in enumerate(chain))
+    return own_comments + written_from + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _leading_comments(text: str) -> list[str]:
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        lines.append(line if line.endswith("\n") else line + "\n")
+    return lines
 
 
 def _check_split_seeds_carve(base: Path, overrides: list[str], source: str) -> None:
