@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from soft_dist.experiment.grid import AXIS_KEYS, GridError, check_overrides, load_grid
-from soft_dist.experiment.summary import paired, summarise, t_interval
+from soft_dist.experiment.summary import REPORTED_PROTOCOLS, paired, summarise, t_interval
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -351,20 +351,26 @@ ABLATION = """
 """
 
 
+def _ablation_of_copies(experiment, folder: Path) -> Path:
+    """An ablation folder (ABLATION's grid) whose cells are copies of the experiment's MT runs."""
+    from soft_dist.experiment.runner import GridOutcome, cell_dir, write_tables_plots_report
+
+    folder.mkdir(parents=True)
+    grid = load_grid(write_grid(folder, ABLATION.replace("BASE", str(experiment["grid"].base)), name="ablation.yaml"))
+    for cell in grid.cells():
+        source = cell_dir(experiment["dir"], dataclasses.replace(cell, extra=()))
+        shutil.copytree(source, cell_dir(folder, cell))
+    write_tables_plots_report(grid, folder, GridOutcome(), log=lambda _: None, command="test")
+    return folder
+
+
 @pytest.mark.slow
 def test_compare_pairs_an_ablation_folder_with_the_grid_it_varies(experiment, tmp_path, capsys):
     """`experiment compare A B` pairs B's runs with A's on the same seeds. B's cells here are copies of A's
     MT runs, so B vs MT ties on every run and B vs CE equals A's own MT - CE row."""
     from soft_dist.cli import main
-    from soft_dist.experiment.runner import GridOutcome, cell_dir, write_tables_plots_report
 
-    grid = load_grid(write_grid(tmp_path, ABLATION.replace("BASE", str(experiment["grid"].base))))
-    ablation = tmp_path / "ablation"
-    for cell in grid.cells():
-        source = cell_dir(experiment["dir"], dataclasses.replace(cell, extra=()))
-        shutil.copytree(source, cell_dir(ablation, cell))
-    write_tables_plots_report(grid, ablation, GridOutcome(), log=lambda _: None, command="test")
-
+    ablation = _ablation_of_copies(experiment, tmp_path / "ablation")
     out = tmp_path / "compare.md"
     assert main(["experiment", "compare", str(experiment["dir"]), str(ablation), "--out", str(out)]) == 0
     text = out.read_text()
@@ -382,6 +388,52 @@ def test_compare_pairs_an_ablation_folder_with_the_grid_it_varies(experiment, tm
         main(["experiment", "compare", str(experiment["dir"])])
     assert main(["experiment", "compare", str(tmp_path / "none-1"), str(tmp_path / "none-2")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def _rows(text: str, prefix: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith(prefix)]
+
+
+@pytest.mark.slow
+def test_compare_pools_settings_and_orients_their_pairs_alike(experiment, tmp_path, capsys):
+    """`compare --setting A B --setting C D`: pairs inside each setting, never across, then pools. The second
+    setting is a copy of the first with its folders named in the other order, so its pair (ablation, CE)
+    comes out reversed until pooling turns it round: pooled, every pair counts twice with the same mean."""
+    from soft_dist.cli import main
+    from soft_dist.experiment.summary import paired_differences
+
+    first = [experiment["dir"], _ablation_of_copies(experiment, tmp_path / "ablation")]
+    second = [tmp_path / "copy" / "ablation", tmp_path / "copy" / "exp"]
+    shutil.copytree(first[1], second[0])
+    shutil.copytree(first[0], second[1])
+    out = tmp_path / "pooled.md"
+    assert main(["experiment", "compare", "--setting", *map(str, first), "--setting", *map(str, second),
+                 "--out", str(out)]) == 0
+    text = out.read_text()
+
+    own = pd.read_csv(experiment["dir"] / "cells.csv")
+    diffs = paired_differences(own, [], ["seed"], ["ce", "mt"])
+    for protocol in ("model_pt", "last", "val_selected"):
+        mt_ce = diffs[(diffs["method"] == "mt") & (diffs["protocol"] == protocol)]["diff"].to_numpy()
+        stats = t_interval(np.concatenate([mt_ce, mt_ce]), bounds=(-1.0, 1.0))
+        [row] = [r for r in _rows(text, "| mt ema_decay=0.95 | ce | ") if r[2] == protocol]
+        wins, ties, losses = (int((mt_ce > 1e-9).sum()), int((abs(mt_ce) <= 1e-9).sum()), int((mt_ce < -1e-9).sum()))
+        assert row[3:] == ["2", str(2 * len(mt_ce)), f"{100 * stats['mean']:+.2f}",
+                           f"{100 * stats['ci_low']:+.2f} to {100 * stats['ci_high']:+.2f}",
+                           f"{2 * wins} / {2 * ties} / {2 * losses}"], row
+    # model.pt per setting: both settings, the same orientation and numbers; the copies tie with MT
+    labels = ["exp + ablation", "ablation + exp"]
+    per_setting = [r for r in _rows(text, "| mt ema_decay=0.95 | ce | ") if r[2] in labels]
+    assert [r[2] for r in per_setting] == labels and per_setting[0][4:] == per_setting[1][4:]
+    assert all(r[-1] == "0 / 4 / 0" for r in _rows(text, "| mt ema_decay=0.95 | mt | ") if r[2] in REPORTED_PROTOCOLS)
+    assert not _rows(text, "| ce | mt ema_decay=0.95 |")  # turned round, never listed the other way
+    assert not _rows(text, "| mt | ce |")  # pairs inside one folder stay in its own report
+    assert [r[2] for r in _rows(text, "| mt ema_decay=0.95 | ce | ") if r[2] in ("0", "1")] == ["0", "1"]  # per seed
+
+    assert main(["experiment", "compare", "--setting", *map(str, first)]) == 2  # one setting: nothing to pool
+    assert "at least two settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["experiment", "compare", str(first[0]), "--setting", *map(str, second)])
 
 
 def test_sls_k_share_columns_take_the_first_and_last_sls_epoch():

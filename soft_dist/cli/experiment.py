@@ -3,6 +3,7 @@
     soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [--cells PATTERN] [key=value ...]
     soft-dist experiment report DIR [--out FILE.md]                                 DIR/report.md
     soft-dist experiment compare DIR DIR [...] [--out FILE.md]                      across folders
+    soft-dist experiment compare --setting DIR DIR [...] --setting DIR DIR [...]     pooled over settings
 
 ``report`` and ``compare`` are positional actions rather than an argparse sub-command: the run form takes free
 ``key=value`` positionals, which a sub-command parser would read as an unknown command name. An override
@@ -30,10 +31,13 @@ def register(subparsers) -> None:
         "DIR/failed.csv, DIR/plots/*.png and DIR/report.md. A cell's seed sets both train.seed and noise.seed. "
         "`soft-dist experiment report DIR [--out FILE.md]` makes the report (and refreshes the tables and "
         "plots) from the experiment folder alone. `soft-dist experiment compare DIR DIR [...]` pairs the runs of "
-        "an ablation grid with the runs of the grid it varies (same seeds and folds).",
+        "an ablation grid with the runs of the grid it varies (same seeds and folds); with `--setting DIR DIR [...]` "
+        "given once per setting (e.g. the same ablation at 30% and at 50% noise) it pools every pair's "
+        "differences over the settings.",
         usage="soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [--cells PATTERN] [key=value ...]\n"
         "       soft-dist experiment report DIR [--out FILE.md]\n"
-        "       soft-dist experiment compare DIR DIR [...] [--out FILE.md]",
+        "       soft-dist experiment compare DIR DIR [...] [--out FILE.md]\n"
+        "       soft-dist experiment compare --setting DIR DIR [...] --setting DIR DIR [...] [--out FILE.md]",
     )
     p.add_argument("--grid", type=Path, metavar="NAME|FILE",
                    help="grid YAML file, or the name of a bundled grid (soft-dist config list)")
@@ -44,6 +48,9 @@ def register(subparsers) -> None:
                    "'*-fold3*' to run a grid fold by fold; the tables cover every finished cell")
     p.add_argument("--out", type=Path, help="report / compare: the Markdown file to write (report: default "
                    "DIR/report.md; compare: default the console)")
+    p.add_argument("--setting", action="append", nargs="+", type=Path, metavar="DIR",
+                   help="compare: the folders of one setting (a grid and its ablation on the same data); "
+                   "give it once per setting to pool the paired differences over the settings")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted config overrides for every cell, e.g. data.shards=DIR (not the grid's axes); "
                    "or `report DIR`, or `compare DIR DIR ...`")
@@ -58,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         return _compare(args, parser)
     if args.cells and args.summary_only:
         parser.error("--cells selects cells to train; --summary-only trains none")
+    if args.setting:
+        parser.error("--setting belongs to `soft-dist experiment compare --setting DIR DIR [...] ...`")
     if args.out is not None:
         parser.error("--out belongs to `soft-dist experiment report DIR --out FILE.md` (or compare)")
     if args.grid is None or args.run_dir is None:
@@ -130,15 +139,21 @@ def _summary_only(grid, run_dir: Path, command: str):
 
 def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     folders = args.overrides[1:]
-    if args.grid is not None or args.summary_only or args.run_dir is not None or len(folders) < 2:
-        parser.error("usage: soft-dist experiment compare DIR DIR [...] [--out FILE.md]")
+    usage = ("usage: soft-dist experiment compare DIR DIR [...] [--out FILE.md], or "
+             "soft-dist experiment compare --setting DIR DIR [...] --setting DIR DIR [...] [--out FILE.md]")
+    if args.grid is not None or args.summary_only or args.run_dir is not None:
+        parser.error(usage)
+    if args.setting and folders:
+        parser.error("compare takes its folders either after `compare` or in --setting groups, not both")
+    if not args.setting and len(folders) < 2:
+        parser.error(usage)
 
-    from soft_dist.experiment.compare import compare_folders
+    from soft_dist.experiment.compare import compare_folders, pool_settings
     from soft_dist.experiment.grid import GridError
     from soft_dist.experiment.report import ReportError
 
     try:
-        text = compare_folders(folders)
+        text = pool_settings(args.setting) if args.setting else compare_folders(folders)
     except (GridError, ReportError) as err:
         print(f"soft-dist experiment compare: error: {err}", file=sys.stderr)
         return 2

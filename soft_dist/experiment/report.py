@@ -105,8 +105,22 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, refresh: bo
 # ----------------------------------------------------------------------------- rendering
 
 
-def _noise(row) -> str:
+def noise_label(row) -> str:
+    """'symmetric 30%' for a row with noise_kind and noise_rate."""
     return f"{row['noise_kind']} {100 * float(row['noise_rate']):g}%"
+
+
+def points(value) -> str:
+    """A difference of accuracies (a fraction) in signed percentage points; '—' when missing."""
+    return "—" if pd.isna(value) else f"{100 * value:+.2f}"
+
+
+def paired_stat_cells(row) -> list[str]:
+    """[n pairs, mean difference, 95% CI, wins / ties / losses] of a row of paired statistics."""
+    ci = "—" if pd.isna(row["accuracy_diff_ci_low"]) else \
+        f"{points(row['accuracy_diff_ci_low'])} to {points(row['accuracy_diff_ci_high'])}"
+    return [str(int(row["n_pairs"])), points(row["accuracy_diff_mean"]), ci,
+            f"{int(row['wins'])} / {int(row['ties'])} / {int(row['losses'])}"]
 
 
 def _extras(row, keys: list[str]) -> list[str]:
@@ -162,7 +176,7 @@ def protocol_section(protocol: str, summary: pd.DataFrame, table: pd.DataFrame, 
     rows = []
     for _, row in summary.iterrows():
         acc, mca = f"{protocol}_accuracy", f"{protocol}_mean_class_accuracy"
-        rows.append([str(row["method"]), _noise(row), *_extras(row, extra), str(int(row["n"])),
+        rows.append([str(row["method"]), noise_label(row), *_extras(row, extra), str(int(row["n"])),
                      mean_std(row[f"{acc}_mean"], row[f"{acc}_std"]),
                      interval(row[f"{acc}_ci_low"], row[f"{acc}_ci_high"]),
                      mean_std(row[f"{mca}_mean"], row[f"{mca}_std"]),
@@ -178,16 +192,8 @@ def paired_section(pairs: pd.DataFrame, extra: list[str], unit_keys: list[str]) 
         return [*lines, "(no pairs: fewer than two methods with finished runs on the same units)", ""]
     header = ["method", "baseline", "noise", *extra, "protocol", "n pairs", "mean difference", "95% CI",
               "wins / ties / losses"]
-    rows = []
-    for _, row in pairs.iterrows():
-        def points(v):
-            return "—" if pd.isna(v) else f"{100 * v:+.2f}"
-
-        ci = "—" if pd.isna(row["accuracy_diff_ci_low"]) else \
-            f"{points(row['accuracy_diff_ci_low'])} to {points(row['accuracy_diff_ci_high'])}"
-        rows.append([str(row["method"]), str(row["baseline"]), _noise(row), *_extras(row, extra), str(row["protocol"]),
-                     str(int(row["n_pairs"])), points(row["accuracy_diff_mean"]), ci,
-                     f"{int(row['wins'])} / {int(row['ties'])} / {int(row['losses'])}"])
+    rows = [[str(row["method"]), str(row["baseline"]), noise_label(row), *_extras(row, extra), str(row["protocol"]),
+             *paired_stat_cells(row)] for _, row in pairs.iterrows()]
     return [*lines, *markdown_table(header, rows), ""]
 
 
@@ -208,7 +214,7 @@ def _branch_section(table: pd.DataFrame, grid: Grid) -> list[str]:
     for _, part in table.groupby(["method", "noise_kind", "noise_rate", *extra], sort=False, dropna=False):
         first = part.iloc[0]
         counts = part["val_selected_branch"].value_counts()
-        rows.append([str(first["method"]), _noise(first), *_extras(first, extra),
+        rows.append([str(first["method"]), noise_label(first), *_extras(first, extra),
                      str(int(counts.get("teacher", 0))), str(int(counts.get("student", 0))),
                      _median(part["val_selected_val_samples"]), _median(part["val_selected_val_margin_samples"]),
                      _median(part["val_selected_epoch"])])
@@ -245,7 +251,7 @@ def _selection_section(table: pd.DataFrame, grid: Grid) -> list[str]:
         for protocol in ("val_selected", "last", "mean_last_5"):
             regret = 100 * (part["best_on_test_accuracy"] - part[f"{protocol}_accuracy"])
             regrets.append("—" if regret.isna().all() else f"{regret.mean():.2f} ({regret.max():.2f})")
-        rows.append([str(first["method"]), _noise(first), *_extras(first, extra), str(stat["n"]),
+        rows.append([str(first["method"]), noise_label(first), *_extras(first, extra), str(stat["n"]),
                      f"{stat['mean']:+.2f}", ci, record, *regrets])
     header = ["method", "noise", *extra, "n", "last − val_selected", "95% CI", "wins / ties / losses",
               "regret val_selected (max)", "regret last (max)", "regret mean_last_5 (max)"]

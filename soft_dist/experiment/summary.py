@@ -191,20 +191,19 @@ def summarise(table: pd.DataFrame, extra_keys: list[str], methods: list[str] | N
     return pd.DataFrame(rows, columns=columns)
 
 
-def paired(table: pd.DataFrame, extra_keys: list[str], unit_keys: list[str],
-           methods: list[str] | None = None) -> pd.DataFrame:
-    """Every pair of methods (``baseline`` earlier in the grid, ``method`` later) on the same runs: same
-    noise kind, rate and extra values, and equal ``unit_keys`` (seed, fold, split seed). Per protocol:
-    ``n_pairs``, the test accuracy difference method - baseline (``accuracy_diff_mean``, ``_std``,
-    ``_ci_low``, ``_ci_high``: a paired t interval) and ``wins`` / ``ties`` / ``losses`` of the method."""
+def paired_differences(table: pd.DataFrame, extra_keys: list[str], unit_keys: list[str],
+                       methods: list[str] | None = None) -> pd.DataFrame:
+    """One row per pair of runs of two methods (``baseline`` earlier in the grid, ``method`` later) on the
+    same unit: same noise kind, rate and extra values, and equal ``unit_keys`` (seed, fold, split seed).
+    Per protocol: ``diff`` = test accuracy of the method minus the baseline's (a fraction), with the
+    unit's keys, so that differences can be pooled over settings or split by seed."""
     keys = ["noise_kind", "noise_rate", *extra_keys]
-    columns = ["method", "baseline", *keys, "protocol", "n_pairs", "accuracy_diff_mean", "accuracy_diff_std",
-               "accuracy_diff_ci_low", "accuracy_diff_ci_high", "wins", "ties", "losses"]
+    columns = ["method", "baseline", *keys, "protocol", *unit_keys, "diff"]
     if table.empty:
         return pd.DataFrame(columns=columns)
     order = list(dict.fromkeys([*(methods or []), *table["method"]]))
     present = [m for m in order if m in set(table["method"])]
-    rows = []
+    parts = []
     for group, part in table.groupby(keys, sort=False, dropna=False):
         group = group if isinstance(group, tuple) else (group,)
         by_method = {m: part[part["method"] == m] for m in present}
@@ -217,16 +216,47 @@ def paired(table: pd.DataFrame, extra_keys: list[str], unit_keys: list[str],
                     continue
                 a = pd.to_numeric(both[f"{protocol}_accuracy"], errors="coerce")
                 b = pd.to_numeric(both[f"{protocol}_accuracy_base"], errors="coerce")
-                diff = (a - b)[a.notna() & b.notna()].to_numpy(dtype=float)
-                stats = t_interval(diff, bounds=(-1.0, 1.0))
-                rows.append({"method": method, "baseline": baseline, **dict(zip(keys, group)), "protocol": protocol,
-                             "n_pairs": stats["n"], "accuracy_diff_mean": stats["mean"],
-                             "accuracy_diff_std": stats["std"], "accuracy_diff_ci_low": stats["ci_low"],
-                             "accuracy_diff_ci_high": stats["ci_high"],
-                             "wins": int((diff > TIE_TOLERANCE).sum()),
-                             "ties": int((np.abs(diff) <= TIE_TOLERANCE).sum()),
-                             "losses": int((diff < -TIE_TOLERANCE).sum())})
-    return pd.DataFrame(rows, columns=columns)
+                kept = both[a.notna() & b.notna()]
+                rows = kept[unit_keys].copy()
+                rows["diff"] = (a - b)[a.notna() & b.notna()].to_numpy(dtype=float)
+                for column, value in {"method": method, "baseline": baseline, **dict(zip(keys, group)),
+                                      "protocol": protocol}.items():
+                    rows[column] = value
+                parts.append(rows[columns])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def difference_stats(diff) -> dict:
+    """``n_pairs``, ``accuracy_diff_{mean,std,ci_low,ci_high}`` (a paired t interval) and the method's
+    ``wins`` / ``ties`` / ``losses`` of paired differences ``diff`` (fractions)."""
+    diff = np.asarray(diff, dtype=float)
+    stats = t_interval(diff, bounds=(-1.0, 1.0))
+    return {"n_pairs": stats["n"], "accuracy_diff_mean": stats["mean"], "accuracy_diff_std": stats["std"],
+            "accuracy_diff_ci_low": stats["ci_low"], "accuracy_diff_ci_high": stats["ci_high"],
+            "wins": int((diff > TIE_TOLERANCE).sum()), "ties": int((np.abs(diff) <= TIE_TOLERANCE).sum()),
+            "losses": int((diff < -TIE_TOLERANCE).sum())}
+
+
+PAIRED_STAT_COLUMNS = ["n_pairs", "accuracy_diff_mean", "accuracy_diff_std", "accuracy_diff_ci_low",
+                       "accuracy_diff_ci_high", "wins", "ties", "losses"]
+
+
+def aggregate_differences(diffs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """:func:`difference_stats` per group of ``keys`` (in order of first appearance)."""
+    if diffs.empty:
+        return pd.DataFrame(columns=[*keys, *PAIRED_STAT_COLUMNS])
+    rows = [{**dict(zip(keys, group if isinstance(group, tuple) else (group,))), **difference_stats(part["diff"])}
+            for group, part in diffs.groupby(keys, sort=False, dropna=False)]
+    return pd.DataFrame(rows, columns=[*keys, *PAIRED_STAT_COLUMNS])
+
+
+def paired(table: pd.DataFrame, extra_keys: list[str], unit_keys: list[str],
+           methods: list[str] | None = None) -> pd.DataFrame:
+    """Every pair of methods on the same runs (:func:`paired_differences`), per noise cell, extra values and
+    protocol: ``n_pairs``, the test accuracy difference method - baseline (``accuracy_diff_mean``, ``_std``,
+    ``_ci_low``, ``_ci_high``: a paired t interval) and ``wins`` / ``ties`` / ``losses`` of the method."""
+    keys = ["method", "baseline", "noise_kind", "noise_rate", *extra_keys, "protocol"]
+    return aggregate_differences(paired_differences(table, extra_keys, unit_keys, methods), keys)
 
 
 def write_summary(grid: Grid, cells: list[Cell], run_dir: Path, failed: list[dict]) -> dict[str, Path]:
