@@ -126,7 +126,8 @@ def pooled_differences(settings: list[list[str | Path]]) -> tuple[pd.DataFrame, 
         diffs = _cross_folder(paired_differences(table, [], units, variants), table, variants)
         parts.append(diffs.assign(setting=label))
         order += [v for v in variants if v not in order]
-    diffs = pd.concat(parts, ignore_index=True)
+    found = [part for part in parts if not part.empty]  # concat of empty frames: a pandas warning, no rows
+    diffs = pd.concat(found, ignore_index=True) if found else parts[0]
     # A pair is oriented by the order of its variants in its own setting; turn it to the first setting's
     # order, so that (a, b) of one setting and (b, a) of another pool as one pair.
     rank = {v: i for i, v in enumerate(order)}
