@@ -128,10 +128,12 @@ def pooled_differences(settings: list[list[str | Path]]) -> tuple[pd.DataFrame, 
         order += [v for v in variants if v not in order]
     found = [part for part in parts if not part.empty]  # concat of empty frames: a pandas warning, no rows
     diffs = pd.concat(found, ignore_index=True) if found else parts[0]
-    # A pair is oriented by the order of its variants in its own setting; turn it to the first setting's
-    # order, so that (a, b) of one setting and (b, a) of another pool as one pair.
-    rank = {v: i for i, v in enumerate(order)}
-    flip = [rank[b] > rank[m] for b, m in zip(diffs["baseline"], diffs["method"])]
+    # A pair is oriented by the order of its variants in its own setting; turn it as in the first setting
+    # that has it, so that (a, b) of one setting and (b, a) of another pool as one pair.
+    first: dict[frozenset, tuple[str, str]] = {}
+    for baseline, method in zip(diffs["baseline"], diffs["method"]):
+        first.setdefault(frozenset((baseline, method)), (baseline, method))
+    flip = [first[frozenset((b, m))] != (b, m) for b, m in zip(diffs["baseline"], diffs["method"])]
     if any(flip):
         flip = pd.Series(flip, index=diffs.index)
         diffs.loc[flip, ["method", "baseline"]] = diffs.loc[flip, ["baseline", "method"]].to_numpy()
