@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from soft_dist.config import Config, ConfigError, load_config, save_config, to_dict
+from soft_dist.config import Config, ConfigError, config_yaml, load_config, save_config, to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -19,7 +19,9 @@ def write(tmp_path, text, name="run.yaml"):
 def test_base_yaml_is_the_papers_setting():
     # The paper's values (section 4.2), whether configs/base.yaml sets them or the built-in defaults do: a
     # default changed in soft_dist/config.py must not silently change the paper's setting.
-    cfg = load_config(CONFIGS / "base.yaml")
+    # The paper starts from pretrained weights; its tau 1/8 comes with them (from random weights: 0.5 / C).
+    cfg = load_config(CONFIGS / "base.yaml", ["model.pretrained=imagenet"])
+    assert load_config(CONFIGS / "base.yaml").method.tau_for(7) == pytest.approx(0.5 / 7)
     m = cfg.method
     assert (m.name, m.tau_for(7), m.epsilon, m.lambda_, m.rampup_epochs, m.ema_decay, m.stage1_epochs) == (
         "soft", 0.125, 0.3, 10.0, 5.0, 0.999, 6)
@@ -30,12 +32,20 @@ def test_base_yaml_is_the_papers_setting():
 def test_tau_follows_the_class_count_unless_given():
     from soft_dist.config import resolve_for_classes
 
-    cfg = load_config(CONFIGS / "base.yaml")
+    cfg = load_config(CONFIGS / "base.yaml", ["model.pretrained=imagenet"])
     assert cfg.method.tau is None and cfg.method.tau_relative == 0.875  # no bundled config pins tau
     assert resolve_for_classes(cfg, 7).method.tau == pytest.approx(1 / 8)  # the paper's value on RAF-DB
     assert resolve_for_classes(cfg, 10).method.tau == pytest.approx(0.0875)
     assert resolve_for_classes(cfg, 100).method.tau == pytest.approx(0.00875)
     assert cfg.method.tau is None  # resolving returns a copy
+    # From random weights the null default is half of uniform; an explicit tau_relative wins either way
+    scratch = load_config(CONFIGS / "base.yaml")
+    assert scratch.method.tau_relative == 0.5 and resolve_for_classes(scratch, 10).method.tau == pytest.approx(0.05)
+    assert load_config(CONFIGS / "base.yaml", ["method.tau_relative=0.875"]).method.tau_for(10) == pytest.approx(0.0875)
+    assert load_config(None, ["model.pretrained=imagenet", "method.tau_relative=0.5"]).method.tau_relative == 0.5
+    assert "tau_relative: 0.5" in config_yaml(scratch)  # the saved config says what ran
+    with pytest.raises(ValueError, match="unresolved"):
+        Config().method.tau_for(10)  # built by hand, never read: nothing to resolve it by
     given = load_config(CONFIGS / "base.yaml", ["method.tau=0.2"])
     assert resolve_for_classes(given, 10).method.tau == 0.2  # an explicit tau wins
     with pytest.raises(ConfigError, match="method.tau_relative"):
@@ -357,7 +367,7 @@ def test_resume_refuses_a_change_to_what_is_learned_and_names_the_started_value(
     from soft_dist.cli import main
 
     saved = (reference_run / "config.yaml").read_text()
-    for override, started in (("optim.lr=0.1", "optim.lr=0.001"), ("method.tau=0.2", "method.tau=0.0875"),
+    for override, started in (("optim.lr=0.1", "optim.lr=0.001"), ("method.tau=0.2", "method.tau=0.05"),
                               ("noise.rate=0.5", "noise.rate=0.3"), ("data.image_size=32", "data.image_size=16")):
         assert main(["train", "--resume", str(reference_run), override]) == 2
         err = capsys.readouterr().err

@@ -113,6 +113,21 @@ def test_a_grid_extends_another(tmp_path):
     assert grandchild.methods == ["soft"] and len(grandchild.overrides) == 3
 
 
+def test_an_axis_replaces_the_override_of_its_key_it_inherits(tmp_path):
+    # The parent fixes tau_relative for all its cells; an ablation that extends it varies tau_relative as an
+    # axis, which drops the inherited override. Its own override of an axis key is still refused.
+    write_grid(tmp_path, PARENT.replace("overrides: [", "overrides: [method.tau_relative=0.875, "), "parent.yaml")
+    assert load_grid(tmp_path / "parent.yaml").overrides[0] == "method.tau_relative=0.875"
+    child = load_grid(write_grid(tmp_path, "extends: parent.yaml\nextra: {method.tau_relative: [0.5]}\n", "child.yaml"))
+    assert child.overrides == ["train.epochs=3", "train.workers=1"]
+    assert all("method.tau_relative=0.5" in c.overrides() for c in child.cells())
+    grandchild = load_grid(write_grid(tmp_path, "extends: child.yaml\n", "grandchild.yaml"))
+    assert grandchild.overrides == child.overrides  # dropped for good down the chain
+    with pytest.raises(GridError, match="'method.tau_relative' is a grid axis"):
+        load_grid(write_grid(tmp_path, "extends: parent.yaml\noverrides: [method.tau_relative=0.7]\n"
+                             "extra: {method.tau_relative: [0.5]}\n", "own.yaml"))
+
+
 @pytest.mark.parametrize("body, message", [
     ("extends: missing.yaml\n", "grid field 'extends'.*file not found"),
     ("extends: [parent.yaml]\n", "grid field 'extends'.*expected the path of a grid file"),

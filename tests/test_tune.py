@@ -44,7 +44,8 @@ def write_sweep(folder: Path, **changes) -> Path:
 def test_shipped_sweeps_load():
     tiny = load_sweep(SWEEP, ["data.shards=/nowhere"])
     assert [d.name for d in tiny.space] == ["tau_relative", "epsilon", "lambda"]
-    assert tiny.points_to_evaluate == [{"method.tau_relative": 0.875, "method.epsilon": 0.3, "method.lambda": 10.0}]
+    # the base's values first: digits from random weights, so tau_relative resolves to 0.5
+    assert tiny.points_to_evaluate == [{"method.tau_relative": 0.5, "method.epsilon": 0.3, "method.lambda": 10.0}]
     assert (tiny.num_samples, tiny.max_concurrent, tiny.epochs) == (4, 2, 2)
     assert (tiny.scheduler.type, tiny.scheduler.grace_period) == ("asha", 1)
     assert (tiny.base.train.workers, tiny.base.train.cpus_per_worker) == (1, 1)  # resources win over the base
@@ -56,8 +57,11 @@ def test_shipped_sweeps_load():
 def test_default_space_and_first_point(tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, space=None, points_to_evaluate=None))
     assert sweep.to_dict()["space"] == DEFAULT_SPACE
-    # the paper's defaults are the first point even when the sweep file does not say so
-    assert sweep.points_to_evaluate == [{"method.tau_relative": 0.875, "method.epsilon": 0.3, "method.lambda": 10.0}]
+    # the defaults are the first point even when the sweep file does not say so; with pretrained weights the
+    # paper's tau (7/8 of uniform)
+    assert sweep.points_to_evaluate == [{"method.tau_relative": 0.5, "method.epsilon": 0.3, "method.lambda": 10.0}]
+    pretrained = load_sweep(write_sweep(tmp_path, space=None, points_to_evaluate=None), ["model.pretrained=imagenet"])
+    assert pretrained.points_to_evaluate[0]["method.tau_relative"] == 0.875
 
 
 def test_searching_tau_relative_over_a_base_that_pins_tau_is_refused(tmp_path):

@@ -311,6 +311,13 @@ def _flattened(path: Path, seen: tuple[Path, ...]) -> tuple[dict, tuple[Path, ..
     if not parent.is_file():
         raise GridError("extends", f"file not found: {parent}", source)
     merged, chain = _flattened(parent, (*seen, path))
+    own_extra = data.get("extra")
+    axes = {k for k, v in own_extra.items() if v is not None} if isinstance(own_extra, dict) else set()
+    if axes and isinstance(merged.get("overrides"), list):
+        # An axis this grid adds replaces an inherited override of its key (an ablation of tau over a parent
+        # that fixes tau); an override of its own that names an axis is still an error (check_overrides).
+        merged["overrides"] = [o for o in merged["overrides"]
+                               if not (isinstance(o, str) and o.split("=", 1)[0].strip() in axes)]
     for key, value in data.items():
         inherited = merged.get(key)
         if key == "overrides" and isinstance(value, list) and isinstance(inherited, list):

@@ -96,12 +96,12 @@ def tau_above_uniform_note(tau: float, num_classes: int, tau_relative: float) ->
     With tau > 1/C a sample gets k > 1 only when two classes beat uniform by a margin, so most SLS
     targets put 1 - eps on the top-1 class: a hard pseudo-label, which on noisy digits (10 classes,
     tau 1/8) locked the teacher into its early mistakes (docs/experiments.md). The paper's 1/8 is 7/8
-    of uniform for its 7 classes; the same ratio for C classes is 0.875 / C (``tau_relative`` / C, with
-    ``tau_relative`` method.tau_relative, whose default is that ratio)."""
+    of uniform for its 7 classes; the default (method.tau null) states tau relative to uniform instead,
+    ``tau_relative`` / C with ``tau_relative`` the run's method.tau_relative, so it stays below 1/C."""
     if tau * num_classes <= 1.0 + 1e-9:
         return None
     return (f"tau={tau:g} is above uniform (1/{num_classes} = {1 / num_classes:.4f}) for {num_classes} classes: "
             f"as the teacher grows confident most SLS targets keep one high class; on long runs from scratch "
-            f"this locked SOFT onto its early mistakes. The paper's 1/8 is 7/8 of uniform for 7 classes, which "
-            f"the default gives any class count (method.tau null: method.tau_relative {tau_relative:g} / C, here "
-            f"{tau_relative / num_classes:.4f}; docs/experiments.md, 'SOFT against MT').")
+            f"this locked SOFT onto its early mistakes. The paper's 1/8 is 7/8 of uniform for 7 classes; the "
+            f"default stays below uniform for any class count (method.tau null: method.tau_relative "
+            f"{tau_relative:g} / C, here {tau_relative / num_classes:.4f}; docs/experiments.md, 'SOFT against MT').")

@@ -266,10 +266,10 @@ def _parse_points(raw: Any, space: list[Dimension], source: str) -> list[dict[st
     return points
 
 
-def _default_points(space: list[Dimension]) -> list[dict[str, Any]]:
-    """The training config's built-in defaults (the paper's values) as the first point, when every
-    searched key's default lies in its range."""
-    defaults = to_dict(Config())
+def _default_points(space: list[Dimension], base: Config) -> list[dict[str, Any]]:
+    """The base training config's values of the searched keys as the first point (the built-in defaults
+    where the base keeps them, with tau_relative resolved by model.pretrained), when each lies in its range."""
+    defaults = to_dict(base)
     point = {}
     for d in space:
         try:
@@ -336,7 +336,7 @@ def parse_sweep(data: dict, source: str, base_path: Path | None, extra_overrides
             raise ConfigError(key, f"must be >= 1, got {ints[key]}", source)
 
     points_raw = data.get("points_to_evaluate")
-    points = _default_points(dims) if points_raw is None else _parse_points(points_raw, dims, source)
+    points = _default_points(dims, base) if points_raw is None else _parse_points(points_raw, dims, source)
     storage = data.get("optuna_storage")
     if storage is not None and (not isinstance(storage, str) or not storage.strip()):
         raise ConfigError("optuna_storage", f"expected a SQLite file or a database URL, got {storage!r}", source)
