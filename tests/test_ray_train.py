@@ -63,7 +63,9 @@ def test_two_workers_keep_identical_teachers(uninterrupted, digit_shards):
     manifest = load_manifest(digit_shards)
     assert on_disk["test"]["chosen"]["num_samples"] == manifest.split("test").num_samples  # every test sample once
     assert on_disk["noise"]["kind"] == "symmetric" and on_disk["noise"]["flipped"] > 0
-    assert on_disk["test"]["chosen"]["accuracy"] > 0.3  # 10 classes; a few epochs from scratch
+    # 10 classes (chance 0.1); 3 tiny epochs from scratch. With tau at half of uniform (the default from random
+    # weights since 2026-12-06) the early targets follow the random teacher more: 0.278 measured, 0.3 before.
+    assert on_disk["test"]["chosen"]["accuracy"] > 0.2
 
 
 def _kill_when_trained(trace_dir: Path, rank: int, epoch: int, step: int, stop: threading.Event, killed: list) -> None:
