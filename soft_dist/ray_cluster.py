@@ -21,14 +21,27 @@ WORKER_NICENESS = 0
 _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
-def quiet_placement_group_cleaner() -> None:
-    """worker_process_setup_hook of local clusters: silence the cleaner's warnings (errors still show).
+def local_cluster_worker_setup() -> None:
+    """worker_process_setup_hook of the local clusters soft-dist starts: every worker process (Train
+    workers, the Train controller, its placement-group cleaner) addresses its own cluster's state, and the
+    cleaner's failed polls stay quiet (its errors still show).
 
-    Local clusters run without a dashboard, so every poll fails and would log a warning every second for
-    the whole run. The cleaner only matters when the controller process dies without removing its
+    Own cluster: Ray Train's cleaner asks the state API whether the controller is alive, through a
+    cluster address that Ray auto-detects unless RAY_ADDRESS is set. With another Ray instance on the
+    machine (a `ray start` head, a second local run) that detection fails ("Found multiple active Ray
+    instances") or picks the other cluster, whose dashboard does not know this controller: the cleaner then
+    takes the live controller for dead and removes the run's placement group, killing its workers. Checked
+    on Ray 2.60 beside a `ray start` head: `is_actor_alive` of a live actor answered None; with this
+    setting and local_node_options' dashboard port, the query fails instead, as on a machine alone.
+
+    Quiet: local clusters run without a dashboard, so every poll fails and would log a warning every second
+    for the whole run. The cleaner only matters when the controller process dies without removing its
     placement group, and a local cluster ends with the driver that started it anyway."""
     import logging
 
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
@@ -62,11 +75,31 @@ def init_ray(log_to_driver: bool | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=log_to_driver, **quiet)
         return
-    _start_local(lambda: ray.init(
-        address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver, **quiet,
-        _system_config={"worker_niceness": WORKER_NICENESS},
-        runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"},
-    ))
+    _start_local(lambda: ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=log_to_driver, **quiet,
+                                  **local_node_options(), **local_job_options()))
+
+
+def local_node_options() -> dict:
+    """ray.init / ``Cluster`` node arguments of every local Ray instance soft-dist (and its test suite)
+    starts: no dashboard, worker niceness 0 (see init_ray), and a free port as the dashboard's address.
+
+    Why the port: without a dashboard Ray still records one at the default port (8265) in the cluster's
+    GCS, and the state API goes there. With a `ray start` head on the same machine that port is the other
+    cluster's dashboard, which answers that this cluster's Train controller does not exist; a free port
+    that nothing listens on makes the query fail instead (see local_cluster_worker_setup)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    return {"include_dashboard": False, "dashboard_port": free_port,
+            "_system_config": {"worker_niceness": WORKER_NICENESS}}
+
+
+def local_job_options() -> dict:
+    """ray.init arguments of the driver of a local instance: every worker process it starts runs
+    local_cluster_worker_setup."""
+    return {"runtime_env": {"worker_process_setup_hook": f"{__name__}.{local_cluster_worker_setup.__name__}"}}
 
 
 @contextlib.contextmanager
@@ -83,15 +116,12 @@ def local_nodes(nodes: int, cpus_per_node: int) -> Iterator[object]:
         raise RuntimeError("local_nodes: this process is already connected to a Ray instance")
     if nodes < 1 or cpus_per_node < 1:
         raise ValueError(f"local_nodes: nodes ({nodes}) and cpus_per_node ({cpus_per_node}) must be >= 1")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": cpus_per_node, "include_dashboard": False,
-        "_system_config": {"worker_niceness": WORKER_NICENESS}})  # as init_ray's local instance
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node, **local_node_options()})
     try:
         for _ in range(nodes - 1):
             cluster.add_node(num_cpus=cpus_per_node)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR,
-                 runtime_env={"worker_process_setup_hook": f"{__name__}.{quiet_placement_group_cleaner.__name__}"})
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR, **local_job_options())
         yield cluster
     finally:
         ray.shutdown()

@@ -91,8 +91,10 @@ class SharedRayCluster:
     def start(self) -> None:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(address="local", num_cpus=2, include_dashboard=False)
+        from soft_dist.ray_cluster import local_job_options, local_node_options
+
+        if not ray.is_initialized():  # as soft-dist starts a local cluster, on the 2 cores
+            ray.init(address="local", num_cpus=2, **local_node_options(), **local_job_options())
 
     def stop(self) -> None:
         import ray

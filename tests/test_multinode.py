@@ -19,6 +19,7 @@ import pytest
 
 from soft_dist.config import load_config
 from soft_dist.data.format import load_manifest
+from soft_dist.ray_cluster import local_job_options, local_node_options
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -50,8 +51,10 @@ def _two_node_cluster(_shared_ray):
     with pytest.MonkeyPatch.context() as env:
         # Read by Ray Train's controller, a process the raylets below start with this environment.
         env.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_GROUP_START_TIMEOUT_S))
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                                "_system_config": FAST_NODE_DEATH})
+        # The nodes soft-dist's own local clusters are (ray_cluster.local_node_options), with fast node death.
+        node = local_node_options()
+        node["_system_config"] = {**node["_system_config"], **FAST_NODE_DEATH}
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **node})
         cluster.add_node(num_cpus=1)
         yield cluster
         ray.shutdown()
@@ -66,7 +69,7 @@ def two_node_cluster(_two_node_cluster, no_ray_in_this_process):
 
     cluster = _two_node_cluster
     if not ray.is_initialized():
-        ray.init(address=cluster.address)
+        ray.init(address=cluster.address, **local_job_options())
     cluster.wait_for_nodes()
     _wait_for(lambda: sum(n["Alive"] for n in ray.nodes()) == 2 and ray.cluster_resources().get("CPU") == 2, 60,
               "two live nodes of 1 CPU")

@@ -5,11 +5,12 @@ whose Ray Train runs do not log the placement-group cleaner's failed state queri
 from __future__ import annotations
 
 import os
-import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -29,27 +30,79 @@ SCRIPT = textwrap.dedent(
 
     init_ray()
     ray.get(ray.remote(lambda: print("HELLO FROM A WORKER", flush=True)).remote())
+
+    @ray.remote
+    class Live:
+        def ping(self):
+            return True
+
+    @ray.remote(num_cpus=0)
+    def cleaner_verdict(actor_id):
+        # the placement-group cleaner's liveness check, run in a worker as the cleaner runs it
+        from ray.train.v2._internal.state.util import is_actor_alive
+        try:
+            return repr(is_actor_alive(actor_id=actor_id, timeout=10))
+        except Exception as err:
+            return type(err).__name__
+
+    live = Live.remote()
+    ray.get(live.ping.remote())
+    print("CLEANER VERDICT ON A LIVE ACTOR:", ray.get(cleaner_verdict.remote(live._actor_id.hex())))
     TorchTrainer(lambda: time.sleep(8), scaling_config=ScalingConfig(num_workers=1)).fit()
     print("RUN FINISHED")
     """
 )
 
+# Ray's default dashboard port: the address every dashboard-less instance records in its GCS (before
+# local_node_options gave it a free one). The suite starts no other dashboard on it.
+DEFAULT_DASHBOARD_PORT = 8265
 
-def test_local_cluster_run_has_no_state_api_warnings():
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_head_with_dashboard(env: dict) -> subprocess.Popen:
+    """`ray start --head --block` with its dashboard on the default port, as launch/start_head.sh starts
+    one: the last `ray start` in env's RAY_TMPDIR, so Ray's auto-detection names it. Returns once its
+    dashboard answers."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=1",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={DEFAULT_DASHBOARD_PORT}",
+                             f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", DEFAULT_DASHBOARD_PORT)) == 0:
+                return head
+        assert head.poll() is None, "ray start --head exited"
+        time.sleep(0.5)
+    raise TimeoutError("the head's dashboard did not answer in 120 s")
+
+
+def test_local_cluster_run_beside_a_ray_start_head_keeps_its_own_state_and_no_warnings(stopped_in_background):
+    """The local cluster's workers ask their own cluster about their own actors, even with a `ray start`
+    head and its dashboard on this machine: Ray's auto-detection would otherwise send the cleaner's
+    liveness check to that dashboard, which answered None for a live actor (the cleaner then removes the
+    run's placement group). Here the check fails to connect, as on a machine alone, and stays quiet."""
     # Ray keeps its sockets under RAY_TMPDIR/ray: a short private path (Unix socket paths are limited to
-    # about 107 bytes) that no other cluster uses.
-    tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    # about 107 bytes) shared by the head and the local cluster, so that the head is the "latest cluster".
+    # Inside the session's RAY_TMPDIR, removed at the session's end after the head has stopped.
+    tmp = Path(tempfile.mkdtemp(prefix="rt", dir=os.environ.get("RAY_TMPDIR", "/tmp")))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    # SOFT_DIST_WORKER_LOGS=1 forwards the controller's log lines, where the warnings would appear.
+    env.update(RAY_TMPDIR=str(tmp), OMP_NUM_THREADS="1", SOFT_DIST_WORKER_LOGS="1")
+    head = start_head_with_dashboard(env)
     try:
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-        # SOFT_DIST_WORKER_LOGS=1 forwards the controller's log lines, where the warnings would appear.
-        env.update(RAY_TMPDIR=str(tmp), OMP_NUM_THREADS="1", SOFT_DIST_WORKER_LOGS="1")
-        run = subprocess.run(
-            [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
-        )
+        run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        stopped_in_background(head)
     output = run.stdout + run.stderr
     assert run.returncode == 0 and "RUN FINISHED" in output, output[-3000:]
+    assert "CLEANER VERDICT ON A LIVE ACTOR: ServerUnavailable" in output, output[-3000:]
     assert "Failed to query Ray Train Controller" not in output, output[-3000:]
     # a worker's line reached this console (not a terminal) with its prefix but without colour codes
     assert "HELLO FROM A WORKER" in output and "pid=" in output and "\x1b" not in output, output[-3000:]
