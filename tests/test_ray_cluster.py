@@ -1,6 +1,7 @@
 """soft_dist.ray_cluster.init_ray on a machine without RAY_ADDRESS: a new local cluster (no dashboard)
-whose Ray Train runs do not log the placement-group cleaner's failed state queries; and the console of
-`soft-dist train` as a person (or a CI log) sees it: one line per epoch, nothing from Ray's internals."""
+whose processes query only its own state, even beside a `ray start` head, and whose Ray Train runs do not
+log the placement-group cleaner's failed state queries; and the console of `soft-dist train` as a person
+(or a CI log) sees it: one line per epoch, nothing from Ray's internals."""
 
 from __future__ import annotations
 
