@@ -33,14 +33,13 @@ from soft_dist.experiment.summary import (
     MODEL_PT,
     PROTOCOL_DEFINITIONS,
     REPORTED_PROTOCOLS,
-    TIE_TOLERANCE,
     collect,
+    difference_stats,
     interval,
     mean_std,
     paired,
     percent,
     summarise,
-    t_interval,
     write_summary,
 )
 
@@ -223,9 +222,6 @@ def _branch_section(table: pd.DataFrame, grid: Grid) -> list[str]:
     return [*lines, *markdown_table(header, rows), ""]
 
 
-TIE_POINTS = 100 * TIE_TOLERANCE  # equal counts of correct images, in percentage points
-
-
 def _selection_section(table: pd.DataFrame, grid: Grid) -> list[str]:
     """Which epoch to ship, measured: per method, the last epoch against the validation choice on the same
     runs, and every protocol's regret against the optimistic best_on_test (train.model_epoch's evidence)."""
@@ -242,17 +238,16 @@ def _selection_section(table: pd.DataFrame, grid: Grid) -> list[str]:
     rows = []
     for _, part in finished.groupby(["method", "noise_kind", "noise_rate", *extra], sort=False, dropna=False):
         first = part.iloc[0]
-        diff = 100 * (part["last_accuracy"] - part["val_selected_accuracy"])
-        stat = t_interval(diff)
-        ci = "—" if np.isnan(stat["ci_low"]) else f"{stat['ci_low']:+.2f} to {stat['ci_high']:+.2f}"
-        record = f"{int((diff > TIE_POINTS).sum())} / {int((diff.abs() <= TIE_POINTS).sum())} / " \
-                 f"{int((diff < -TIE_POINTS).sum())}"
+        stat = difference_stats(part["last_accuracy"] - part["val_selected_accuracy"])
+        ci = "—" if np.isnan(stat["accuracy_diff_ci_low"]) else \
+            f"{100 * stat['accuracy_diff_ci_low']:+.2f} to {100 * stat['accuracy_diff_ci_high']:+.2f}"
+        record = f"{stat['wins']} / {stat['ties']} / {stat['losses']}"
         regrets = []
         for protocol in ("val_selected", "last", "mean_last_5"):
             regret = 100 * (part["best_on_test_accuracy"] - part[f"{protocol}_accuracy"])
             regrets.append("—" if regret.isna().all() else f"{regret.mean():.2f} ({regret.max():.2f})")
-        rows.append([str(first["method"]), noise_label(first), *_extras(first, extra), str(stat["n"]),
-                     f"{stat['mean']:+.2f}", ci, record, *regrets])
+        rows.append([str(first["method"]), noise_label(first), *_extras(first, extra), str(stat["n_pairs"]),
+                     f"{100 * stat['accuracy_diff_mean']:+.2f}", ci, record, *regrets])
     header = ["method", "noise", *extra, "n", "last − val_selected", "95% CI", "wins / ties / losses",
               "regret val_selected (max)", "regret last (max)", "regret mean_last_5 (max)"]
     return [*lines, *markdown_table(header, rows), ""]
