@@ -79,7 +79,7 @@ def start_head_with_dashboard(env: dict) -> subprocess.Popen:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", DEFAULT_DASHBOARD_PORT)) == 0:
                 return head
-        assert head.poll() is None, "ray start --head exited"
+        assert head.poll() is None, f"ray start --head exited (is port {DEFAULT_DASHBOARD_PORT} taken?)"
         time.sleep(0.5)
     raise TimeoutError("the head's dashboard did not answer in 120 s")
 
