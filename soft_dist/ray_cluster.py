@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from soft_dist.config import ConfigError, TrainConfig
+from soft_dist.ports import free_local_port
 
 WORKER_LOGS_ENV = "SOFT_DIST_WORKER_LOGS"  # "1": forward workers' output to the driver's console
 # Ray's default is 15. The workers of a local cluster are the job: they run at the driver's priority.
@@ -87,12 +88,7 @@ def local_node_options() -> dict:
     GCS, and the state API goes there. With a `ray start` head on the same machine that port is the other
     cluster's dashboard, which answers that this cluster's Train controller does not exist; a free port
     that nothing listens on makes the query fail instead (see local_cluster_worker_setup)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free_port = s.getsockname()[1]
-    return {"include_dashboard": False, "dashboard_port": free_port,
+    return {"include_dashboard": False, "dashboard_port": free_local_port(),
             "_system_config": {"worker_niceness": WORKER_NICENESS}}
 
 

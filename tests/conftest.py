@@ -138,9 +138,10 @@ def s3_server(tmp_path_factory):
     is yielded with the endpoint: {"endpoint": URL, "log": Path}."""
     import logging
     import os
-    import socket
 
     from moto.server import ThreadedMotoServer
+
+    from soft_dist.ports import free_local_port
 
     log_path = tmp_path_factory.mktemp("moto") / "requests.log"
     request_log = logging.getLogger("werkzeug")  # moto's server logs every request through werkzeug
@@ -150,9 +151,7 @@ def s3_server(tmp_path_factory):
     request_log.setLevel(logging.INFO)
     request_log.propagate = False
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_local_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from soft_dist.config import load_config
 from soft_dist.data.memory_loaders import digits_memory_loaders
 from soft_dist.method.model import build_student
 from soft_dist.noise.table import build_noise_table
+from soft_dist.ports import free_local_port
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoints as ckpt
 from soft_dist.train.model_file import load_model
@@ -95,9 +95,7 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_chose(tmp_path):
     run_with([3], "ahead")
     behind = run_with([1], "behind")  # rank 0's epoch 2 never reached this rank
     cases = [(chief, chief), (chief, ahead), (chief, behind), (run_with([], "new"), behind)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_local_port()
     torch_mp.spawn(_each_rank_resumes, args=(port, cases, str(tmp_path)), nprocs=2)
     answers = [[json.loads((tmp_path / f"case{i}-rank{r}.json").read_text()) for r in (0, 1)]
                for i in range(len(cases))]

@@ -5,7 +5,6 @@ those of one process over the whole split, and those of the per-sample formulas.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from soft_dist.data.memory_loaders import MemoryLoader
 from soft_dist.method.model import build_student
 from soft_dist.metrics import classification_report, confusion_matrix, diagnostics_of_counts, noisy_part_counts
 from soft_dist.noise.table import NoiseTable
+from soft_dist.ports import free_local_port
 from soft_dist.train.epoch import evaluate, noise_diagnostics, predict
 from soft_dist.train.step import SoftLearner
 
@@ -79,9 +79,7 @@ def test_two_ranks_report_exactly_what_one_process_reports_on_the_whole_split(tm
     images, labels, idx, table, val_labels = _split()
     learner = _learner()
     whole = _evaluations(learner, _loader(images, labels, idx, torch.arange(SAMPLES)), table, val_labels)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_local_port()
     torch_mp.spawn(_one_rank, args=(port, str(tmp_path)), nprocs=2)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert _same(ranks[0], ranks[1]) and _same(ranks[0], whole)

@@ -14,17 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from soft_dist.ports import free_local_port
 from soft_dist.shard.build import ShardConfig, build_shards
 
 pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 120.0) -> None:
@@ -62,14 +57,14 @@ def head(tmp_path, stopped_in_background):
     bin_dir = Path(sys.executable).parent
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard = free_local_port(), free_local_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            "RAY_GCS_PORT": str(gcs), "RAY_DASHBOARD_PORT": str(dashboard)}
     env.pop("RAY_ADDRESS", None)
     # --block keeps `ray start` in the foreground so that ending it stops this head only.
     proc = subprocess.Popen([str(REPO / "launch" / "start_head.sh"), "--num-cpus=2", "--block",
-                             f"--dashboard-agent-listen-port={free_port()}"], env=env,
+                             f"--dashboard-agent-listen-port={free_local_port()}"], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(dashboard)

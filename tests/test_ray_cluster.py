@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from soft_dist.ports import free_local_port
+
 pytestmark = pytest.mark.ray
 
 # A Ray Train run of a few seconds: long enough for the placement-group cleaner to poll the controller's
@@ -59,20 +61,14 @@ SCRIPT = textwrap.dedent(
 DEFAULT_DASHBOARD_PORT = 8265
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_head_with_dashboard(env: dict) -> subprocess.Popen:
     """`ray start --head --block` with its dashboard on the default port, as launch/start_head.sh starts
     one: the last `ray start` in env's RAY_TMPDIR, so Ray's auto-detection names it. Returns once its
     dashboard answers."""
     ray_cli = str(Path(sys.executable).parent / "ray")
-    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=1",
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={free_local_port()}", "--num-cpus=1",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={DEFAULT_DASHBOARD_PORT}",
-                             f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"],
+                             f"--dashboard-agent-listen-port={free_local_port()}", "--disable-usage-stats"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

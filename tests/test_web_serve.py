@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from PIL import Image
 
 from soft_dist.bench.predict import write_untrained_model
 from soft_dist.bench.process_tree import tree_pids
+from soft_dist.ports import free_local_port
 from soft_dist.bench.shard import make_face_folder
 from soft_dist.cli import main
 
@@ -40,17 +40,11 @@ START_TIMEOUT_S = 180
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # kept after the session (git-ignored)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """The `soft-dist serve` process (its own process group, as a terminal's foreground job) and its URL."""
 
     def __init__(self, model: Path, tmp: Path):
-        self.port = _free_port()
+        self.port = free_local_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "serve.log"
         with open(self.log, "w") as out:

@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from soft_dist.ports import free_local_port
+
 PROB_TOLERANCE = 1e-5
 
 
@@ -148,8 +150,6 @@ def _summary(rounds: list[dict]) -> dict:
 
 
 def run(args) -> dict:
-    import socket
-
     from ray import serve
 
     from soft_dist.bench.predict import write_untrained_model
@@ -174,9 +174,7 @@ def run(args) -> dict:
         expected = _Expected(answers)
         options = ServeOptions(model=model, backend=args.backend, replicas=parse_replicas(args.replicas),
                                max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_local_port()
         init_ray()
         quiet_serve_logs()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
