@@ -5,6 +5,7 @@ model's confusion matrix; and grid-file validation (no Ray)."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -73,6 +74,35 @@ def test_grid_cells_and_names(tmp_path):
     assert len({c.name for c in cells}) == len(cells)
     for name in ("digits_cpu", "table1_rafdb", "table3_rafdb", "fig3_rafdb", "fig45_rafdb"):
         load_grid(CONFIGS / "experiments" / f"{name}.yaml")  # the shipped grid files are valid
+
+
+def _shipped_grids_table() -> list[tuple[list[str], str]]:
+    """[(grid file names, cells column)] of the "Shipped grids" table in docs/experiments.md."""
+    lines = (CONFIGS.parent / "docs" / "experiments.md").read_text().splitlines()
+    start = lines.index("Shipped grids:")
+    rows = []
+    for line in lines[start + 4:]:  # past the heading line, the blank line, the header and the rule
+        if not line.startswith("|"):
+            break
+        first, *_, cells = [part.strip() for part in line.strip("|").split("|")]
+        rows.append((re.findall(r"`([\w.]+\.yaml)`", first), cells))
+    return rows
+
+
+def test_the_docs_table_of_shipped_grids_lists_every_grid_with_its_cell_count():
+    """A grid that gains seeds (or an axis) changes its row, so the docs say how many runs a command starts."""
+    listed = {}
+    for names, cells in _shipped_grids_table():
+        counts = [cells.removesuffix(" each")] * len(names) if cells.endswith(" each") else cells.split(", ")
+        assert len(counts) == len(names), (names, cells)
+        listed.update(zip(names, counts))
+    shipped = sorted(path.name for path in (CONFIGS / "experiments").glob("*.yaml"))
+    assert sorted(listed) == shipped
+    for name, count in listed.items():
+        grid = load_grid(CONFIGS / "experiments" / name)
+        # "+ 1": the plain CE run whose confusion matrix makes the asymmetric class map
+        expected = f"{len(grid.cells())}" + (" + 1" if grid.asymmetric_from == "confusion" else "")
+        assert count == expected, f"{name}: the docs say {count} cells, the grid has {expected}"
 
 
 PARENT = """
