@@ -37,9 +37,10 @@ TEST_PROCESSES ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q tests -n $(TEST_PROCESSES) --dist loadscope --no-loadscope-reorder --durations=15
 
-# Every test that starts no Ray cluster: training in this process, loaders, shards, export, eval, audit.
+# Every test that starts no Ray cluster: training in this process, loaders, shards, export, eval, audit;
+# in the same parallel processes as `make test`.
 test-quick: $(STAMP)
-	$(PY) -m pytest -q tests -m "not ray" --durations=5
+	$(PY) -m pytest -q tests -m "not ray" -n $(TEST_PROCESSES) --dist loadscope --no-loadscope-reorder --durations=5
 
 # The suite packs the walked values into a few runs; this trains each on its own, so that a packed run's
 # failure is traced to its field.
