@@ -34,13 +34,14 @@ demo: $(STAMP)
 # a module at a time per process (its module fixtures are built once), the slow modules first
 # (--dist loadgroup would split a module further, but pytest 9 ignores the group xdist 3.8 writes into node ids).
 TEST_PROCESSES ?= 2
+PARALLEL := -n $(TEST_PROCESSES) --dist loadscope --no-loadscope-reorder
 test: $(STAMP)
-	$(PY) -m pytest -q tests -n $(TEST_PROCESSES) --dist loadscope --no-loadscope-reorder --durations=15
+	$(PY) -m pytest -q tests $(PARALLEL) --durations=15
 
 # Every test that starts no Ray cluster: training in this process, loaders, shards, export, eval, audit;
 # in the same parallel processes as `make test`.
 test-quick: $(STAMP)
-	$(PY) -m pytest -q tests -m "not ray" -n $(TEST_PROCESSES) --dist loadscope --no-loadscope-reorder --durations=5
+	$(PY) -m pytest -q tests -m "not ray" $(PARALLEL) --durations=5
 
 # The suite packs the walked values into a few runs; this trains each on its own, so that a packed run's
 # failure is traced to its field.

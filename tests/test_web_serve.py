@@ -26,9 +26,9 @@ from PIL import Image
 
 from soft_dist.bench.predict import write_untrained_model
 from soft_dist.bench.process_tree import tree_pids
-from soft_dist.ports import free_local_port
 from soft_dist.bench.shard import make_face_folder
 from soft_dist.cli import main
+from soft_dist.ports import free_local_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
