@@ -31,6 +31,34 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_RAY_TMPDIR, ignore_errors=True)
 
 
+def _ray_sessions() -> set[str]:
+    """The Ray sessions started so far by this test process and the commands it ran (RAY_TMPDIR is theirs)."""
+    root = Path(_RAY_TMPDIR)  # a test's `ray start` head may keep its own folder inside (test_ray_cluster)
+    return {str(p.relative_to(root)) for pattern in ("ray/session_2*", "*/ray/session_2*") for p in root.glob(pattern)}
+
+
+_SESSIONS_BEFORE = pytest.StashKey[set]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[_SESSIONS_BEFORE] = _ray_sessions()  # before the fixtures this test sets up
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """A test not marked ``ray`` that started a Ray cluster (itself, through a fixture, or in a command it
+    ran) fails here: `make test-quick` promises the tests that start no Ray cluster, and a start costs
+    5-15 s on 2 cores. Mark it (``pytest.mark.ray``, or use the ``ray_cluster`` fixture)."""
+    result = yield
+    started = _ray_sessions() - item.stash.get(_SESSIONS_BEFORE, set())
+    if started and not item.get_closest_marker("ray"):
+        pytest.fail(f"{item.nodeid} started a Ray cluster ({', '.join(sorted(started))}) but is not marked "
+                    f"`ray`: mark it so that `make test-quick` leaves it out")
+    return result
+
+
 def pytest_addoption(parser):
     parser.addoption("--field-walk", action="store_true",
                      help="also train every walked config value on its own (`make test-field-walk`, ~30 min)")

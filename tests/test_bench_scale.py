@@ -62,6 +62,7 @@ def test_bench_scale_reports_every_stage_at_every_size(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["scale300_16px", "scale600_16px"]
 
 
+@pytest.mark.ray  # its Ray backend starts a local cluster
 def test_bench_shard_scale_shards_a_generated_folder_with_each_backend(tmp_path):
     """The real `soft-dist shard` on a folder of generated photos, with the process pool and with Ray tasks:
     every photo in the manifest, seconds and the peak memory of the command's process tree."""
@@ -87,6 +88,8 @@ def test_bench_shard_scale_shards_a_generated_folder_with_each_backend(tmp_path)
     assert photos[0].stat().st_mtime_ns == before
 
 
+@pytest.mark.ray  # `soft-dist train` (the set-up) starts a local cluster
+@pytest.mark.slow
 def test_bench_tools_scale_times_eval_audit_and_predict_over_whole_splits(tmp_path):
     """A run trained on a generated set (set-up), then the real `eval`, `audit` and `predict` commands over
     all of its training images and a folder of as many photos, each in a process of its own."""
