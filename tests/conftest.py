@@ -42,7 +42,8 @@ _SESSIONS_BEFORE = pytest.StashKey[set]()
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
-    item.stash[_SESSIONS_BEFORE] = _ray_sessions()  # before the fixtures this test sets up
+    if not item.get_closest_marker("ray"):  # a marked test may start clusters
+        item.stash[_SESSIONS_BEFORE] = _ray_sessions()  # before the fixtures this test sets up
     return (yield)
 
 
@@ -52,8 +53,10 @@ def pytest_runtest_teardown(item, nextitem):
     ran) fails here: `make test-quick` promises the tests that start no Ray cluster, and a start costs
     5-15 s on 2 cores. Mark it (``pytest.mark.ray``, or use the ``ray_cluster`` fixture)."""
     result = yield
-    started = _ray_sessions() - item.stash.get(_SESSIONS_BEFORE, set())
-    if started and not item.get_closest_marker("ray"):
+    if _SESSIONS_BEFORE not in item.stash:  # marked ``ray``, or its set-up never ran
+        return result
+    started = _ray_sessions() - item.stash[_SESSIONS_BEFORE]
+    if started:
         pytest.fail(f"{item.nodeid} started a Ray cluster ({', '.join(sorted(started))}) but is not marked "
                     f"`ray`: mark it so that `make test-quick` leaves it out")
     return result
