@@ -92,22 +92,31 @@ def worker_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from soft_dist.data.format import load_manifest
-    from soft_dist.data.run_loaders import shard_loaders
-
     cfg = from_dict(config["config"])
     store = RunStore(config["run_dir"])
     table = NoiseTable(**config["noise_table"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    train_rank(cfg, store, table, ctx.get_world_rank(), ctx.get_world_size(), device, report=_ray_report,
+               restored=_state_outside_run(store))
+
+
+def train_rank(cfg: Config, store: RunStore, table: NoiseTable, rank: int, world: int, device: torch.device,
+               report: ckpt.ReportFn | None = None, restored: dict | None = None) -> dict:
+    """One rank's part of a run: its share of the shards, DDP around the student, the run loop. Needs no
+    Ray: the launcher has set up the torch.distributed group (when ``world`` > 1) and written the run's
+    inputs (config.yaml, noise_table.csv). ``report`` and ``restored`` are the launcher's (see Trainer).
+    Returns the results record."""
+    from soft_dist.data.format import load_manifest
+    from soft_dist.data.run_loaders import shard_loaders
+
+    torch.set_num_threads(cfg.train.torch_threads or cfg.train.cpus_per_worker)
     loaders = shard_loaders(cfg, rank, world, device.type)
     try:
         data = DatasetInfo.from_manifest(load_manifest(loaders.shards_dir))
         placement = Placement(rank, world, device, _ddp_wrapper(device, cfg.train.compile))
-        Trainer(cfg, store, table, data, loaders, placement, report=_ray_report,
-                restored=_state_outside_run(store)).fit()
+        return Trainer(cfg, store, table, data, loaders, placement, report=report,
+                       restored=restored).fit()
     finally:
         loaders.close()
 
