@@ -12,18 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as torch_mp
 
 from soft_dist.config import load_config
 from soft_dist.data.memory_loaders import digits_memory_loaders
 from soft_dist.method.model import build_student
 from soft_dist.noise.table import build_noise_table
-from soft_dist.ports import free_local_port
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoints as ckpt
 from soft_dist.train.model_file import load_model
 from soft_dist.train.local import fit_local
+from two_ranks import on_two_ranks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 # 16 px keeps each epoch to a couple of seconds; the teacher, the head switch and the ramp all run.
@@ -56,22 +54,18 @@ def test_incomplete_checkpoints_are_passed_over(tmp_path):
     assert ckpt.latest_state(store) is None
 
 
-def _each_rank_resumes(rank: int, port: int, cases: list, out_dir: str) -> None:
+def _each_rank_resumes(rank: int, cases: list, out_dir: str) -> None:
     """One process of a 2-rank gloo group: for each case, the state this rank's Checkpoints resumes from,
     written to out_dir/case<i>-rank<r>.json as ["ok", [epoch, sha256] or null] or ["error", message]."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        for i, run_dirs in enumerate(cases):
-            kind = ckpt.CheckpointWriter if rank == 0 else ckpt.Checkpoints
-            checkpoints = kind(RunStore(run_dirs[rank]), report=None, cfg=None, table_digest="table")
-            try:
-                state = checkpoints.newest_state()
-                answer = ["ok", None if state is None else [state["epoch"], _sha256_of(state)]]
-            except ckpt.CheckpointError as err:
-                answer = ["error", str(err)]
-            Path(out_dir, f"case{i}-rank{rank}.json").write_text(json.dumps(answer))
-    finally:
-        dist.destroy_process_group()
+    for i, run_dirs in enumerate(cases):
+        kind = ckpt.CheckpointWriter if rank == 0 else ckpt.Checkpoints
+        checkpoints = kind(RunStore(run_dirs[rank]), report=None, cfg=None, table_digest="table")
+        try:
+            state = checkpoints.newest_state()
+            answer = ["ok", None if state is None else [state["epoch"], _sha256_of(state)]]
+        except ckpt.CheckpointError as err:
+            answer = ["error", str(err)]
+        Path(out_dir, f"case{i}-rank{rank}.json").write_text(json.dumps(answer))
 
 
 def _sha256_of(state: dict) -> str:
@@ -95,8 +89,7 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_chose(tmp_path):
     run_with([3], "ahead")
     behind = run_with([1], "behind")  # rank 0's epoch 2 never reached this rank
     cases = [(chief, chief), (chief, ahead), (chief, behind), (run_with([], "new"), behind)]
-    port = free_local_port()
-    torch_mp.spawn(_each_rank_resumes, args=(port, cases, str(tmp_path)), nprocs=2)
+    on_two_ranks(_each_rank_resumes, tmp_path, cases, str(tmp_path))
     answers = [[json.loads((tmp_path / f"case{i}-rank{r}.json").read_text()) for r in (0, 1)]
                for i in range(len(cases))]
     epoch2 = ["ok", [2, _sha256_of(ckpt.read_checkpoint(RunStore(chief), 2))]]

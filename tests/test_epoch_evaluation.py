@@ -10,17 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as torch_mp
 
 from soft_dist.config import load_config
 from soft_dist.data.memory_loaders import MemoryLoader
 from soft_dist.method.model import build_student
 from soft_dist.metrics import classification_report, confusion_matrix, diagnostics_of_counts, noisy_part_counts
 from soft_dist.noise.table import NoiseTable
-from soft_dist.ports import free_local_port
 from soft_dist.train.epoch import evaluate, noise_diagnostics, predict
 from soft_dist.train.step import SoftLearner
+from two_ranks import on_two_ranks
 
 CLASSES = 4
 SAMPLES = 53  # not a multiple of the batch (8) nor of the world size: padding rows must not count
@@ -59,15 +57,11 @@ def _evaluations(learner, loader, table, val_labels) -> dict:
             "diagnostics": noise_diagnostics(learner, loader, table)}
 
 
-def _one_rank(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        images, labels, idx, table, val_labels = _split()
-        share = _loader(images, labels, idx, torch.arange(rank, SAMPLES, 2))  # 27 and 26 rows
-        result = _evaluations(_learner(), share, table, val_labels)
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+def _one_rank(rank: int, out_dir: str) -> None:
+    images, labels, idx, table, val_labels = _split()
+    share = _loader(images, labels, idx, torch.arange(rank, SAMPLES, 2))  # 27 and 26 rows
+    result = _evaluations(_learner(), share, table, val_labels)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
 
 
 def _same(a, b) -> bool:
@@ -79,8 +73,7 @@ def test_two_ranks_report_exactly_what_one_process_reports_on_the_whole_split(tm
     images, labels, idx, table, val_labels = _split()
     learner = _learner()
     whole = _evaluations(learner, _loader(images, labels, idx, torch.arange(SAMPLES)), table, val_labels)
-    port = free_local_port()
-    torch_mp.spawn(_one_rank, args=(port, str(tmp_path)), nprocs=2)
+    on_two_ranks(_one_rank, tmp_path, str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert _same(ranks[0], ranks[1]) and _same(ranks[0], whole)
     assert whole["val"]["student"]["num_samples"] == SAMPLES and whole["diagnostics"]["teacher"]["num_flipped"] == 14
