@@ -1,10 +1,16 @@
 """Every value of every field that shapes a distributed run (tests/field_walk.py) is either refused when
-the config is read, naming the field, or trains: a 2-epoch run of one step per epoch on a real 2-worker
-local Ray cluster (the session's) finishes with results.json.
+the config is read, naming the field, or trains: a 2-epoch run of one step per epoch on 2 ranks finishes
+with results.json, its teachers identical on both ranks after every step.
 
 In the suite, the accepted values are packed into as few runs as their fields allow (each run sets one
-value of as many fields as load together), so every value runs once; `make test-field-walk` runs each
-value on its own (slow), which tells which field broke when a packed run fails."""
+value of as many fields as load together), so every value runs once. The ``train.*`` values (workers,
+failures, checkpoints, precision, selection) run through Ray Train on a real 2-worker local Ray cluster
+(the session's). The ``method.*`` values change only what each rank computes, which needs no Ray: their
+runs (one per method preset) train one after another in the same 2 processes, a real torch.distributed
+(gloo) group running the same rank code as a Ray Train worker (``train_rank``): 13 runs for the start-up
+of one instead of 13 Ray Train runs (12-35 s each, most of it three new processes importing torch).
+`make test-field-walk` runs every value on its own through Ray Train (slow), which also tells which
+field broke when a packed run fails."""
 
 from __future__ import annotations
 
@@ -13,11 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from field_walk import walked_values
 from shard_fixtures import write_digit_shards
-from soft_dist.config import ConfigError, load_config
+from soft_dist.config import ConfigError, config_from_yaml, load_config, resolve_for_classes, with_absolute_paths
 from soft_dist.method.presets import METHOD_PRESETS
+from soft_dist.noise.setup import make_noise_table
+from soft_dist.noise.table import NoiseTable
+from soft_dist.storage import RunStore
+from soft_dist.train.ray_trainer import run_training, train_rank
+from soft_dist.train.run import write_run_inputs
+from two_ranks import on_two_ranks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 # 64 training images in 4 shards: each of 2 ranks gets 32, one batch, so an epoch is one step.
@@ -94,8 +107,6 @@ def test_each_walked_value_loads_or_is_refused_naming_its_field():
 
 def train_or_refusal(shards: Path, settings: dict[str, Any], run_dir: Path) -> str:
     """'ok' when the run finished with results.json, else the ConfigError's field."""
-    from soft_dist.train.ray_trainer import run_training
-
     try:
         results = run_training(load(shards, settings), run_dir, echo=None)
     except ConfigError as err:
@@ -111,22 +122,62 @@ def _cluster_has_gpu() -> bool:
 
 
 # Fixed at collection. The suite trains every accepted value but the slow ones and those that need hardware
-# (trained or refused in the test after the runs, by what the cluster has), packed into runs; each run is a
-# test of its own, so a failure names its run.
+# (trained or refused in the test after the runs, by what the cluster has), packed into runs: the method
+# values in one test of 2 ranks without Ray, the others through Ray Train, each run a test of its own so
+# that a failure names its run.
 ACCEPTED = accepted_values()
 SUITE_VALUES = [kv for kv in ACCEPTED if kv not in SLOW_VALUES | NEEDS_GPU]
-PACKED_RUNS = packed_runs(SUITE_VALUES)
+METHOD_RUNS = packed_runs([kv for kv in SUITE_VALUES if kv[0].startswith("method.")])
+RAY_RUNS = packed_runs([kv for kv in SUITE_VALUES if not kv[0].startswith("method.")])
 
 
 def test_the_packed_runs_hold_every_accepted_value_once():
-    packed = [(key, value) for run in PACKED_RUNS for key, value in run.items()]
+    packed = [(key, value) for run in METHOD_RUNS + RAY_RUNS for key, value in run.items()]
     assert sorted(map(repr, packed)) == sorted(map(repr, SUITE_VALUES))
-    assert len(PACKED_RUNS) == len(METHOD_PRESETS)  # as few as the field with most values (method.name) allows
+    assert len(METHOD_RUNS) == len(METHOD_PRESETS)  # as few as the field with most values (method.name) allows
+    assert all(key.startswith("train.") for run in RAY_RUNS for key in run)
+    assert len(RAY_RUNS) <= 3  # train.model_epoch's 3 values: one Ray Train run each
 
 
-@pytest.mark.slow  # together: one run per method preset (13), 12-35 s each in the parallel suite
-@pytest.mark.parametrize("settings", [
-    pytest.param(run, id=f"run{i}-{run.get('method.name', '')}") for i, run in enumerate(PACKED_RUNS)])
+def _prepare(shards: Path, settings: dict[str, Any], run_dir: Path) -> None:
+    """The driver's part of a new run, as run_training does it: the noise table, tau resolved for the
+    shards' classes, config.yaml and noise_table.csv written."""
+    cfg = with_absolute_paths(load(shards, settings))
+    table, num_classes = make_noise_table(cfg)
+    write_run_inputs(RunStore(run_dir), resolve_for_classes(cfg, num_classes), table)
+
+
+def _rank_trains_each_run(rank: int, run_dirs: list[str]) -> None:
+    """One of 2 ranks: every run in turn, from its config.yaml and noise_table.csv, in one gloo group."""
+    for run_dir in run_dirs:
+        store = RunStore(run_dir)
+        cfg = config_from_yaml(store.read_text("config.yaml"), store.path("config.yaml"))
+        table = NoiseTable.from_csv(store.read_text("noise_table.csv"), store.path("noise_table.csv"))
+        try:
+            train_rank(cfg, store, table, rank, 2, torch.device("cpu"))
+        except Exception as err:  # the other rank is stopped by spawn; this names the run
+            raise RuntimeError(f"rank {rank} failed in {run_dir}: {err}") from err
+
+
+@pytest.mark.slow  # 13 runs, one per method preset, in 2 processes
+def test_method_values_train_on_two_ranks(walk_shards, tmp_path):
+    run_dirs = [tmp_path / f"run{i}-{run['method.name']}" for i, run in enumerate(METHOD_RUNS)]
+    for settings, run_dir in zip(METHOD_RUNS, run_dirs):
+        _prepare(walk_shards, settings, run_dir)
+    on_two_ranks(_rank_trains_each_run, tmp_path, [str(d) for d in run_dirs])
+    for settings, run_dir in zip(METHOD_RUNS, run_dirs):
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results["epochs"] == 2 and results["throughput"]["workers"] == 2, settings
+        sync, digests = results["teacher_sync"], results["teacher_digests"]  # digests gathered from both ranks
+        if METHOD_PRESETS[settings["method.name"]].teacher:  # BASE compares the teachers after every step
+            assert sync["mismatches"] == 0 and sync["checks"] >= 2, (settings, sync)
+            assert len(digests) == 2 and digests[0] == digests[1], settings  # buffers included, at the end
+        else:
+            assert sync["checks"] == 0 and digests == [], settings
+
+
+@pytest.mark.slow  # together: 3 Ray Train runs, 12-35 s each in the parallel suite
+@pytest.mark.parametrize("settings", [pytest.param(run, id=f"run{i}") for i, run in enumerate(RAY_RUNS)])
 def test_packed_values_train_on_two_workers(settings, walk_shards, ray_cluster, tmp_path):
     assert train_or_refusal(walk_shards, settings, tmp_path / "run") == "ok", settings
 
