@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -29,6 +31,36 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_RAY_TMPDIR, ignore_errors=True)
+    if exitstatus == 0 and not os.environ.get("PYTEST_XDIST_WORKER"):
+        # This process ends the session, after its test processes: the folders they shared go too (with
+        # one process they lie in its own base folder, which _remove_temp_folders_after_a_clean_session
+        # removes). pytest keeps its TempPathFactory on the config; xdist reads it there too.
+        shutil.rmtree(session.config._tmp_path_factory.getbasetemp() / _SHARED, ignore_errors=True)
+
+
+# Fixtures built once per session and read by every test process (see _once_per_session).
+_SHARED = "shared"
+
+
+def _once_per_session(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder ``name`` that ``build(folder)`` fills once per test session, in whichever test process
+    asks first; the other processes of `make test` (pytest-xdist) wait for it and read the same one.
+
+    Why: a session fixture is otherwise built in each of the processes, e.g. the reference run (11-16 s)
+    and its export, both of which only tests that read them use. The folder lies in the session's base
+    folder, which xdist's workers' own folders are inside of, and outlives every worker's clean-up."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / _SHARED
+    shared.mkdir(exist_ok=True)
+    folder, built = shared / name, shared / f"{name}.built"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if build raises
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build in another process left
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
 
 
 def _ray_sessions() -> set[str]:
@@ -103,12 +135,13 @@ def _remove_temp_folders_after_a_clean_session(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def digit_shards(tmp_path_factory) -> Path:
     """scikit-learn digits at 32 px as real shards (train/val/test), written once per test session with
-    the project's own sharder; 4 shards per split so that 2 ranks each get some."""
+    the project's own sharder; 4 shards per split so that 2 ranks each get some. Read only."""
     from soft_dist.shard.build import ShardConfig, build_shards
 
-    out = tmp_path_factory.mktemp("digits32")
-    build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=4, workers=1, progress=False))
-    return out
+    def build(out: Path) -> None:
+        build_shards(ShardConfig(layout="digits", out=str(out), size=32, min_shards=4, workers=1, progress=False))
+
+    return _once_per_session(tmp_path_factory, "digits32", build)
 
 
 class SharedRayCluster:
@@ -215,9 +248,10 @@ def s3_server(tmp_path_factory):
 def reference_run(digit_shards, tmp_path_factory) -> Path:
     """THE trained run of the test session, shared by every test that only reads a run (eval, export,
     predict, audit, the protocols of results.json): 3 epochs of SOFT (the first without the uncertainty
-    head) at 16 px on the digit shards with 30% symmetric noise, trained in this process through the torch
-    loader; keeps its resumable state (the audit reads the last checkpoint). model.pt names the shards'
-    classes. About 25 s on a 2-core machine. Noise seed 3 is the noise draw the audit was measured on."""
+    head) at 16 px on the digit shards with 30% symmetric noise, trained in the first test process that
+    asks, through the torch loader; keeps its resumable state (the audit reads the last checkpoint).
+    model.pt names the shards' classes. 11-16 s on a 2-core machine. Noise seed 3 is the noise draw the
+    audit was measured on. Read only."""
     from soft_dist.config import load_config
     from soft_dist.data.format import load_manifest
     from soft_dist.data.run_loaders import shard_loaders
@@ -225,30 +259,32 @@ def reference_run(digit_shards, tmp_path_factory) -> Path:
     from soft_dist.train.local import fit_local
     from soft_dist.train.selection import DatasetInfo
 
-    run_dir = tmp_path_factory.mktemp("reference-run")
-    cfg = load_config("digits_cpu", [
-        f"data.shards={digit_shards}", "data.loader=torch", "data.image_size=16", "model.width=16", "data.num_threads=1",
-        "train.batch_size=128", "train.epochs=3", "method.stage1_epochs=1", "method.rampup_epochs=1",
-        "noise.kind=symmetric", "noise.rate=0.3", "noise.seed=3"])
-    table, num_classes = make_noise_table(cfg)
-    loaders = shard_loaders(cfg, diagnostics=False)
-    try:
-        fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False,
-                  data=DatasetInfo.from_manifest(load_manifest(loaders.shards_dir)))
-    finally:
-        loaders.close()
-    return run_dir
+    def train(run_dir: Path) -> None:
+        cfg = load_config("digits_cpu", [
+            f"data.shards={digit_shards}", "data.loader=torch", "data.image_size=16", "model.width=16",
+            "data.num_threads=1", "train.batch_size=128", "train.epochs=3", "method.stage1_epochs=1",
+            "method.rampup_epochs=1", "noise.kind=symmetric", "noise.rate=0.3", "noise.seed=3"])
+        table, num_classes = make_noise_table(cfg)
+        loaders = shard_loaders(cfg, diagnostics=False)
+        try:
+            fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False,
+                      data=DatasetInfo.from_manifest(load_manifest(loaders.shards_dir)))
+        finally:
+            loaders.close()
+
+    return _once_per_session(tmp_path_factory, "reference-run", train)
 
 
 @pytest.fixture(scope="session")
 def reference_export(reference_run, tmp_path_factory) -> Path:
-    """`soft-dist export --format all` of the reference run (ONNX, TorchScript, model card), made once:
-    the ONNX exporter alone takes 20-40 s."""
+    """`soft-dist export --format all` of the reference run (ONNX, TorchScript, model card), made once
+    per session: the ONNX exporter alone takes 20-40 s. Read only."""
     from soft_dist.cli import main
 
-    out = tmp_path_factory.mktemp("reference-export")
-    assert main(["export", str(reference_run), "--format", "all", "--out", str(out)]) == 0
-    return out
+    def export(out: Path) -> None:
+        assert main(["export", str(reference_run), "--format", "all", "--out", str(out)]) == 0
+
+    return _once_per_session(tmp_path_factory, "reference-export", export)
 
 
 _RAY_FIXTURES = {"ray_cluster", "_shared_ray", "no_ray_in_this_process"}

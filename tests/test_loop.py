@@ -20,7 +20,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 
 
 def test_soft_two_stages_on_noisy_digits_beats_chance(tmp_path):
-    cfg = load_config(CONFIG, ["train.epochs=4", "method.stage1_epochs=2", "method.rampup_epochs=1", "model.width=48"])
+    cfg = load_config(CONFIG, ["train.epochs=4", "method.stage1_epochs=2", "method.rampup_epochs=1", "model.width=32"])
     loaders, num_classes, splits = digits_memory_loaders(cfg)
     table = build_noise_table(splits, num_classes, "symmetric", 0.3, seed=0)
     results = fit_local(cfg, loaders, num_classes, table, tmp_path, progress=False, verbose=False)
