@@ -19,18 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from field_walk import walked_values
 from shard_fixtures import write_digit_shards
-from soft_dist.config import ConfigError, config_from_yaml, load_config, resolve_for_classes, with_absolute_paths
+from soft_dist.config import ConfigError, load_config
 from soft_dist.method.presets import METHOD_PRESETS
-from soft_dist.noise.setup import make_noise_table
-from soft_dist.noise.table import NoiseTable
-from soft_dist.storage import RunStore
-from soft_dist.train.ray_trainer import run_training, train_rank
-from soft_dist.train.run import write_run_inputs
-from two_ranks import on_two_ranks
+from soft_dist.train.ray_trainer import run_training
+from two_ranks import prepare_run, train_runs_on_two_ranks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_cpu.yaml"
 # 64 training images in 4 shards: each of 2 ranks gets 32, one batch, so an epoch is one step.
@@ -139,32 +134,12 @@ def test_the_packed_runs_hold_every_accepted_value_once():
     assert len(RAY_RUNS) <= 3  # train.model_epoch's 3 values: one Ray Train run each
 
 
-def _prepare(shards: Path, settings: dict[str, Any], run_dir: Path) -> None:
-    """The driver's part of a new run, as run_training does it: the noise table, tau resolved for the
-    shards' classes, config.yaml and noise_table.csv written."""
-    cfg = with_absolute_paths(load(shards, settings))
-    table, num_classes = make_noise_table(cfg)
-    write_run_inputs(RunStore(run_dir), resolve_for_classes(cfg, num_classes), table)
-
-
-def _rank_trains_each_run(rank: int, run_dirs: list[str]) -> None:
-    """One of 2 ranks: every run in turn, from its config.yaml and noise_table.csv, in one gloo group."""
-    for run_dir in run_dirs:
-        store = RunStore(run_dir)
-        cfg = config_from_yaml(store.read_text("config.yaml"), store.path("config.yaml"))
-        table = NoiseTable.from_csv(store.read_text("noise_table.csv"), store.path("noise_table.csv"))
-        try:
-            train_rank(cfg, store, table, rank, 2, torch.device("cpu"))
-        except Exception as err:  # the other rank is stopped by spawn; this names the run
-            raise RuntimeError(f"rank {rank} failed in {run_dir}: {err}") from err
-
-
 @pytest.mark.slow  # 13 runs, one per method preset, in 2 processes
 def test_method_values_train_on_two_ranks(walk_shards, tmp_path):
     run_dirs = [tmp_path / f"run{i}-{run['method.name']}" for i, run in enumerate(METHOD_RUNS)]
     for settings, run_dir in zip(METHOD_RUNS, run_dirs):
-        _prepare(walk_shards, settings, run_dir)
-    on_two_ranks(_rank_trains_each_run, tmp_path, [str(d) for d in run_dirs])
+        prepare_run(load(walk_shards, settings), run_dir)
+    train_runs_on_two_ranks(run_dirs, tmp_path)
     for settings, run_dir in zip(METHOD_RUNS, run_dirs):
         results = json.loads((run_dir / "results.json").read_text())
         assert results["epochs"] == 2 and results["throughput"]["workers"] == 2, settings

@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as torch_mp
+
+from soft_dist.config import Config, config_from_yaml, resolve_for_classes, with_absolute_paths
+from soft_dist.noise.setup import make_noise_table
+from soft_dist.noise.table import NoiseTable
+from soft_dist.storage import RunStore
+from soft_dist.train.ray_trainer import train_rank
+from soft_dist.train.run import write_run_inputs
 
 
 def on_two_ranks(fn: Callable, meeting_folder: Path, *args) -> None:
@@ -29,3 +37,29 @@ def _in_group(rank: int, store: str, fn: Callable, args: tuple) -> None:
         fn(rank, *args)
     finally:
         dist.destroy_process_group()
+
+
+def prepare_run(cfg: Config, run_dir: Path) -> None:
+    """The driver's part of a new run, as run_training does it before Ray starts: the noise table, tau
+    resolved for the shards' classes, config.yaml and noise_table.csv written into ``run_dir``."""
+    cfg = with_absolute_paths(cfg)
+    table, num_classes = make_noise_table(cfg)
+    write_run_inputs(RunStore(run_dir), resolve_for_classes(cfg, num_classes), table)
+
+
+def train_runs_on_two_ranks(run_dirs: list[Path], meeting_folder: Path) -> None:
+    """Every prepared run (prepare_run) in turn on the same 2 ranks, each rank running train_rank, the
+    code of a Ray Train worker: a run's results.json is written by rank 0 as in a Ray run. The runs share
+    the start-up of the two processes (torch, DALI), which is most of a tiny run's time."""
+    on_two_ranks(_train_each_run, meeting_folder, [str(d) for d in run_dirs])
+
+
+def _train_each_run(rank: int, run_dirs: list[str]) -> None:
+    for run_dir in run_dirs:
+        store = RunStore(run_dir)
+        cfg = config_from_yaml(store.read_text("config.yaml"), store.path("config.yaml"))
+        table = NoiseTable.from_csv(store.read_text("noise_table.csv"), store.path("noise_table.csv"))
+        try:
+            train_rank(cfg, store, table, rank, 2, torch.device("cpu"))
+        except Exception as err:  # spawn stops the other rank; this names the run
+            raise RuntimeError(f"rank {rank} failed in {run_dir}: {err}") from err
