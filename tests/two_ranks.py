@@ -21,10 +21,14 @@ def on_two_ranks(fn: Callable, meeting_folder: Path, *args) -> None:
     """``fn(rank, *args)`` in 2 new processes, each already in the gloo group of the two (left when ``fn``
     returns); raises when either process fails (spawn stops the other).
 
-    The ranks meet through a file in ``meeting_folder``, not a TCP port: a port found free before the ranks
-    start (they take seconds to import torch) can be taken meanwhile by a socket of another test process,
-    and a rank then talks to a stranger. Seen once, beside the field walk's ranks: rank 1 of the epoch
-    evaluation test aborted in C++ ("terminate called without an active exception")."""
+    Why a barrier and a file. On 2026-12-07 rank 1 of the epoch evaluation test aborted in C++ ("terminate
+    called without an active exception", SIGABRT) in 2 of 4 runs of `make test-quick` (the day's first
+    commit once, once with the field walk's ranks beside), each time after both ranks had written their
+    results: while the group was torn down. Alone it did not happen (0 of 10 under full CPU load, nor with
+    one rank tearing down 0.5-2 s after the other). So both ranks now meet at a barrier once ``fn`` has
+    returned, before either tears anything down, and the group meets through a file in ``meeting_folder``
+    rather than rank 0's TCP store: no store server in rank 0 that rank 1 can lose at exit, and no port
+    found free seconds before rank 0 binds it (any socket on the machine may take it meanwhile)."""
     store = Path(meeting_folder) / "rank-meeting"
     if store.exists():
         raise FileExistsError(f"{store}: a group met here already (the file must be new)")
@@ -35,6 +39,7 @@ def _in_group(rank: int, store: str, fn: Callable, args: tuple) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         fn(rank, *args)
+        dist.barrier()  # neither rank tears the group down while the other may still use it
     finally:
         dist.destroy_process_group()
 
