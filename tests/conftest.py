@@ -253,24 +253,13 @@ def reference_run(digit_shards, tmp_path_factory) -> Path:
     model.pt names the shards' classes. 11-16 s on a 2-core machine. Noise seed 3 is the noise draw the
     audit was measured on. Read only."""
     from soft_dist.config import load_config
-    from soft_dist.data.format import load_manifest
-    from soft_dist.data.run_loaders import shard_loaders
-    from soft_dist.noise.setup import make_noise_table
-    from soft_dist.train.local import fit_local
-    from soft_dist.train.selection import DatasetInfo
+    from soft_dist.train.local import fit_from_shards
 
     def train(run_dir: Path) -> None:
-        cfg = load_config("digits_cpu", [
+        fit_from_shards(load_config("digits_cpu", [
             f"data.shards={digit_shards}", "data.loader=torch", "data.image_size=16", "model.width=16",
             "data.num_threads=1", "train.batch_size=128", "train.epochs=3", "method.stage1_epochs=1",
-            "method.rampup_epochs=1", "noise.kind=symmetric", "noise.rate=0.3", "noise.seed=3"])
-        table, num_classes = make_noise_table(cfg)
-        loaders = shard_loaders(cfg, diagnostics=False)
-        try:
-            fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False,
-                      data=DatasetInfo.from_manifest(load_manifest(loaders.shards_dir)))
-        finally:
-            loaders.close()
+            "method.rampup_epochs=1", "noise.kind=symmetric", "noise.rate=0.3", "noise.seed=3"]), run_dir)
 
     return _once_per_session(tmp_path_factory, "reference-run", train)
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from soft_dist.config import Config, resolve_for_classes, with_absolute_paths
+from soft_dist.data.format import load_manifest
 from soft_dist.data.loader import Loaders
+from soft_dist.data.run_loaders import shard_loaders
+from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoints import drop_resumable_state
@@ -39,6 +42,18 @@ def fit_local(
     if not cfg.train.keep_state:
         drop_resumable_state(store)
     return results
+
+
+def fit_from_shards(cfg: Config, run_dir: str | Path) -> dict:
+    """Train ``cfg`` from its shards (data.shards) into ``run_dir`` in this process, quietly: its noise
+    table, its shard loaders (closed after), model.pt naming the shards' classes. Returns the results."""
+    table, num_classes = make_noise_table(cfg)
+    loaders = shard_loaders(cfg, diagnostics=False)
+    try:
+        return fit_local(cfg, loaders, num_classes, table, run_dir, progress=False, verbose=False,
+                         data=DatasetInfo.from_manifest(load_manifest(loaders.shards_dir)))
+    finally:
+        loaders.close()
 
 
 def _print(line: str) -> None:
