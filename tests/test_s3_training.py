@@ -205,19 +205,12 @@ def test_resume_from_the_bucket_matches_and_reuses_the_shard_cache(uninterrupted
 
 
 def test_in_process_run_loop_with_a_bucket_run_dir(s3, shards_url, cache_dir, workdir):
+    from soft_dist.train.local import fit_from_shards
     from soft_dist.train.model_file import load_model
-    from soft_dist.data.run_loaders import shard_loaders
-    from soft_dist.noise.setup import make_noise_table
-    from soft_dist.train.local import fit_local
 
     url = run_url("single")
     cfg = config(shards_url, cache_dir, "train.epochs=2", "train.workers=1", "data.num_threads=1")
-    table, num_classes = make_noise_table(cfg)
-    loaders = shard_loaders(cfg, diagnostics=False)
-    try:
-        results = fit_local(cfg, loaders, num_classes, table, url, progress=False, verbose=False)
-    finally:
-        loaders.close()
+    results = fit_from_shards(cfg, url)
     names = keys(s3, url)
     for name in ("config.yaml", "noise_table.csv", "metrics.jsonl", "results.json", "model.pt",
                  "checkpoints/epoch_0002/state.pt", "checkpoints/epoch_0002/meta.json"):
