@@ -390,6 +390,65 @@ def test_compare_pairs_an_ablation_folder_with_the_grid_it_varies(experiment, tm
     assert "error" in capsys.readouterr().err
 
 
+def test_archive_keeps_what_report_and_compare_read_and_merges(experiment, tmp_path, capsys):
+    """`experiment archive DIR --out DEST`: DEST holds grid.yaml, outcome.json and each finished cell's
+    results.json / metrics.jsonl / config.yaml, no weights and no path of DIR's machine; report and compare
+    read DEST as they read DIR; archiving again adds only the cells DEST lacks; another grid is refused."""
+    from soft_dist.cli import main
+    from soft_dist.config import load_config
+    from soft_dist.experiment.archive import ArchiveError, archive_run
+    from soft_dist.experiment.compare import compare_folders
+    from soft_dist.experiment.grid import SlsBars
+    from soft_dist.experiment.grid_plots import write_plots
+
+    source, names = experiment["dir"], sorted(experiment["results"])
+    kept = tmp_path / "kept"
+    outcome = archive_run(source, kept, root=source.parent)
+    assert outcome.copied == names and outcome.kept == [] and outcome.unfinished == []
+    files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+    records = ("results.json", "metrics.jsonl", "config.yaml")
+    assert files == sorted(["grid.yaml", "outcome.json", *(f"cells/{n}/{r}" for n in names for r in records)])
+    for name in names:  # results and metrics byte for byte; the config names the same run
+        for record in ("results.json", "metrics.jsonl"):
+            assert (kept / "cells" / name / record).read_bytes() == (source / "cells" / name / record).read_bytes()
+        copy, original = (load_config(folder / "cells" / name / "config.yaml") for folder in (kept, source))
+        assert copy.method == original.method and copy.train == original.train and copy.noise == original.noise
+        assert str(source.parent) not in (kept / "cells" / name / "config.yaml").read_text()
+    command = json.loads((kept / "outcome.json").read_text())["command"]
+    assert command.startswith("soft-dist experiment --grid grid.yaml --run-dir exp ") and str(source) not in command
+
+    # report and compare: the same tables from the records alone (the legacy cell's protocols come from
+    # its metrics.jsonl)
+    assert main(["experiment", "report", str(kept)]) == 0
+    assert pd.read_csv(kept / "cells.csv").equals(pd.read_csv(source / "cells.csv"))
+    ablation = _ablation_of_copies(experiment, tmp_path / "ablation")
+    assert (compare_folders([kept, ablation]).replace(str(kept), "DIR")
+            == compare_folders([source, ablation]).replace(str(source), "DIR"))
+    # a grid with SLS bars skips the archived cells (no checkpoint to draw from) instead of failing
+    plots = write_plots(dataclasses.replace(experiment["grid"], sls_bars=SlsBars(method="mt", images=2)),
+                        experiment["grid"].cells(), kept, log=lambda _: None)
+    assert not any(name.startswith("sls_targets") for name in plots)
+
+    # merging: a cell DEST lacks is added, the others are left as they were
+    untouched = kept / "cells" / names[0] / "results.json"
+    stamp = untouched.stat().st_mtime_ns
+    shutil.rmtree(kept / "cells" / LEGACY)
+    again = archive_run(source, kept, root=source.parent)
+    assert again.copied == [LEGACY] and again.kept == [n for n in names if n != LEGACY]
+    assert untouched.stat().st_mtime_ns == stamp
+
+    # another grid's folder, a folder that is no experiment, a missing --out
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "grid.yaml").write_text((source / "grid.yaml").read_text().replace("seeds: [0, 1]", "seeds: [0]"))
+    with pytest.raises(ArchiveError, match="is another grid"):
+        archive_run(source, other)
+    assert main(["experiment", "archive", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "holds no grid.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["experiment", "archive", str(source)])
+
+
 def _rows(text: str, prefix: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith(prefix)]
 

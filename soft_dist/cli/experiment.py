@@ -4,10 +4,11 @@
     soft-dist experiment report DIR [--out FILE.md]                                 DIR/report.md
     soft-dist experiment compare DIR DIR [...] [--out FILE.md]                      across folders
     soft-dist experiment compare --setting DIR DIR [...] --setting DIR DIR [...]     pooled over settings
+    soft-dist experiment archive DIR --out DEST                                     records without weights
 
-``report`` and ``compare`` are positional actions rather than an argparse sub-command: the run form takes free
+``report``, ``compare`` and ``archive`` are positional actions rather than an argparse sub-command: the run form takes free
 ``key=value`` positionals, which a sub-command parser would read as an unknown command name. An override
-always contains "=", so neither word can be one.
+always contains "=", so none of these words can be one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 REPORT_ACTION = "report"
 COMPARE_ACTION = "compare"
+ARCHIVE_ACTION = "archive"
 
 
 def register(subparsers) -> None:
@@ -33,11 +35,15 @@ def register(subparsers) -> None:
         "plots) from the experiment folder alone. `soft-dist experiment compare DIR DIR [...]` pairs the runs of "
         "an ablation grid with the runs of the grid it varies (same seeds and folds); with `--setting DIR DIR [...]` "
         "given once per setting (e.g. the same ablation at 30% and at 50% noise) it pools every pair's "
-        "differences over the settings.",
+        "differences over the settings. `soft-dist experiment archive DIR --out DEST` copies the finished cells' "
+        "records (results.json, metrics.jsonl, config.yaml; no weights) and grid.yaml into DEST, merging with "
+        "the cells DEST holds: small enough to keep in a repository, and report and compare read it as they "
+        "read DIR.",
         usage="soft-dist experiment --grid FILE --run-dir DIR [--summary-only] [--cells PATTERN] [key=value ...]\n"
         "       soft-dist experiment report DIR [--out FILE.md]\n"
         "       soft-dist experiment compare DIR DIR [...] [--out FILE.md]\n"
-        "       soft-dist experiment compare --setting DIR DIR [...] --setting DIR DIR [...] [--out FILE.md]",
+        "       soft-dist experiment compare --setting DIR DIR [...] --setting DIR DIR [...] [--out FILE.md]\n"
+        "       soft-dist experiment archive DIR --out DEST",
     )
     p.add_argument("--grid", type=Path, metavar="NAME|FILE",
                    help="grid YAML file, or the name of a bundled grid (soft-dist config list)")
@@ -47,13 +53,13 @@ def register(subparsers) -> None:
                    help="train only the cells whose names match this shell pattern (repeatable), e.g. "
                    "'*-fold3*' to run a grid fold by fold; the tables cover every finished cell")
     p.add_argument("--out", type=Path, help="report / compare: the Markdown file to write (report: default "
-                   "DIR/report.md; compare: default the console)")
+                   "DIR/report.md; compare: default the console); archive: the folder to copy the records into")
     p.add_argument("--setting", action="append", nargs="+", type=Path, metavar="DIR",
                    help="compare: the folders of one setting (a grid and its ablation on the same data); "
                    "give it once per setting to pool the paired differences over the settings")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted config overrides for every cell, e.g. data.shards=DIR (not the grid's axes); "
-                   "or `report DIR`, or `compare DIR DIR ...`")
+                   "or `report DIR`, or `compare DIR DIR ...`, or `archive DIR --out DEST`")
     p.set_defaults(func=run, parser=p)
 
 
@@ -63,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         return _report(args, parser)
     if args.overrides and args.overrides[0] == COMPARE_ACTION:
         return _compare(args, parser)
+    if args.overrides and args.overrides[0] == ARCHIVE_ACTION:
+        return _archive(args, parser)
     if args.cells and args.summary_only:
         parser.error("--cells selects cells to train; --summary-only trains none")
     if args.setting:
@@ -163,4 +171,23 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
         print(f"comparison: {args.out}")
+    return 0
+
+
+def _archive(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    rest = args.overrides[1:]
+    if args.grid is not None or args.summary_only or args.run_dir is not None or args.setting or args.cells:
+        parser.error("usage: soft-dist experiment archive DIR --out DEST")
+    if len(rest) != 1 or args.out is None:
+        parser.error("usage: soft-dist experiment archive DIR --out DEST")
+
+    from soft_dist.experiment.archive import ArchiveError, archive_run
+
+    try:
+        outcome = archive_run(rest[0], args.out)
+    except ArchiveError as err:
+        print(f"soft-dist experiment archive: error: {err}", file=sys.stderr)
+        return 2
+    print(f"archived into {args.out}: {len(outcome.copied)} cells copied, {len(outcome.kept)} already there "
+          f"(left as they were), {len(outcome.unfinished)} unfinished not copied")
     return 0

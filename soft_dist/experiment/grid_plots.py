@@ -146,7 +146,9 @@ def write_plots(grid: Grid, cells: list[Cell], run_dir: Path, log: Callable[[str
     if sls_bars and grid.sls_bars is not None:
         from soft_dist.experiment.sls_bars import plot_sls_targets
 
-        candidates = [c for c in finished if c.method == grid.sls_bars.method]
+        # A cell copied by `experiment archive` has its records but no noise table or checkpoint to draw from.
+        candidates = [c for c in finished
+                      if c.method == grid.sls_bars.method and (cell_dir(run_dir, c) / "noise_table.csv").is_file()]
         if candidates:
             # The noisiest finished cell shows SLS at work best.
             cell = max(candidates, key=lambda c: c.noise_rate)
