@@ -416,6 +416,11 @@ def test_archive_keeps_what_report_and_compare_read_and_merges(experiment, tmp_p
         assert str(source.parent) not in (kept / "cells" / name / "config.yaml").read_text()
     command = json.loads((kept / "outcome.json").read_text())["command"]
     assert command.startswith("soft-dist experiment --grid grid.yaml --run-dir exp ") and str(source) not in command
+    # the grid copy names its base config by absolute path: relative to the folder the command runs in
+    from_repo = archive_run(source, tmp_path / "from-repo", root=CONFIGS.parent)
+    assert from_repo.copied == names
+    assert "base: configs/digits_cpu.yaml\n" in (tmp_path / "from-repo" / "grid.yaml").read_text()
+    assert str(CONFIGS) in (source / "grid.yaml").read_text()
 
     # report and compare: the same tables from the records alone (the legacy cell's protocols come from
     # its metrics.jsonl)

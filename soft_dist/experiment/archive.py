@@ -57,12 +57,8 @@ def _relative_paths(value, root: Path):
         return {key: _relative_paths(item, root) for key, item in value.items()}
     if isinstance(value, list):
         return [_relative_paths(item, root) for item in value]
-    if isinstance(value, str) and value.startswith("/"):
-        path = Path(value)
-        if path.is_relative_to(root):
-            return str(path.relative_to(root)) or "."
-    if isinstance(value, str):  # a command line or a key=value override naming a path inside
-        return value.replace(f"{root}/", "")
+    if isinstance(value, str):  # a path, a command line, a key=value override, a grid file's text
+        return "." if value == str(root) else value.replace(f"{root}/", "")
     return value
 
 
@@ -71,14 +67,18 @@ def _copy_config(source: Path, target: Path, root: Path) -> None:
     target.write_text(yaml.safe_dump(_relative_paths(data, root), sort_keys=False))
 
 
-def _check_same_grid(run_dir: Path, dest: Path) -> None:
+def _grid_text(run_dir: Path, dest: Path, root: Path) -> str:
+    """DIR's grid copy as DEST keeps it: paths under ``root`` relative to it (the copy of a grid that extends
+    others names its files and base config by absolute path; a report reads none of them)."""
     source, existing = run_dir / GRID_COPY, dest / GRID_COPY
     if not source.is_file():
         raise ArchiveError(f"{run_dir} holds no {GRID_COPY}: is it a folder written by "
                            "`soft-dist experiment --grid FILE --run-dir DIR`?")
-    if existing.is_file() and existing.read_text() != source.read_text():
+    text = _relative_paths(source.read_text(), root)
+    if existing.is_file() and _relative_paths(existing.read_text(), root) != text:
         raise ArchiveError(f"{dest}/{GRID_COPY} is another grid than {source}: archive each grid into "
                            "its own folder (or remove the older one)")
+    return text
 
 
 def archive_run(run_dir: str | Path, dest: str | Path, root: str | Path | None = None) -> ArchiveOutcome:
@@ -88,9 +88,9 @@ def archive_run(run_dir: str | Path, dest: str | Path, root: str | Path | None =
     root = Path(root).resolve() if root is not None else Path.cwd().resolve()
     if run_dir == dest:
         raise ArchiveError(f"--out {dest} is the folder being archived; name another")
-    _check_same_grid(run_dir, dest)
+    grid_text = _grid_text(run_dir, dest, root)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / GRID_COPY, dest / GRID_COPY)
+    (dest / GRID_COPY).write_text(grid_text)
 
     outcome = ArchiveOutcome()
     cells = run_dir / "cells"
