@@ -176,9 +176,8 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _archive(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     rest = args.overrides[1:]
-    if args.grid is not None or args.summary_only or args.run_dir is not None or args.setting or args.cells:
-        parser.error("usage: soft-dist experiment archive DIR --out DEST")
-    if len(rest) != 1 or args.out is None:
+    other_options = args.grid is not None or args.summary_only or args.run_dir is not None or args.setting or args.cells
+    if other_options or len(rest) != 1 or args.out is None:
         parser.error("usage: soft-dist experiment archive DIR --out DEST")
 
     from soft_dist.experiment.archive import ArchiveError, archive_run

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import yaml
 
-from soft_dist.experiment.layout import GRID_COPY, METRICS, OUTCOME, RESULTS, read_json
+from soft_dist.experiment.layout import CONFIG, GRID_COPY, METRICS, OUTCOME, RESULTS, read_json
 
-CELL_RECORDS = (RESULTS, METRICS, "config.yaml")
+CELL_RECORDS = (RESULTS, METRICS, CONFIG)
 CONFUSION_RECORDS = ("class_map.json", "confusion.csv")
 OUTCOME_KEYS = ("command", "overrides", "machine", "finished_at")
 
@@ -110,11 +110,11 @@ def archive_run(run_dir: str | Path, dest: str | Path, root: str | Path | None =
         for name in CELL_RECORDS:
             if not (folder / name).is_file():
                 continue
-            if name == "config.yaml":
+            if name == CONFIG:
                 _copy_config(folder / name, partial / name, root)
             else:
                 shutil.copyfile(folder / name, partial / name)
-        shutil.rmtree(target, ignore_errors=True)  # an unfinished cell copied earlier
+        shutil.rmtree(target, ignore_errors=True)  # an interrupted training attempt there (no results.json)
         partial.rename(target)
         outcome.copied.append(folder.name)
 
@@ -124,6 +124,6 @@ def archive_run(run_dir: str | Path, dest: str | Path, root: str | Path | None =
             shutil.copyfile(run_dir / "confusion" / name, dest / "confusion" / name)
     recorded = read_json(run_dir / OUTCOME)
     if recorded is not None and outcome.copied:  # the invocation that made the newest cells
-        kept = {key: _relative_paths(recorded[key], root) for key in OUTCOME_KEYS if key in recorded}
-        (dest / OUTCOME).write_text(json.dumps(kept, indent=2) + "\n")
+        latest = {key: _relative_paths(recorded[key], root) for key in OUTCOME_KEYS if key in recorded}
+        (dest / OUTCOME).write_text(json.dumps(latest, indent=2) + "\n")
     return outcome

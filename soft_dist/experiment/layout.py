@@ -19,6 +19,8 @@ from soft_dist.experiment.grid import Cell
 
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"  # = soft_dist.train.runlog.METRICS_FILE (not imported: it pulls in storage)
+CONFIG = "config.yaml"  # a cell's resolved config, as soft_dist.train.run writes it
+NOISE_TABLE = "noise_table.csv"  # a cell's noise table, likewise
 GRID_COPY = "grid.yaml"
 OUTCOME = "outcome.json"
 SUMMARY_JSON = "summary.json"
