@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,6 +214,30 @@ def test_trials_csv_asha_and_plots(resumed_sweep):
     for name in ("metric_vs_tau_relative.png", "metric_vs_epsilon.png", "metric_vs_lambda.png", "param_importances.png"):
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "stopped early by ASHA" in resumed_sweep["out"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_console_has_a_line_per_trial_event_and_no_tune_tables(resumed_sweep):
+    """Both runs' consoles: Tune's status tables, result boxes and Optuna's log lines are off; each trial's
+    end is one line whose metric is trials.csv's, stopped-early trials say so, finished ones do not."""
+    consoles = resumed_sweep["first_out"] + resumed_sweep["out"]
+    for noise in ("Trial status", "╭", "Configuration for experiment", "A new study created", "View detailed results"):
+        assert noise not in consoles, noise
+    assert re.search(r"^trial 1/4 \(\w+\) started: tau_relative 0\.5, epsilon 0\.3, lambda 10$", consoles, re.M), consoles
+    for _, row in resumed_sweep["table"].iterrows():
+        name = f"trial {row['trial']}/4"
+        ended = [line for line in consoles.splitlines() if line.startswith(f"{name} finished")
+                 or line.startswith(f"{name} stopped by ASHA")]
+        assert ended, (name, consoles[-3000:])
+        if row["stopped_early"]:
+            expected = f"{name} stopped by ASHA after {row['epochs']} of 2 epochs: val_accuracy {row['val_accuracy']:.4f}"
+        else:
+            expected = f"{name} finished: val_accuracy {row['val_accuracy']:.4f} after 2 epochs"
+        # a trial fully reported just before Ctrl-C ends once more on --resume (it only re-reports)
+        assert set(ended) == {expected}, (ended, expected)
+        epochs = [line for line in consoles.splitlines() if line.startswith(f"{name} epoch ")]
+        assert f"{name} epoch {row['epochs']}/2: val_accuracy {row['val_accuracy']:.4f}" in epochs, epochs
 
 
 @pytest.mark.ray

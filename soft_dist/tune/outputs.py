@@ -25,6 +25,7 @@ def trials_table(sweep: Sweep, run_dir: Path) -> pd.DataFrame:
     train.epochs), starts (how often the trial's driver started: 1 unless it was resumed), trial_dir."""
     from ray.tune import ExperimentAnalysis
 
+    from soft_dist.tune.console import trial_number
 
     analysis = ExperimentAnalysis(str(run_dir / TUNE_RUN_NAME))
     rows = []
@@ -33,8 +34,7 @@ def trials_table(sweep: Sweep, run_dir: Path) -> pd.DataFrame:
         epochs = int(last.get("epoch", 0))
         trial_dir = run_dir / TRIALS_DIR / trial.trial_id
         starts_file = trial_dir / STARTS_FILE
-        # experiment_tag starts with Tune's 1-based creation counter: "1_epsilon=0.3000,..."
-        row = {"trial": int(str(trial.experiment_tag).split("_", 1)[0]), "trial_id": trial.trial_id}
+        row = {"trial": trial_number(trial), "trial_id": trial.trial_id}
         row.update({d.name: trial.config.get(d.name) for d in sweep.space})
         row.update({m: last.get(m, math.nan) for m in REPORTED_METRICS})
         row.update({

@@ -26,6 +26,7 @@ def optuna_search(sweep: Sweep, run_dir: Path):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "A new study created" line is not for the console
     names = {d.key: d.name for d in sweep.space}
     points = [{names[k]: v for k, v in p.items()} for p in sweep.points_to_evaluate]
     storage = optuna_storage(sweep, run_dir)

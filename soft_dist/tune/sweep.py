@@ -6,6 +6,7 @@ The sweep directory's layout is in soft_dist.tune.layout.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,8 @@ from soft_dist.noise.table import NoiseTable
 from soft_dist.tune.layout import (ASHA_STATE_FILE, BASE_FILE, LAST_REPORT_FILE, STARTS_FILE, SWEEP_FILE, TABLE_FILE,
                                    TRIALS_DIR, TUNE_RUN_NAME)
 from soft_dist.tune.search import optuna_search
-from soft_dist.tune.sweep_config import Sweep, apply_params, load_sweep
+from soft_dist.tune.sweep_config import EPOCHS_KEY, Sweep, apply_params, load_sweep
 
-# Reported by our callback: the worker's `epoch` (counted from 1), i.e. epochs trained so far. ASHA counts
-# this, not Tune's training_iteration, because a trial restarted on --resume continues from its own
-# checkpoint (Ray Train restores it from the trial's run dir) while Tune's iteration counter restarts.
-EPOCHS_KEY = "epochs_done"
 # The trial driver only waits on its TorchTrainer, so it reserves no CPU: trials are limited by the
 # trainers' workers (and max_concurrent), and two 1-worker trials fit on two cores. Tune refuses an
 # empty resource request, hence a token 1 MiB of memory.
@@ -195,6 +192,8 @@ def _trainable(sweep: Sweep, run_dir: Path, table: NoiseTable, num_classes: int)
 def _tuner(sweep: Sweep, run_dir: Path, table: NoiseTable, num_classes: int):
     from ray import tune
 
+    from soft_dist.tune.console import TrialLines
+
     return tune.Tuner(
         _trainable(sweep, run_dir, table, num_classes),
         tune_config=tune.TuneConfig(
@@ -203,8 +202,17 @@ def _tuner(sweep: Sweep, run_dir: Path, table: NoiseTable, num_classes: int):
             scheduler=_scheduler(sweep, run_dir), trial_dirname_creator=trial_dirname, reuse_actors=False,
         ),
         # Training has its own worker fault tolerance (train.max_failures); a trial error is final.
-        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(run_dir), verbose=1),
+        # verbose=0: Tune's status tables and result boxes give way to one line per trial event.
+        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(run_dir), verbose=0,
+                                  callbacks=[TrialLines(sweep)]),
     )
+
+
+def _fit(tuner) -> None:
+    """tuner.fit() with Tune's legacy output engine: at verbose=0 it prints nothing, while the new engine
+    still prints its experiment box and result paths (our TrialLines callback prints the trials)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    tuner.fit()
 
 
 def prepare_sweep(sweep: Sweep, run_dir: Path) -> tuple[Sweep, NoiseTable, int]:
@@ -233,7 +241,7 @@ def run_sweep(sweep: Sweep, run_dir: str | Path) -> dict:
     check_cluster_fits(sweep.base.train)  # one trial's workers must fit (before the sweep folder is written)
     sweep, table, num_classes = prepare_sweep(sweep, run_dir)
     start = time.perf_counter()
-    _tuner(sweep, run_dir, table, num_classes).fit()
+    _fit(_tuner(sweep, run_dir, table, num_classes))
     return finish(sweep, run_dir, time.perf_counter() - start)
 
 
@@ -257,7 +265,7 @@ def resume_sweep(run_dir: str | Path) -> dict:
     start = time.perf_counter()
     tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(sweep, run_dir, table, num_classes),
                                resume_unfinished=True, resume_errored=True)
-    tuner.fit()
+    _fit(tuner)
     return finish(sweep, run_dir, time.perf_counter() - start)
 
 

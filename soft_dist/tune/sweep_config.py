@@ -40,6 +40,11 @@ from soft_dist.config import (BUNDLED_CONFIGS, Config, ConfigError, bundled_name
 
 # The flat keys the training worker reports every epoch (soft_dist.train.ray_trainer.worker_loop).
 REPORTED_METRICS = ("val_accuracy", "val_mean_class_accuracy")
+# Added to each report by the sweep's callback (soft_dist.tune.sweep): the worker's `epoch` (counted from
+# 1), i.e. epochs trained so far. ASHA counts this, not Tune's training_iteration, because a trial
+# restarted on --resume continues from its own checkpoint (Ray Train restores it from the trial's run dir)
+# while Tune's iteration counter restarts.
+EPOCHS_KEY = "epochs_done"
 SPACE_TYPES = ("uniform", "loguniform", "int", "choice")
 SCHEDULERS = ("asha", "none")
 TOP_KEYS = ("base", "overrides", "space", "points_to_evaluate", "metric", "mode", "num_samples",
