@@ -54,13 +54,6 @@ def test_bad_split_axes_name_the_field_and_the_file(tmp_path, body, field, messa
     assert str(tmp_path / "grid.yaml") in str(info.value)
 
 
-def test_the_layout_names_the_run_loops_metrics_file():
-    from soft_dist.experiment.layout import METRICS, RESULTS
-    from soft_dist.train.runlog import METRICS_FILE, RESULTS_FILE
-
-    assert (METRICS, RESULTS) == (METRICS_FILE, RESULTS_FILE)
-
-
 def test_split_axes_cannot_be_collapsed_from_the_command_line():
     for key in ("data.folds", "data.fold", "data.split_seed"):
         assert key in AXIS_KEYS

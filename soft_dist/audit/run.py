@@ -26,10 +26,8 @@ from soft_dist.config import Config, ConfigError, DataConfig, config_from_yaml
 from soft_dist.data.format import Manifest, SplitSelection, load_manifest
 from soft_dist.noise.table import NoiseTable
 from soft_dist.progress import progress_bar
+from soft_dist.run_files import CONFIG_FILE, NOISE_TABLE_FILE
 from soft_dist.train.errors import CheckpointError
-
-CONFIG_FILE = "config.yaml"
-TABLE_FILE = "noise_table.csv"
 
 
 @dataclass
@@ -55,7 +53,7 @@ class AuditRun:
         pos = np.searchsorted(table_idx, idx)
         ok = (pos < len(table_idx)) & (table_idx[np.minimum(pos, len(table_idx) - 1)] == idx)
         if not ok.all():
-            raise CheckpointError(f"{self.run_dir}/{TABLE_FILE}: {int((~ok).sum())} training samples of the run "
+            raise CheckpointError(f"{self.run_dir}/{NOISE_TABLE_FILE}: {int((~ok).sum())} training samples of the run "
                                   f"are not in the noise table (first idx {idx[~ok][:5].tolist()}); "
                                   "are --shards the shards the run trained on?")
         return self.table.noisy[order][pos], self.table.clean[order][pos]
@@ -83,7 +81,7 @@ def load_run(run_dir: str | Path, shards: str | None = None, loader: str | None 
     from soft_dist.train.checkpoints import CHECKPOINTS_DIR, latest_state
 
     store = RunStore(run_dir)
-    for name in (CONFIG_FILE, TABLE_FILE):
+    for name in (CONFIG_FILE, NOISE_TABLE_FILE):
         if not store.exists(name):
             raise CheckpointError(f"{store.path(name)}: not found; is {store.location} a run directory "
                                   "written by `soft-dist train`?")
@@ -92,7 +90,7 @@ def load_run(run_dir: str | Path, shards: str | None = None, loader: str | None 
         overrides.append(f"data.loader={loader}")
     cfg = config_from_yaml(store.read_text(CONFIG_FILE), store.path(CONFIG_FILE), overrides)
     try:
-        table = NoiseTable.from_csv(store.read_text(TABLE_FILE), store.path(TABLE_FILE))
+        table = NoiseTable.from_csv(store.read_text(NOISE_TABLE_FILE), store.path(NOISE_TABLE_FILE))
     except ValueError as err:
         raise CheckpointError(str(err)) from err
     if not cfg.data.shards:

@@ -39,14 +39,15 @@ def run(args: argparse.Namespace) -> int:
     from soft_dist.config import ConfigError, config_from_yaml
     from soft_dist.noise.table import NoiseTable
     from soft_dist.noise.lists import NoiseListError, list_text, read_sample_index
+    from soft_dist.run_files import CONFIG_FILE, NOISE_TABLE_FILE
     from soft_dist.storage import RunStore
 
     store = RunStore(args.run_dir)
-    for name in ("config.yaml", "noise_table.csv"):
+    for name in (CONFIG_FILE, NOISE_TABLE_FILE):
         if not store.exists(name):
             raise ConfigError("RUN_DIR", f"{store.location} is not a run directory (no {name})")
-    cfg = config_from_yaml(store.read_text("config.yaml"), store.path("config.yaml"))
-    table = NoiseTable.from_csv(store.read_text("noise_table.csv"), store.path("noise_table.csv"))
+    cfg = config_from_yaml(store.read_text(CONFIG_FILE), store.path(CONFIG_FILE))
+    table = NoiseTable.from_csv(store.read_text(NOISE_TABLE_FILE), store.path(NOISE_TABLE_FILE))
     if args.file_format == "table":
         text = table.to_csv()  # the table itself: no shards needed
     else:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
         shards = args.shards or cfg.data.shards
         if not shards:
-            raise ConfigError("data.shards", f"{store.path('config.yaml')} names no shards; pass --shards")
+            raise ConfigError("data.shards", f"{store.path(CONFIG_FILE)} names no shards; pass --shards")
         manifest = load_manifest(local_shards(shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
         try:
             text = list_text(table, read_sample_index(manifest, run_splits(manifest, cfg.data)), args.file_format)

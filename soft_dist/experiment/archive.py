@@ -30,9 +30,10 @@ from pathlib import Path
 
 import yaml
 
-from soft_dist.experiment.layout import CONFIG, GRID_COPY, METRICS, OUTCOME, RESULTS, read_json
+from soft_dist.experiment.layout import GRID_COPY, OUTCOME, read_json
+from soft_dist.run_files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 
-CELL_RECORDS = (RESULTS, METRICS, CONFIG)
+CELL_RECORDS = (RESULTS_FILE, METRICS_FILE, CONFIG_FILE)
 CONFUSION_RECORDS = ("class_map.json", "confusion.csv")
 OUTCOME_KEYS = ("command", "overrides", "machine", "finished_at")
 
@@ -97,11 +98,11 @@ def archive_run(run_dir: str | Path, dest: str | Path, root: str | Path | None =
     for folder in sorted(cells.iterdir()) if cells.is_dir() else []:
         if not folder.is_dir():
             continue
-        if not (folder / RESULTS).is_file():
+        if not (folder / RESULTS_FILE).is_file():
             outcome.unfinished.append(folder.name)
             continue
         target = dest / "cells" / folder.name
-        if (target / RESULTS).is_file():
+        if (target / RESULTS_FILE).is_file():
             outcome.kept.append(folder.name)
             continue
         partial = target.with_name(target.name + ".partial")  # a crash mid-copy leaves no half cell behind
@@ -110,7 +111,7 @@ def archive_run(run_dir: str | Path, dest: str | Path, root: str | Path | None =
         for name in CELL_RECORDS:
             if not (folder / name).is_file():
                 continue
-            if name == CONFIG:
+            if name == CONFIG_FILE:
                 _copy_config(folder / name, partial / name, root)
             else:
                 shutil.copyfile(folder / name, partial / name)

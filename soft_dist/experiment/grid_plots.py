@@ -24,8 +24,9 @@ import pandas as pd
 
 from soft_dist.headless_pyplot import pyplot
 from soft_dist.experiment.grid import Cell, Grid
-from soft_dist.experiment.layout import NOISE_TABLE, PLOTS_DIR, cell_dir, is_finished, read_cell_metrics
+from soft_dist.experiment.layout import PLOTS_DIR, cell_dir, is_finished, read_cell_metrics
 from soft_dist.experiment.summary import collect, summarise
+from soft_dist.run_files import NOISE_TABLE_FILE
 
 HEADLINE = "val_selected"  # the protocol of the accuracy-against-x plots
 BRANCH_STYLE = {"student": "-", "teacher": "--"}
@@ -148,7 +149,7 @@ def write_plots(grid: Grid, cells: list[Cell], run_dir: Path, log: Callable[[str
 
         # A cell copied by `experiment archive` has its records but no noise table or checkpoint to draw from.
         candidates = [c for c in finished
-                      if c.method == grid.sls_bars.method and (cell_dir(run_dir, c) / NOISE_TABLE).is_file()]
+                      if c.method == grid.sls_bars.method and (cell_dir(run_dir, c) / NOISE_TABLE_FILE).is_file()]
         if candidates:
             # The noisiest finished cell shows SLS at work best.
             cell = max(candidates, key=lambda c: c.noise_rate)

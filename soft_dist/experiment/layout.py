@@ -16,11 +16,8 @@ import sys
 from pathlib import Path
 
 from soft_dist.experiment.grid import Cell
+from soft_dist.run_files import METRICS_FILE, RESULTS_FILE  # a cell is a run directory
 
-RESULTS = "results.json"
-METRICS = "metrics.jsonl"  # = soft_dist.train.runlog.METRICS_FILE (not imported: it pulls in storage)
-CONFIG = "config.yaml"  # a cell's resolved config, as soft_dist.train.run writes it
-NOISE_TABLE = "noise_table.csv"  # a cell's noise table, likewise
 GRID_COPY = "grid.yaml"
 OUTCOME = "outcome.json"
 SUMMARY_JSON = "summary.json"
@@ -33,7 +30,7 @@ def cell_dir(run_dir: Path, cell: Cell) -> Path:
 
 
 def is_finished(folder: Path) -> bool:
-    return (Path(folder) / RESULTS).is_file()
+    return (Path(folder) / RESULTS_FILE).is_file()
 
 
 def read_json(path: Path) -> dict | None:
@@ -44,7 +41,7 @@ def read_json(path: Path) -> dict | None:
 
 def read_cell_metrics(folder: Path) -> list[dict]:
     """The per-epoch records of a cell's metrics.jsonl ([] when there is none)."""
-    path = Path(folder) / METRICS
+    path = Path(folder) / METRICS_FILE
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -31,16 +31,7 @@ from typing import Callable
 
 from soft_dist.config import Config, load_config, to_dict
 from soft_dist.experiment.grid import AXIS_KEYS, Cell, Grid, GridError, check_overrides, flattened_grid_text
-# cell_dir, is_finished and RESULTS were defined here; importers of runner keep finding them.
-from soft_dist.experiment.layout import (  # noqa: F401
-    GRID_COPY,
-    OUTCOME,
-    REPORT,
-    RESULTS,
-    cell_dir,
-    is_finished,
-    machine,
-)
+from soft_dist.experiment.layout import GRID_COPY, OUTCOME, REPORT, cell_dir, is_finished, machine
 from soft_dist.progress import counted
 
 

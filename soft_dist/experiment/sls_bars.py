@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from soft_dist.config import load_config
-from soft_dist.experiment.layout import CONFIG, NOISE_TABLE
 from soft_dist.headless_pyplot import pyplot
+from soft_dist.run_files import CONFIG_FILE, NOISE_TABLE_FILE
 
 NOISY_COLOR, CLEAN_COLOR, OTHER_COLOR = "tab:red", "tab:green", "tab:gray"
 
@@ -56,11 +56,11 @@ def plot_sls_targets(run_dir: Path, count: int, path: Path) -> Path:
     from soft_dist.noise.table import NoiseTable
 
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / CONFIG)
+    cfg = load_config(run_dir / CONFIG_FILE)
     manifest = load_manifest(local_shards(cfg.data.shards, cfg.data.cache_dir, cfg.data.cache_max_gb))
     classes = manifest.classes
     tau = cfg.method.tau_for(manifest.num_classes)  # runs save the resolved value; older ones too
-    table = NoiseTable.load(run_dir / NOISE_TABLE)
+    table = NoiseTable.load(run_dir / NOISE_TABLE_FILE)
     teacher = load_branch(run_dir, cfg, "teacher", manifest.num_classes)
     images, idx = pick_images(cfg, table, count)
     with torch.no_grad():

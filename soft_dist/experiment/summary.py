@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from soft_dist.experiment.grid import Cell, Grid
-from soft_dist.experiment.layout import RESULTS, SUMMARY_JSON, cell_dir, read_cell_metrics
+from soft_dist.experiment.layout import SUMMARY_JSON, cell_dir, read_cell_metrics
+from soft_dist.run_files import METRICS_FILE, RESULTS_FILE
 from soft_dist.train.protocols import PROTOCOLS, ProtocolError, compute_protocols, protocol_columns
 
 SUMMARY_COLUMNS = ("method", "noise_kind", "noise_rate")
@@ -62,12 +63,12 @@ def cell_protocols(folder: Path, results: dict) -> tuple[dict | None, str]:
     """(protocols, where they came from) of a finished cell: results.json's own, else computed from
     metrics.jsonl (cells trained before results.json had them); (None, "") when neither works."""
     if results.get("protocols"):
-        return results["protocols"], "results.json"
+        return results["protocols"], RESULTS_FILE
     records = read_cell_metrics(folder)
     if not records:
         return None, ""
     try:
-        return compute_protocols(records, results.get("select_metric", "accuracy")), "metrics.jsonl"
+        return compute_protocols(records, results.get("select_metric", "accuracy")), METRICS_FILE
     except ProtocolError:
         return None, ""
 
@@ -78,7 +79,7 @@ def cell_record(cell: Cell, results: dict, folder: Path | None = None) -> dict:
     split = "test" if results.get("test") else "val"
     chosen = results[split]["chosen"]
     protocols, source = cell_protocols(folder, results) if folder is not None else (results.get("protocols"),
-                                                                                   "results.json")
+                                                                                   RESULTS_FILE)
     return {
         **cell.row(),
         "split": split,
@@ -126,7 +127,7 @@ def collect(cells: list[Cell], run_dir: Path) -> pd.DataFrame:
     rows = []
     for cell in cells:
         folder = cell_dir(run_dir, cell)
-        path = folder / RESULTS
+        path = folder / RESULTS_FILE
         if path.is_file():
             rows.append(cell_record(cell, json.loads(path.read_text()), folder))
     return pd.DataFrame(rows)

@@ -11,6 +11,7 @@ from soft_dist.data.loader import Loaders
 from soft_dist.data.run_loaders import shard_loaders
 from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
+from soft_dist.run_files import CONFIG_FILE
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoints import drop_resumable_state
 from soft_dist.train.run import Placement, Trainer, write_run_inputs
@@ -34,7 +35,7 @@ def fit_local(
 
     cfg = with_absolute_paths(resolve_for_classes(cfg, num_classes))  # config.yaml usable from any folder
     store = RunStore(run_dir)
-    if not store.exists("config.yaml"):
+    if not store.exists(CONFIG_FILE):
         write_run_inputs(store, cfg, table)
     trainer = Trainer(cfg, store, table, data or DatasetInfo.unnamed(num_classes), loaders,
                       Placement(device=torch.device(device)), echo=_print if verbose else None, progress=progress)

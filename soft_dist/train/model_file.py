@@ -19,13 +19,13 @@ import torch
 
 from soft_dist.config import field_declaration
 from soft_dist.method.model import TORCHVISION_WIDTH
+from soft_dist.run_files import MODEL_FILE
 from soft_dist.storage import RunStore, is_remote
 from soft_dist.train.errors import CheckpointError
 
 # The backbones a model file may name: model.name's choices.
 ARCHITECTURES = field_declaration("model.name")[0].metadata["choices"]
 MIN_WIDTH = field_declaration("model.width")[0].metadata["range"][0]
-MODEL_FILE = "model.pt"
 MODEL_FORMAT = "soft-dist-model/1"
 
 

@@ -6,11 +6,11 @@ import numpy as np
 
 from soft_dist.config import Config
 from soft_dist.noise.table import NoiseTable
+from soft_dist.run_files import METRICS_FILE, MODEL_FILE
 from soft_dist.storage import RunStore
 from soft_dist.train.errors import CheckpointError
-from soft_dist.train.model_file import MODEL_FILE
 from soft_dist.train.protocols import choose_branch, compute_protocols
-from soft_dist.train.runlog import METRICS_FILE, read_metrics
+from soft_dist.train.runlog import read_metrics
 
 
 def with_chosen(reports_by_branch: dict, chosen: str) -> dict:

@@ -42,6 +42,7 @@ from soft_dist.data.loader import Loaders
 from soft_dist.method.model import build_student
 from soft_dist.method.lock_in import lock_in_note
 from soft_dist.noise.table import NoiseTable
+from soft_dist.run_files import CONFIG_FILE, NOISE_TABLE_FILE
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoints import CheckpointWriter, Checkpoints, ReportFn, put_into_run, seed_everything
 from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0, broadcast_object_from_rank0
@@ -74,8 +75,8 @@ class Placement:
 
 def write_run_inputs(store: RunStore, cfg: Config, table: NoiseTable) -> None:
     """The driver's part of a new run: the resolved config and the noise table every rank uses."""
-    store.write_text("config.yaml", config_yaml(cfg))
-    store.write_text("noise_table.csv", table.to_csv())
+    store.write_text(CONFIG_FILE, config_yaml(cfg))
+    store.write_text(NOISE_TABLE_FILE, table.to_csv())
 
 
 class Trainer:

@@ -15,11 +15,10 @@ from typing import Callable
 import numpy as np
 
 from soft_dist.progress import counted
+from soft_dist.run_files import METRICS_FILE, RESULTS_FILE
 from soft_dist.storage import RunStore
 
-METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-RESULTS_FILE = "results.json"
 
 
 def read_metrics(store: RunStore) -> list[dict]:

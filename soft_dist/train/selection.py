@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from soft_dist.config import Config, to_dict
 from soft_dist.method.model import resolve_small_stem
 from soft_dist.noise.table import NoiseTable
+from soft_dist.run_files import MODEL_FILE
 from soft_dist.storage import RunStore
-from soft_dist.train.model_file import MODEL_FILE, branch_weights, config_digest, load_model, save_model
+from soft_dist.train.model_file import branch_weights, config_digest, load_model, save_model
 from soft_dist.train.protocols import choose_branch
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from soft_dist.config import ConfigError, resolve_for_classes, save_config, to_dict, with_absolute_paths
 from soft_dist.noise.table import NoiseTable
+from soft_dist.run_files import CONFIG_FILE
 from soft_dist.tune.layout import (ASHA_STATE_FILE, BASE_FILE, LAST_REPORT_FILE, STARTS_FILE, SWEEP_FILE, TABLE_FILE,
                                    TRIALS_DIR, TUNE_RUN_NAME)
 from soft_dist.tune.search import optuna_search
@@ -127,7 +128,7 @@ def run_trial(params: dict[str, Any], *, sweep_dir: str, base: dict, keys: dict[
     cfg = resolve_for_classes(cfg, num_classes)  # the trial's config.yaml holds the tau that runs
     trial_dir = Path(sweep_dir) / TRIALS_DIR / trial_id
     trial_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, trial_dir / "config.yaml")
+    save_config(cfg, trial_dir / CONFIG_FILE)
     with open(trial_dir / STARTS_FILE, "a") as f:  # counts (re)starts: resume must not rerun finished trials
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {json.dumps(params, sort_keys=True)}\n")
     finished = _finished_report(trial_dir, cfg.train.epochs)
