@@ -297,7 +297,8 @@ def resume_training(run_dir: str | Path, overrides: list[str] | None = None,
     store = RunStore(run_dir)
     if not store.exists(CONFIG_FILE):
         raise ConfigError("--resume", f"{store.location} is not a run directory (no config.yaml)")
-    saved = config_from_yaml(store.read_text(CONFIG_FILE), store.path(CONFIG_FILE))
-    cfg = config_from_yaml(store.read_text(CONFIG_FILE), store.path(CONFIG_FILE), overrides)
+    text = store.read_text(CONFIG_FILE)  # once: in object storage each read is a request
+    saved = config_from_yaml(text, store.path(CONFIG_FILE))
+    cfg = config_from_yaml(text, store.path(CONFIG_FILE), overrides)
     check_resume_changes(saved, cfg, "command line")
     return run_training(cfg, store.location, resume=True, echo=echo)
