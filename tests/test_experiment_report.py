@@ -288,6 +288,55 @@ def test_report_numbers_match_cells_csv(experiment):
 
 
 @pytest.mark.slow
+def test_report_per_epoch_section_is_the_mean_of_the_runs_records(experiment):
+    """Each method's row at each epoch is the mean over its runs' metrics.jsonl; CE has no teacher columns."""
+    run_dir = experiment["dir"]
+    section = (run_dir / "report.md").read_text().split("## Per epoch")[1].split("\n## ")[0]
+    assert "### symmetric 30%" in section
+    for method in ("ce", "mt"):
+        records = [[json.loads(x) for x in (run_dir / "cells" / f"{method}-symmetric-0.3-s{s}" / "metrics.jsonl")
+                    .read_text().splitlines()] for s in (0, 1)]
+        for epoch in (1, 2):
+            line = next(x for x in section.splitlines() if x.startswith(f"| {epoch} | {method} |"))
+            cells = [v.strip() for v in line.strip("|").split("|")]
+            at = [r[epoch - 1] for r in records]
+            assert all(r["epoch"] == epoch for r in at) and cells[2] == "2"
+            assert cells[3] == f"{100 * np.mean([r['test']['student']['accuracy'] for r in at]):.2f}"
+            if method == "ce":
+                assert cells[4:] == ["—"] * 4
+            else:
+                assert cells[4] == f"{100 * np.mean([r['test']['teacher']['accuracy'] for r in at]):.2f}"
+                assert cells[5] == f"{100 * np.mean([r['train']['teacher_agrees'] for r in at]):.2f}"
+                assert cells[6] == "—"  # MT has no SLS targets
+                assert cells[7] == f"{np.mean([r['train']['loss_cons'] for r in at]):.3f}"
+    # epoch by epoch: both methods' rows of epoch 1 come before any row of epoch 2
+    epochs = [int(x.split("|")[1]) for x in section.splitlines() if x.startswith("| ") and x[2].isdigit()]
+    assert epochs == [1, 1, 2, 2]
+
+
+def test_epoch_means_average_what_each_run_recorded(tmp_path):
+    """Runs of different lengths and a value only some runs have: each epoch's mean is over the runs
+    that recorded it, and ``runs`` counts the runs that reached the epoch."""
+    from soft_dist.experiment.dynamics import epoch_means
+
+    def run(name: str, records: list[dict]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return folder
+
+    a = run("a", [{"epoch": 1, "train": {"share_k_gt_1": 0.9}, "test": {"student": {"accuracy": 0.5}}},
+                  {"epoch": 2, "train": {"share_k_gt_1": 0.7}, "test": {"student": {"accuracy": 0.7}}}])
+    b = run("b", [{"epoch": 1, "train": {}, "test": {"student": {"accuracy": 0.3}}}])
+    table = epoch_means([a, b, tmp_path / "no-records"]).set_index("epoch")
+    assert list(table["runs"]) == [2, 1]
+    assert table.loc[1, "test student %"] == pytest.approx(0.4) and table.loc[2, "test student %"] == 0.7
+    assert table.loc[1, "k > 1 share"] == 0.9  # only run a recorded it
+    assert table["test teacher %"].isna().all()
+    assert epoch_means([tmp_path / "no-records"]).empty
+
+
+@pytest.mark.slow
 def test_report_command_works_from_the_folder_alone(experiment, tmp_path, capsys):
     """Copied elsewhere and with the grid file gone, `soft-dist experiment report DIR --out F` gives the
     same tables (it reads DIR/grid.yaml)."""

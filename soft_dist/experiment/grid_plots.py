@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from soft_dist.headless_pyplot import pyplot
+from soft_dist.experiment.dynamics import finished_series
 from soft_dist.experiment.grid import Cell, Grid
 from soft_dist.experiment.layout import PLOTS_DIR, cell_dir, is_finished, read_cell_metrics
 from soft_dist.experiment.summary import collect, summarise
@@ -133,12 +134,7 @@ def write_plots(grid: Grid, cells: list[Cell], run_dir: Path, log: Callable[[str
         plot_lines(summary, key, ["method", "noise_kind", "noise_rate", *others],
                    f"test accuracy, {HEADLINE}, against {key} (mean ± std over runs)", key, path)
         written[path.name] = path
-    finished = [c for c in cells if is_finished(cell_dir(run_dir, c))]
-    for (kind, rate), group in _by_noise(finished).items():
-        series: dict[str, list[Path]] = {}
-        for cell in group:
-            label = ", ".join([cell.method, *(f"{k.split('.')[-1]}={v}" for k, v in cell.extra)])
-            series.setdefault(label, []).append(cell_dir(run_dir, cell))
+    for (kind, rate), series in finished_series(run_dir, cells).items():
         path = out_dir / f"test_accuracy_per_epoch_{kind}_{rate:g}.png"
         title = (f"{kind} noise {rate:g}: test accuracy per epoch\n"
                  "mean ± std over runs; student solid, teacher dashed")
@@ -148,8 +144,8 @@ def write_plots(grid: Grid, cells: list[Cell], run_dir: Path, log: Callable[[str
         from soft_dist.experiment.sls_bars import plot_sls_targets
 
         # A cell copied by `experiment archive` has its records but no noise table or checkpoint to draw from.
-        candidates = [c for c in finished
-                      if c.method == grid.sls_bars.method and (cell_dir(run_dir, c) / NOISE_TABLE_FILE).is_file()]
+        candidates = [c for c in cells if is_finished(cell_dir(run_dir, c))
+                      and c.method == grid.sls_bars.method and (cell_dir(run_dir, c) / NOISE_TABLE_FILE).is_file()]
         if candidates:
             # The noisiest finished cell shows SLS at work best.
             cell = max(candidates, key=lambda c: c.noise_rate)
@@ -160,9 +156,3 @@ def write_plots(grid: Grid, cells: list[Cell], run_dir: Path, log: Callable[[str
             log(f"[experiment] no finished {grid.sls_bars.method} cell: no SLS target plot")
     return written
 
-
-def _by_noise(cells: list[Cell]) -> dict[tuple[str, float], list[Cell]]:
-    out: dict[tuple[str, float], list[Cell]] = {}
-    for cell in cells:
-        out.setdefault((cell.noise_kind, cell.noise_rate), []).append(cell)
-    return out

@@ -4,8 +4,9 @@
 Contents: a header (grid file and its copy, the command and machine of the latest invocation, the
 number of runs), one table per evaluation protocol (mean ± std, 95% t-interval and n per method and
 noise cell), the paired comparisons, how often validation chose each branch and on how many images,
-one line per run, and links to the plots. Every number is from the same tables as cells.csv,
-summary.csv and paired.csv (soft_dist.experiment.summary), computed from the cell folders.
+one line per run, the per-epoch means of each method, and links to the plots. The final numbers are
+from the same tables as cells.csv, summary.csv and paired.csv (soft_dist.experiment.summary), the
+per-epoch means from the cells' metrics.jsonl (soft_dist.experiment.dynamics); all from the cell folders.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from soft_dist.experiment.dynamics import EPOCH_COLUMNS, epoch_means, finished_series
 from soft_dist.experiment.grid import Grid, load_grid
 from soft_dist.experiment.layout import (
     GRID_COPY,
@@ -275,6 +277,29 @@ def _runs_section(table: pd.DataFrame, grid: Grid) -> list[str]:
     return [*lines, *markdown_table(header, rows), ""]
 
 
+def _epochs_section(run_dir: Path, grid: Grid) -> list[str]:
+    """Per noise cell, each series' per-epoch means (soft_dist.experiment.dynamics), epoch by epoch so
+    that the methods at one epoch stand on adjacent rows."""
+    lines = ["## Per epoch (mean over runs)", "",
+             "After every epoch, the mean over the finished runs of: test accuracy of each branch; the share of "
+             "training images whose given label is the teacher's arg-max (`teacher = label`); the share of "
+             "training images whose SLS target keeps more than one class above tau (`k > 1 share`); the "
+             "consistency loss. From each cell's metrics.jsonl; — where a method has no such value.", ""]
+    groups = finished_series(run_dir, grid.cells())
+    if not groups:
+        return [*lines, "(no finished runs)", ""]
+    header = ["epoch", "series", "runs", *(c.header for c in EPOCH_COLUMNS)]
+    for (kind, rate), series in groups.items():
+        frames = [epoch_means(folders).assign(series=label) for label, folders in series.items()]
+        table = pd.concat(frames, ignore_index=True).sort_values("epoch", kind="stable")
+        rows = [[str(int(row["epoch"])), str(row["series"]), str(int(row["runs"])),
+                 *(percent(row[c.header]) if c.as_percent else ("—" if pd.isna(row[c.header])
+                                                                else f"{row[c.header]:.3f}")
+                   for c in EPOCH_COLUMNS)] for _, row in table.iterrows()]
+        lines += [f"### {kind} {100 * rate:g}%", "", *markdown_table(header, rows), ""]
+    return lines
+
+
 def _plots_section(run_dir: Path, where: Path) -> list[str]:
     plots = sorted((run_dir / PLOTS_DIR).glob("*.png")) if (run_dir / PLOTS_DIR).is_dir() else []
     lines = ["## Plots", ""]
@@ -308,6 +333,7 @@ def render(run_dir: Path, grid: Grid, cells_total: int, table: pd.DataFrame, sum
     lines += _selection_section(table, grid)
     lines += _branch_section(table, grid)
     lines += _runs_section(table, grid)
+    lines += _epochs_section(run_dir, grid)
     lines += _plots_section(run_dir, where)
     lines += _failed_section(run_dir)
     lines.append(f"_soft-dist report, Python {platform.python_version()}_")
