@@ -254,7 +254,7 @@ def test_make_noise_table_reads_a_rafdb_list(raf_shards, tmp_path):
 def _run_dir(tmp_path, shards, overrides):
     """A run directory as `soft-dist train` leaves it before the first epoch: config.yaml + noise_table.csv."""
     from soft_dist.storage import RunStore
-    from soft_dist.train.run import write_run_inputs
+    from soft_dist.run_inputs import write_run_inputs
     from soft_dist.noise.setup import make_noise_table
 
     cfg = load_config(None, [f"data.shards={shards}", *overrides])
@@ -292,6 +292,24 @@ def test_export_then_read_back_gives_the_same_noise_digits(digit_shards, tmp_pat
     # rafdb is RAF-DB's format: an error that names the dataset
     assert main(["noise", "export", str(run), "--format", "rafdb", "--out", str(tmp_path / "x.txt")]) == 2
     assert "hold dataset 'digits'" in capsys.readouterr().err and not (tmp_path / "x.txt").exists()
+
+
+def test_a_folder_without_the_run_inputs_is_refused_by_name(digit_shards, tmp_path, capsys):
+    """`soft-dist noise export` and `soft-dist train --resume` name the file a run directory lacks, before
+    reading anything else (config.yaml first, then noise_table.csv)."""
+    from soft_dist.cli import main
+
+    run, _ = _run_dir(tmp_path, digit_shards, ["noise.kind=symmetric", "noise.rate=0.3"])
+    (run / "noise_table.csv").unlink()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, missing in ((run, "noise_table.csv"), (empty, "config.yaml")):
+        assert main(["noise", "export", str(folder), "--format", "table", "--out", str(tmp_path / "n.csv")]) == 2
+        assert f"{folder} is not a run directory (no {missing})" in capsys.readouterr().err
+        assert main(["train", "--resume", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert f"option '--resume': {folder} is not a run directory (no {missing})" in err and "Traceback" not in err
+    assert not (tmp_path / "n.csv").exists() and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
 
 def test_export_then_read_back_gives_the_same_noise_rafdb(raf_shards, tmp_path):

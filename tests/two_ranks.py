@@ -14,7 +14,7 @@ from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
 from soft_dist.storage import RunStore
 from soft_dist.train.ray_trainer import train_rank
-from soft_dist.train.run import write_run_inputs
+from soft_dist.run_inputs import write_run_inputs
 
 
 def on_two_ranks(fn: Callable, meeting_folder: Path, *args) -> None:

@@ -27,6 +27,7 @@ from soft_dist.data.format import Manifest, SplitSelection, load_manifest
 from soft_dist.noise.table import NoiseTable
 from soft_dist.progress import progress_bar
 from soft_dist.run_files import CONFIG_FILE, NOISE_TABLE_FILE
+from soft_dist.run_inputs import missing_run_input, read_noise_table
 from soft_dist.train.errors import CheckpointError
 
 
@@ -81,16 +82,16 @@ def load_run(run_dir: str | Path, shards: str | None = None, loader: str | None 
     from soft_dist.train.checkpoints import CHECKPOINTS_DIR, latest_state
 
     store = RunStore(run_dir)
-    for name in (CONFIG_FILE, NOISE_TABLE_FILE):
-        if not store.exists(name):
-            raise CheckpointError(f"{store.path(name)}: not found; is {store.location} a run directory "
-                                  "written by `soft-dist train`?")
+    missing = missing_run_input(store)
+    if missing:
+        raise CheckpointError(f"{store.path(missing)}: not found; is {store.location} a run directory "
+                              "written by `soft-dist train`?")
     overrides = [f"data.shards={shards}"] if shards else []
     if loader:
         overrides.append(f"data.loader={loader}")
     cfg = config_from_yaml(store.read_text(CONFIG_FILE), store.path(CONFIG_FILE), overrides)
     try:
-        table = NoiseTable.from_csv(store.read_text(NOISE_TABLE_FILE), store.path(NOISE_TABLE_FILE))
+        table = read_noise_table(store)
     except ValueError as err:
         raise CheckpointError(str(err)) from err
     if not cfg.data.shards:

@@ -37,17 +37,17 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from soft_dist.config import ConfigError, config_from_yaml
-    from soft_dist.noise.table import NoiseTable
     from soft_dist.noise.lists import NoiseListError, list_text, read_sample_index
-    from soft_dist.run_files import CONFIG_FILE, NOISE_TABLE_FILE
+    from soft_dist.run_files import CONFIG_FILE
+    from soft_dist.run_inputs import missing_run_input, read_noise_table
     from soft_dist.storage import RunStore
 
     store = RunStore(args.run_dir)
-    for name in (CONFIG_FILE, NOISE_TABLE_FILE):
-        if not store.exists(name):
-            raise ConfigError("RUN_DIR", f"{store.location} is not a run directory (no {name})")
+    missing = missing_run_input(store)
+    if missing:
+        raise ConfigError("RUN_DIR", f"{store.location} is not a run directory (no {missing})")
     cfg = config_from_yaml(store.read_text(CONFIG_FILE), store.path(CONFIG_FILE))
-    table = NoiseTable.from_csv(store.read_text(NOISE_TABLE_FILE), store.path(NOISE_TABLE_FILE))
+    table = read_noise_table(store)
     if args.file_format == "table":
         text = table.to_csv()  # the table itself: no shards needed
     else:

@@ -24,10 +24,11 @@ from soft_dist.config import (Config, ConfigError, check_resume_changes, config_
 from soft_dist.method.sls import tau_above_uniform_note
 from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
-from soft_dist.run_files import CONFIG_FILE, NOISE_TABLE_FILE, RESULTS_FILE
+from soft_dist.run_files import CONFIG_FILE, RESULTS_FILE
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoints as ckpt
-from soft_dist.train.run import Placement, Trainer, write_run_inputs
+from soft_dist.run_inputs import missing_run_input, read_noise_table, write_run_inputs
+from soft_dist.train.run import Placement, Trainer
 from soft_dist.train.runlog import epoch_summary_line, read_metrics
 from soft_dist.train.selection import DatasetInfo
 
@@ -253,11 +254,12 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
     cfg = with_absolute_paths(cfg)  # the workers run in folders of their own; config.yaml says where
     store = RunStore(run_dir)
     if resume:
-        if not store.exists(CONFIG_FILE) or not store.exists(NOISE_TABLE_FILE):
-            raise ConfigError("--resume", f"{store.location} is not a run directory (no config.yaml / noise_table.csv)")
+        missing = missing_run_input(store)
+        if missing:
+            raise ConfigError("--resume", f"{store.location} is not a run directory (no {missing})")
         if store.exists(RESULTS_FILE) and not store.exists(ckpt.CHECKPOINTS_DIR):
             raise ConfigError("--resume", f"{store.location} finished and kept no resumable state (train.keep_state)")
-        table = NoiseTable.from_csv(store.read_text(NOISE_TABLE_FILE), store.path(NOISE_TABLE_FILE))
+        table = read_noise_table(store)
     else:
         if store.exists(CONFIG_FILE):
             raise ConfigError("--run-dir", f"{store.location} already holds a run; "
@@ -295,8 +297,9 @@ def resume_training(run_dir: str | Path, overrides: list[str] | None = None,
     """`soft-dist train --resume RUN_DIR`: the saved config (plus overrides, e.g. more epochs), the saved
     noise table, from the newest complete checkpoint."""
     store = RunStore(run_dir)
-    if not store.exists(CONFIG_FILE):
-        raise ConfigError("--resume", f"{store.location} is not a run directory (no config.yaml)")
+    missing = missing_run_input(store)
+    if missing:
+        raise ConfigError("--resume", f"{store.location} is not a run directory (no {missing})")
     text = store.read_text(CONFIG_FILE)  # once: in object storage each read is a request
     saved = config_from_yaml(text, store.path(CONFIG_FILE))
     cfg = config_from_yaml(text, store.path(CONFIG_FILE), overrides)

@@ -37,12 +37,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from soft_dist.config import Config, config_yaml, resolve_for_classes
+from soft_dist.config import Config, resolve_for_classes
 from soft_dist.data.loader import Loaders
 from soft_dist.method.model import build_student
 from soft_dist.method.lock_in import lock_in_note
 from soft_dist.noise.table import NoiseTable
-from soft_dist.run_files import CONFIG_FILE, NOISE_TABLE_FILE
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoints import CheckpointWriter, Checkpoints, ReportFn, put_into_run, seed_everything
 from soft_dist.train.collectives import all_gather_objects, broadcast_from_rank0, broadcast_object_from_rank0
@@ -71,12 +70,6 @@ class Placement:
     @property
     def is_chief(self) -> bool:
         return self.rank == 0
-
-
-def write_run_inputs(store: RunStore, cfg: Config, table: NoiseTable) -> None:
-    """The driver's part of a new run: the resolved config and the noise table every rank uses."""
-    store.write_text(CONFIG_FILE, config_yaml(cfg))
-    store.write_text(NOISE_TABLE_FILE, table.to_csv())
 
 
 class Trainer:
