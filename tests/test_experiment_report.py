@@ -484,6 +484,15 @@ def test_archive_keeps_what_report_and_compare_read_and_merges(experiment, tmp_p
     assert again.copied == [LEGACY] and again.kept == [n for n in names if n != LEGACY]
     assert untouched.stat().st_mtime_ns == stamp
 
+    # the same grid with another comment merges, and DEST keeps the newer text
+    original = (source / "grid.yaml").read_text()
+    (source / "grid.yaml").write_text(original + "# a corrected header\n")
+    try:
+        assert archive_run(source, kept, root=source.parent).copied == []
+    finally:
+        (source / "grid.yaml").write_text(original)  # the fixture's folder is shared with other tests
+    assert (kept / "grid.yaml").read_text().endswith("# a corrected header\n")
+
     # another grid's folder, a folder that is no experiment, a missing --out
     other = tmp_path / "other"
     other.mkdir()

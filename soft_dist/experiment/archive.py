@@ -17,8 +17,8 @@ machine's folders.
 Archiving merges: cells already in DEST are left as they are (a retrained cell differs only in its timings;
 delete a cell from DEST to replace it), new ones are added. Copying back the other way (``archive DEST --out
 runs/x``) gives a later session the earlier cells, so that a grid can be finished seed by seed across
-sessions and every seed paired in one folder. Both folders must hold the same grid.yaml: cells of another grid
-would be read under the wrong axes.
+sessions and every seed paired in one folder. Both folders must hold the same grid.yaml (comments aside):
+cells of another grid would be read under the wrong axes.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def _grid_text(run_dir: Path, dest: Path, root: Path) -> str:
         raise ArchiveError(f"{run_dir} holds no {GRID_COPY}: is it a folder written by "
                            "`soft-dist experiment --grid FILE --run-dir DIR`?")
     text = _relative_paths(source.read_text(), root)
-    if existing.is_file() and _relative_paths(existing.read_text(), root) != text:
+    # the same grid whatever its comments say: a grid file whose header was corrected since DEST's cells ran
+    # still merges (DEST then keeps the newer text)
+    if existing.is_file() and yaml.safe_load(_relative_paths(existing.read_text(), root)) != yaml.safe_load(text):
         raise ArchiveError(f"{dest}/{GRID_COPY} is another grid than {source}: archive each grid into "
                            "its own folder (or remove the older one)")
     return text
