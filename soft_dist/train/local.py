@@ -12,9 +12,9 @@ from soft_dist.data.run_loaders import shard_loaders
 from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
 from soft_dist.run_files import CONFIG_FILE
+from soft_dist.run_inputs import write_run_inputs
 from soft_dist.storage import RunStore
 from soft_dist.train.checkpoints import drop_resumable_state
-from soft_dist.run_inputs import write_run_inputs
 from soft_dist.train.run import Placement, Trainer
 from soft_dist.train.selection import DatasetInfo
 

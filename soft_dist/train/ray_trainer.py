@@ -25,9 +25,9 @@ from soft_dist.method.sls import tau_above_uniform_note
 from soft_dist.noise.setup import make_noise_table
 from soft_dist.noise.table import NoiseTable
 from soft_dist.run_files import CONFIG_FILE, RESULTS_FILE
+from soft_dist.run_inputs import missing_run_input, read_noise_table, write_run_inputs
 from soft_dist.storage import RunStore
 from soft_dist.train import checkpoints as ckpt
-from soft_dist.run_inputs import missing_run_input, read_noise_table, write_run_inputs
 from soft_dist.train.run import Placement, Trainer
 from soft_dist.train.runlog import epoch_summary_line, read_metrics
 from soft_dist.train.selection import DatasetInfo
