@@ -302,13 +302,15 @@ def test_report_per_epoch_section_is_the_mean_of_the_runs_records(experiment):
             at = [r[epoch - 1] for r in records]
             assert all(r["epoch"] == epoch for r in at) and cells[2] == "2"
             assert cells[3] == f"{100 * np.mean([r['test']['student']['accuracy'] for r in at]):.2f}"
+            assert cells[5] == f"{100 * np.mean([r['val']['student']['accuracy'] for r in at]):.2f}"
             if method == "ce":
-                assert cells[4:] == ["—"] * 4
+                assert cells[4] == "—" and cells[6:] == ["—"] * 4
             else:
                 assert cells[4] == f"{100 * np.mean([r['test']['teacher']['accuracy'] for r in at]):.2f}"
-                assert cells[5] == f"{100 * np.mean([r['train']['teacher_agrees'] for r in at]):.2f}"
-                assert cells[6] == "—"  # MT has no SLS targets
-                assert cells[7] == f"{np.mean([r['train']['loss_cons'] for r in at]):.3f}"
+                assert cells[6] == f"{100 * np.mean([r['val']['teacher']['accuracy'] for r in at]):.2f}"
+                assert cells[7] == f"{100 * np.mean([r['train']['teacher_agrees'] for r in at]):.2f}"
+                assert cells[8] == "—"  # MT has no SLS targets
+                assert cells[9] == f"{np.mean([r['train']['loss_cons'] for r in at]):.3f}"
     # epoch by epoch: both methods' rows of epoch 1 come before any row of epoch 2
     epochs = [int(x.split("|")[1]) for x in section.splitlines() if x.startswith("| ") and x[2].isdigit()]
     assert epochs == [1, 1, 2, 2]

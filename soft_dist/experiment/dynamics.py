@@ -2,7 +2,7 @@
 extra-axis values), the mean over the finished runs of what metrics.jsonl records after every epoch.
 
 Final accuracies say which method won; these say why: whether a method learned more slowly early on
-(test accuracy of both branches), whether its teacher followed the given labels into the noise
+(test accuracy of both branches, and what the validation split showed of it), whether its teacher followed the given labels into the noise
 (``teacher_agrees``), whether SLS kept more than one class in its targets (``share_k_gt_1``) and how
 hard the consistency term pulled (``loss_cons``). The report's "Per epoch" section prints these tables;
 the per-epoch plot draws the same series' accuracies.
@@ -29,6 +29,10 @@ class EpochColumn(NamedTuple):
 EPOCH_COLUMNS = (
     EpochColumn("test student %", ("test", "student", "accuracy"), True),
     EpochColumn("test teacher %", ("test", "teacher", "accuracy"), True),
+    # what a user without clean labels sees: accuracy on the validation split's labels (noisy unless
+    # data.val_labels says otherwise)
+    EpochColumn("val student %", ("val", "student", "accuracy"), True),
+    EpochColumn("val teacher %", ("val", "teacher", "accuracy"), True),
     # the share of training images whose given (noisy) label is the teacher's arg-max
     EpochColumn("teacher = label %", ("train", "teacher_agrees"), True),
     EpochColumn("k > 1 share", ("train", "share_k_gt_1"), False),

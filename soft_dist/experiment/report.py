@@ -281,7 +281,8 @@ def _epochs_section(run_dir: Path, grid: Grid) -> list[str]:
     """Per noise cell, each series' per-epoch means (soft_dist.experiment.dynamics), epoch by epoch so
     that the methods at one epoch stand on adjacent rows."""
     lines = ["## Per epoch (mean over runs)", "",
-             "After every epoch, the mean over the finished runs of: test accuracy of each branch; the share of "
+             "After every epoch, the mean over the finished runs of: test and validation accuracy of each branch "
+             "(validation on the split's own labels, noisy unless `data.val_labels` says otherwise); the share of "
              "training images whose given label is the teacher's arg-max (`teacher = label`); the share of "
              "training images whose SLS target keeps more than one class above tau (`k > 1 share`); the "
              "consistency loss. From each cell's metrics.jsonl; — where a method has no such value.", ""]
