@@ -248,15 +248,13 @@ def run_training(cfg: Config, run_dir: str | Path, resume: bool = False,
                  echo: Callable[[str], None] | None = _print) -> dict:
     """Train ``cfg`` with Ray Train into ``run_dir`` (a path or s3://...); returns results.json's record.
 
-    ``echo`` gets one line per epoch (None: silent)."""
+    ``echo`` gets one line per epoch (None: silent). ``resume=True`` is :func:`resume_training`'s path: it has
+    checked that ``run_dir`` holds the run's inputs (config.yaml, noise_table.csv)."""
     from soft_dist.ray_cluster import check_cluster_fits, init_ray
 
     cfg = with_absolute_paths(cfg)  # the workers run in folders of their own; config.yaml says where
     store = RunStore(run_dir)
     if resume:
-        missing = missing_run_input(store)
-        if missing:
-            raise ConfigError("--resume", f"{store.location} is not a run directory (no {missing})")
         if store.exists(RESULTS_FILE) and not store.exists(ckpt.CHECKPOINTS_DIR):
             raise ConfigError("--resume", f"{store.location} finished and kept no resumable state (train.keep_state)")
         table = read_noise_table(store)
