@@ -4,8 +4,8 @@ extra-axis values), the mean over the finished runs of what metrics.jsonl record
 Final accuracies say which method won; these say why: whether a method learned more slowly early on
 (test accuracy of both branches, and what the validation split showed of it), whether its teacher
 followed the given labels into the noise (``teacher_agrees``), whether SLS kept more than one class in
-its targets (``share_k_gt_1``) and how hard the consistency term pulled (``loss_cons``). The report's "Per epoch" section prints these tables;
-the per-epoch plot draws the same series' accuracies.
+its targets (``share_k_gt_1``) and how hard the consistency term pulled (``loss_cons``). The report's
+"Per epoch" section prints these tables; the per-epoch plot draws the same series' accuracies.
 """
 
 from __future__ import annotations
